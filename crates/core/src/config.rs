@@ -1,0 +1,337 @@
+//! Command-line and environment configuration shared by every binary.
+//!
+//! Each binary flattens [`KafkaArgs`] and [`LogArgs`] into its own clap
+//! parser, so the same flag and the same environment variable mean the same
+//! thing everywhere and one `.env` file serves the whole workspace.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::error::{Error, Result};
+
+/// Default bootstrap address: Redpanda's host port in `compose/`, and the
+/// port the local broker script listens on, so one default serves both.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:19092";
+
+/// Loads `.env` from the working directory (or a parent) if there is one.
+///
+/// Call before parsing arguments: clap reads the variables it sets. Values
+/// already in the environment win over the file.
+pub fn load_dotenv() {
+    if let Err(err) = dotenvy::dotenv() {
+        if !err.not_found() {
+            eprintln!("warning: ignoring unreadable .env file: {err}");
+        }
+    }
+}
+
+/// How to reach the Kafka cluster, and which topics the project uses.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Kafka connection")]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, a comma-separated list of host:port.
+    #[arg(short = 'b', long, env = "KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
+    pub brokers: String,
+
+    /// Client id reported to the broker (shows up in its logs and quotas).
+    #[arg(long, env = "KAFKA_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// Security protocol used to talk to the brokers.
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_enum, default_value_t = SecurityProtocol::Plaintext)]
+    pub security_protocol: SecurityProtocol,
+
+    /// SASL mechanism (with sasl_plaintext or sasl_ssl).
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_enum)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+
+    /// SASL user name.
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// SASL password. Prefer the environment variable: flags show up in `ps`.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+
+    /// CA certificate(s) (PEM file) used to verify the brokers' TLS certificates.
+    #[arg(long, env = "KAFKA_SSL_CA_LOCATION", value_name = "FILE")]
+    pub ssl_ca_location: Option<String>,
+
+    /// Client certificate (PEM file) for mutual TLS.
+    #[arg(long, env = "KAFKA_SSL_CERTIFICATE_LOCATION", value_name = "FILE")]
+    pub ssl_certificate_location: Option<String>,
+
+    /// Client private key (PEM file) for mutual TLS.
+    #[arg(long, env = "KAFKA_SSL_KEY_LOCATION", value_name = "FILE")]
+    pub ssl_key_location: Option<String>,
+
+    /// Extra librdkafka property, as kcat takes it; repeatable. Applied last,
+    /// so it overrides anything this tool sets. In the environment, separate
+    /// several with ';'.
+    #[arg(
+        short = 'X',
+        long = "property",
+        env = "KAFKA_PROPERTIES",
+        value_name = "KEY=VALUE",
+        value_parser = parse_property,
+        value_delimiter = ';'
+    )]
+    pub properties: Vec<(String, String)>,
+
+    /// How long to wait for the cluster to answer a metadata request at start-up.
+    #[arg(long, env = "KAFKA_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+
+    #[command(flatten)]
+    pub topics: TopicArgs,
+}
+
+impl KafkaArgs {
+    /// Connection settings for `brokers` with every other option at its default.
+    pub fn for_brokers(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            client_id: None,
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            properties: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            topics: TopicArgs::default(),
+        }
+    }
+
+    /// Checks combinations clap cannot express, naming the flag at fault.
+    pub fn validate(&self) -> Result<()> {
+        if self.brokers.trim().is_empty() {
+            return Err(Error::Config("--brokers (KAFKA_BROKERS) is empty".into()));
+        }
+        let sasl = matches!(self.security_protocol, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl);
+        if sasl && (self.sasl_username.is_none() || self.sasl_password.is_none()) {
+            return Err(Error::Config(format!(
+                "--security-protocol {} needs --sasl-username and --sasl-password (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD)",
+                self.security_protocol.as_str()
+            )));
+        }
+        if !sasl && self.sasl_mechanism.is_some() {
+            return Err(Error::Config(format!(
+                "--sasl-mechanism is set but --security-protocol is {}; use sasl_plaintext or sasl_ssl",
+                self.security_protocol.as_str()
+            )));
+        }
+        self.topics.validate()
+    }
+}
+
+/// Names and shape of the project's topics.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Topics")]
+pub struct TopicArgs {
+    /// Topic the events are published to (key = stream id).
+    #[arg(long = "events-topic", visible_alias = "topic", env = "EVENTS_TOPIC", default_value = "events")]
+    pub events: String,
+
+    /// Topic processed results are written to (key = stream id).
+    #[arg(long = "results-topic", env = "RESULTS_TOPIC", default_value = "events.results")]
+    pub results: String,
+
+    /// Dead-letter topic for events that fail processing.
+    #[arg(long = "dlq-topic", env = "DLQ_TOPIC", default_value = "events.dlq")]
+    pub dlq: String,
+
+    /// Partitions for topics this tool creates. More partitions allow more
+    /// consumer workers in parallel.
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+
+    /// Replication factor for topics this tool creates (3 on a real cluster).
+    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+}
+
+impl Default for TopicArgs {
+    fn default() -> Self {
+        Self {
+            events: "events".into(),
+            results: "events.results".into(),
+            dlq: "events.dlq".into(),
+            partitions: 6,
+            replication_factor: 1,
+        }
+    }
+}
+
+impl TopicArgs {
+    fn validate(&self) -> Result<()> {
+        for (flag, name) in
+            [("--events-topic", &self.events), ("--results-topic", &self.results), ("--dlq-topic", &self.dlq)]
+        {
+            validate_topic_name(name).map_err(|why| Error::Config(format!("{flag} {name:?}: {why}")))?;
+        }
+        if self.partitions < 1 {
+            return Err(Error::Config(format!("--partitions {} must be at least 1", self.partitions)));
+        }
+        if self.replication_factor < 1 {
+            return Err(Error::Config(format!("--replication-factor {} must be at least 1", self.replication_factor)));
+        }
+        Ok(())
+    }
+}
+
+/// Kafka's rules for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() || name.len() > 249 {
+        return Err("a topic name has 1 to 249 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("a topic name cannot be '.' or '..'");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err("a topic name may only contain letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// `security.protocol` values librdkafka accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The librdkafka spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+/// SASL mechanisms supported without extra system libraries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaslMechanism {
+    #[value(name = "PLAIN")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The librdkafka spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Logging options shared by every binary.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log line format. Verbosity comes from RUST_LOG (e.g. `info`, `consumer=debug`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Parses `key=value` for `-X`.
+pub fn parse_property(raw: &str) -> std::result::Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE (e.g. -X linger.ms=10), got {raw:?}")),
+    }
+}
+
+/// Parses a human duration such as `250ms`, `10s` or `2m`.
+pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| format!("{raw:?} is not a duration like 500ms, 10s or 1m: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_documented_names() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.kafka.topics.events, "events");
+        assert_eq!(cli.kafka.topics.results, "events.results");
+        assert_eq!(cli.kafka.topics.dlq, "events.dlq");
+        assert_eq!(cli.kafka.security_protocol, SecurityProtocol::Plaintext);
+        cli.kafka.validate().unwrap();
+    }
+
+    #[test]
+    fn properties_repeat_and_keep_equals_signs_in_values() {
+        let cli = Cli::try_parse_from(["x", "-X", "linger.ms=10", "-X", "sasl.oauthbearer.config=a=b"]).unwrap();
+        assert_eq!(
+            cli.kafka.properties,
+            vec![
+                ("linger.ms".to_string(), "10".to_string()),
+                ("sasl.oauthbearer.config".to_string(), "a=b".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_property_without_equals_is_rejected_with_an_example() {
+        let err = Cli::try_parse_from(["x", "-X", "linger.ms"]).err().unwrap().to_string();
+        assert!(err.contains("KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn topic_alias_and_bad_topic_names() {
+        let cli = Cli::try_parse_from(["x", "--topic", "orders"]).unwrap();
+        assert_eq!(cli.kafka.topics.events, "orders");
+        let cli = Cli::try_parse_from(["x", "--topic", "bad/topic"]).unwrap();
+        let err = cli.kafka.validate().unwrap_err().to_string();
+        assert!(err.contains("--events-topic") && err.contains("bad/topic"), "{err}");
+    }
+
+    #[test]
+    fn sasl_needs_credentials() {
+        let cli =
+            Cli::try_parse_from(["x", "--security-protocol", "sasl_ssl", "--sasl-mechanism", "SCRAM-SHA-512"]).unwrap();
+        let err = cli.kafka.validate().unwrap_err().to_string();
+        assert!(err.contains("--sasl-username"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_human() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").unwrap_err().contains("10s"));
+    }
+}

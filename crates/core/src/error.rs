@@ -1,0 +1,45 @@
+//! The library's error type.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the shared Kafka wiring.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value that librdkafka or this crate rejects. The
+    /// message names the flag or property and the bad value.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// No broker answered a metadata request in time.
+    #[error("no Kafka broker reachable at {brokers} within {timeout:?} ({source}); start one with `just broker` (or `just up` with Docker), or point KAFKA_BROKERS at a running cluster")]
+    Unreachable {
+        /// The bootstrap list that was tried.
+        brokers: String,
+        /// How long we waited.
+        timeout: Duration,
+        /// librdkafka's own reason.
+        source: KafkaError,
+    },
+
+    /// Creating a topic failed for a reason other than "already exists".
+    #[error("could not create topic {topic}: {reason}")]
+    TopicCreation {
+        /// The topic that could not be created.
+        topic: String,
+        /// The broker's reason.
+        reason: String,
+    },
+
+    /// A record that does not decode as an event.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+
+    /// Any other error reported by librdkafka.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}

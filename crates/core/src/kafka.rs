@@ -1,0 +1,482 @@
+//! Kafka wiring: every librdkafka property the project sets is set here.
+//!
+//! Binaries ask for a producer, a group consumer, a reader or an admin
+//! client through the factories below; users can still override any property
+//! with `-X key=value`, which is applied after everything set here.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::Client;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+
+use crate::config::KafkaArgs;
+use crate::error::{Error, Result};
+use crate::schema::Event;
+
+/// The producer type every binary uses.
+pub type Producer = FutureProducer<TracingContext>;
+/// A consumer in a group, with rebalances and commits logged.
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// Routes librdkafka's own log lines and error callbacks into `tracing`
+/// (target `librdkafka`), so they obey `RUST_LOG` and `--log-format`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingContext;
+
+impl ClientContext for TracingContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_to_tracing(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+/// Plain consumers (readers, probes) need no rebalance hooks.
+impl ConsumerContext for TracingContext {}
+
+fn log_to_tracing(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", facility, "{message}"),
+        Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        Notice | Info => tracing::info!(target: "librdkafka", facility, "{message}"),
+        Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+fn log_client_error(error: KafkaError, reason: &str) {
+    // librdkafka reports transient conditions (a broker restarting, all
+    // brokers down) here and keeps retrying by itself: they are warnings, the
+    // caller sees a real failure through its own request.
+    tracing::warn!(target: "librdkafka", %error, "{reason}");
+}
+
+/// A consumer context that logs assignments, revocations and commit failures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupContext;
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_to_tracing(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance("revoking or assigning", rebalance);
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance("rebalanced", rebalance);
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::trace!(offsets = ?offsets.to_topic_map(), "offsets committed"),
+            // Nothing to commit since the last auto-commit: not a failure.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(%error, "offset commit failed; it is retried with the next commit"),
+        }
+    }
+}
+
+/// Logs a rebalance event as `topic[partitions]`.
+pub fn log_rebalance(stage: &str, rebalance: &Rebalance<'_>) {
+    match rebalance {
+        Rebalance::Assign(tpl) => tracing::info!(partitions = %describe(tpl), "{stage}: partitions assigned"),
+        Rebalance::Revoke(tpl) => tracing::info!(partitions = %describe(tpl), "{stage}: partitions revoked"),
+        Rebalance::Error(error) => tracing::warn!(%error, "{stage}: rebalance error"),
+    }
+}
+
+/// `topic[0,1,2]` for a partition list, for logs.
+pub fn describe(tpl: &TopicPartitionList) -> String {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for e in tpl.elements() {
+        by_topic.entry(e.topic().to_string()).or_default().push(e.partition());
+    }
+    by_topic.iter().map(|(t, ps)| format!("{t}{ps:?}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Settings common to every client: where the brokers are and how to
+/// authenticate. Extra `-X` properties are *not* applied here but by
+/// [`finish`], after each factory has added its own settings.
+pub fn base_config(args: &KafkaArgs) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &args.brokers)
+        .set("client.id", args.client_id.as_deref().unwrap_or("streamkit"))
+        .set("security.protocol", args.security_protocol.as_str())
+        // Let librdkafka hand us every level; `RUST_LOG` decides what is shown.
+        .set_log_level(RDKafkaLogLevel::Debug);
+    if let Some(mechanism) = args.sasl_mechanism {
+        config.set("sasl.mechanism", mechanism.as_str());
+    }
+    for (key, value) in [
+        ("sasl.username", &args.sasl_username),
+        ("sasl.password", &args.sasl_password),
+        ("ssl.ca.location", &args.ssl_ca_location),
+        ("ssl.certificate.location", &args.ssl_certificate_location),
+        ("ssl.key.location", &args.ssl_key_location),
+    ] {
+        if let Some(value) = value {
+            config.set(key, value);
+        }
+    }
+    config
+}
+
+/// Applies the user's `-X` overrides last, so they win.
+fn finish(mut config: ClientConfig, args: &KafkaArgs) -> ClientConfig {
+    for (key, value) in &args.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+fn create<T, C>(config: &ClientConfig, context: C) -> Result<T>
+where
+    T: rdkafka::config::FromClientConfigAndContext<C>,
+    C: ClientContext,
+{
+    config.create_with_context(context).map_err(|err| match err {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            Error::Config(format!("librdkafka property {key}={value:?}: {description}"))
+        }
+        other => Error::Kafka(other),
+    })
+}
+
+/// How many brokers must acknowledge a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acks {
+    /// Every in-sync replica (durable; required for idempotence).
+    All,
+    /// The partition leader only.
+    Leader,
+    /// Nobody: fire and forget.
+    None,
+}
+
+/// Producer tuning that differs between binaries.
+#[derive(Debug, Clone)]
+pub struct ProducerOptions {
+    /// Acknowledgement level. Only `All` keeps idempotence on.
+    pub acks: Acks,
+    /// How long a record may wait for more records to share its batch.
+    pub linger: Duration,
+    /// Total time librdkafka may spend delivering a record, retries included;
+    /// after it the record fails with a timeout instead of waiting forever.
+    pub delivery_timeout: Duration,
+    /// Records that may wait in librdkafka's queue before sends are refused
+    /// with `QueueFull`, which is where callers apply backpressure.
+    pub queue_capacity: u32,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> Self {
+        Self {
+            acks: Acks::All,
+            // The latency/throughput trade-off: each batch is one request and
+            // one broker append, so batching is what makes high rates
+            // cheap. Waiting up to 5 ms for company costs at most 5 ms of
+            // latency at low rates; at high rates batches fill before the
+            // linger expires and it costs nothing. (librdkafka's default
+            // since 1.7; stated here because everything depends on it.)
+            linger: Duration::from_millis(5),
+            delivery_timeout: Duration::from_secs(30),
+            queue_capacity: 500_000,
+        }
+    }
+}
+
+/// An idempotent producer (unless `acks` is lowered), with logs in `tracing`.
+pub fn producer(args: &KafkaArgs, options: &ProducerOptions) -> Result<Producer> {
+    let mut config = base_config(args);
+    let idempotent = options.acks == Acks::All;
+    config
+        // Idempotence: retries after a lost ack or a broker restart cannot
+        // duplicate or reorder records within a partition. It needs acks=all.
+        .set("enable.idempotence", idempotent.to_string())
+        .set(
+            "acks",
+            match options.acks {
+                Acks::All => "all",
+                Acks::Leader => "1",
+                Acks::None => "0",
+            },
+        )
+        .set("linger.ms", options.linger.as_millis().to_string())
+        // Large batches (up to 1 MB, 10k records) once linger lets them fill.
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "10000")
+        .set("message.timeout.ms", options.delivery_timeout.as_millis().to_string())
+        .set("queue.buffering.max.messages", options.queue_capacity.to_string())
+        // Same key -> same partition as the Java client and Redpanda's tools
+        // (murmur2), so a stream keeps its partition whoever produces to it.
+        .set("partitioner", "murmur2_random");
+    create(&finish(config, args), TracingContext)
+}
+
+/// Where a group starts when it has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartFrom {
+    /// The oldest record still retained: nothing published before the first
+    /// start is missed.
+    Earliest,
+    /// Only records published from now on.
+    Latest,
+}
+
+/// Group consumer tuning.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Consumer group id: workers sharing it split the partitions.
+    pub group: String,
+    /// How long the group waits for a silent member before moving its
+    /// partitions. Shorter means faster recovery from a killed worker; too
+    /// short means spurious rebalances under GC-free but busy hosts.
+    pub session_timeout: Duration,
+    /// Where to start without a committed offset.
+    pub start_from: StartFrom,
+}
+
+impl ConsumerOptions {
+    /// Defaults for `group`.
+    pub fn new(group: impl Into<String>) -> Self {
+        Self { group: group.into(), session_timeout: Duration::from_secs(10), start_from: StartFrom::Earliest }
+    }
+}
+
+/// An at-least-once group consumer: offsets are committed automatically in
+/// the background, but only offsets the application has *stored* (with
+/// `store_offset`) after it finished a record. A crash therefore replays
+/// unfinished records and never skips one.
+pub fn group_consumer<C: ConsumerContext + 'static>(
+    args: &KafkaArgs,
+    options: &ConsumerOptions,
+    context: C,
+) -> Result<StreamConsumer<C>> {
+    let mut config = base_config(args);
+    config
+        .set("group.id", &options.group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        // Commit stored offsets every second: at most a second of finished
+        // work is replayed after a crash.
+        .set("auto.commit.interval.ms", "1000")
+        .set("session.timeout.ms", options.session_timeout.as_millis().to_string())
+        .set(
+            "auto.offset.reset",
+            match options.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        )
+        // An idle partition answers a fetch after at most 100 ms instead of
+        // librdkafka's 500 ms, which bounds the latency of the first event
+        // after a quiet spell at little cost.
+        .set("fetch.wait.max.ms", "100")
+        .set("enable.partition.eof", "false");
+    create(&finish(config, args), context)
+}
+
+/// A consumer outside any group, for reading partitions it assigns itself
+/// (the API's results router, tests, bench). It never commits.
+pub fn reader(args: &KafkaArgs, start_from: StartFrom) -> Result<StreamConsumer<TracingContext>> {
+    let mut config = base_config(args);
+    config
+        // librdkafka wants a group id for any consumer; this one is never
+        // joined (assign, not subscribe) and nothing is committed to it.
+        .set("group.id", format!("streamkit-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        )
+        .set("fetch.wait.max.ms", "100")
+        .set("enable.partition.eof", "false");
+    create(&finish(config, args), TracingContext)
+}
+
+/// Assigns every partition of `topic` to `consumer`, starting at `offset`.
+pub fn assign_all<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    offset: rdkafka::Offset,
+    timeout: Duration,
+) -> Result<usize> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if partitions == 0 {
+        return Err(Error::Config(format!("topic {topic} does not exist (create it with --create-topics)")));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, offset)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(partitions)
+}
+
+/// Enqueues an event without waiting. A full queue is returned at once as
+/// `QueueFull` (never retried here), so callers decide about backpressure.
+pub fn enqueue(producer: &Producer, topic: &str, event: &Event) -> std::result::Result<DeliveryFuture, KafkaError> {
+    producer.send_result(event.record(topic)).map_err(|(error, _record)| error)
+}
+
+/// Waits for a delivery report, turning a dropped producer into an error.
+pub async fn delivered(future: DeliveryFuture) -> OwnedDeliveryResult {
+    future.await.unwrap_or_else(|_canceled| {
+        Err((
+            KafkaError::Canceled,
+            rdkafka::message::OwnedMessage::new(
+                None,
+                None,
+                String::new(),
+                rdkafka::Timestamp::NotAvailable,
+                -1,
+                -1,
+                None,
+            ),
+        ))
+    })
+}
+
+/// A topic the project needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication_factor: i32,
+    /// Topic configuration, e.g. `cleanup.policy=compact`.
+    pub config: Vec<(String, String)>,
+}
+
+impl TopicSpec {
+    /// A topic with the partition count and replication of `args`.
+    pub fn new(name: impl Into<String>, args: &KafkaArgs) -> Self {
+        Self {
+            name: name.into(),
+            partitions: args.topics.partitions,
+            replication_factor: args.topics.replication_factor,
+            config: Vec::new(),
+        }
+    }
+}
+
+/// The events, results and dead-letter topics.
+pub fn project_topics(args: &KafkaArgs) -> Vec<TopicSpec> {
+    let t = &args.topics;
+    vec![TopicSpec::new(&t.events, args), TopicSpec::new(&t.results, args), TopicSpec::new(&t.dlq, args)]
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they
+/// are, so calling this on every start is safe.
+pub async fn ensure_topics(args: &KafkaArgs, specs: &[TopicSpec]) -> Result<()> {
+    let admin: AdminClient<TracingContext> = create(&finish(base_config(args), args), TracingContext)?;
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|s| {
+            s.config.iter().fold(
+                NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication_factor)),
+                |topic, (k, v)| topic.set(k, v),
+            )
+        })
+        .collect();
+    let options =
+        AdminOptions::new().operation_timeout(Some(args.connect_timeout)).request_timeout(Some(args.connect_timeout));
+    let results = admin.create_topics(&new_topics, &options).await.map_err(|source| match source {
+        KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut) => {
+            Error::Unreachable { brokers: args.brokers.clone(), timeout: args.connect_timeout, source }
+        }
+        other => Error::Kafka(other),
+    })?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(Error::TopicCreation { topic, reason: code.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+/// What a metadata request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// Brokers in the cluster.
+    pub brokers: usize,
+    /// Topics visible to this client.
+    pub topics: Vec<String>,
+}
+
+/// Asks the cluster for metadata through an existing client (blocking; call
+/// from `spawn_blocking` in async code).
+pub fn cluster_info<C: ClientContext>(client: &Client<C>, brokers: &str, timeout: Duration) -> Result<ClusterInfo> {
+    let metadata = client.fetch_metadata(None, timeout).map_err(|source| Error::Unreachable {
+        brokers: brokers.to_string(),
+        timeout,
+        source,
+    })?;
+    Ok(ClusterInfo {
+        brokers: metadata.brokers().len(),
+        topics: metadata.topics().iter().map(|t| t.name().to_string()).collect(),
+    })
+}
+
+/// Checks that the cluster answers within `args.connect_timeout`.
+pub async fn check_cluster(args: &KafkaArgs) -> Result<ClusterInfo> {
+    let probe: BaseConsumer<TracingContext> = create(&finish(base_config(args), args), TracingContext)?;
+    let brokers = args.brokers.clone();
+    let timeout = args.connect_timeout;
+    tokio::task::spawn_blocking(move || cluster_info(probe.client(), &brokers, timeout))
+        .await
+        .expect("metadata probe panicked")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_properties_name_the_key() {
+        let mut args = KafkaArgs::for_brokers("127.0.0.1:1");
+        args.properties.push(("linger.ms".into(), "soon".into()));
+        let err = producer(&args, &ProducerOptions::default()).err().expect("must fail").to_string();
+        assert!(err.contains("linger.ms"), "{err}");
+    }
+
+    #[test]
+    fn user_properties_override_the_defaults() {
+        let mut args = KafkaArgs::for_brokers("127.0.0.1:1");
+        args.properties.push(("linger.ms".into(), "50".into()));
+        let config = finish(base_config(&args), &args);
+        assert_eq!(config.get("linger.ms"), Some("50"));
+    }
+}

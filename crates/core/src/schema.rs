@@ -1,0 +1,400 @@
+//! Events and results, and their CloudEvents Kafka binary-mode encoding.
+//!
+//! In binary mode the record value is the payload exactly as it was sent, and
+//! the CloudEvents attributes travel as record headers (`ce_id`, `ce_source`,
+//! `ce_type`, `ce_time`, `ce_specversion`, `content-type`). Tools such as
+//! kcat or Redpanda Console then show the payload untouched, and any
+//! CloudEvents-aware consumer understands the metadata.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Record header names used by the binary-mode mapping.
+pub mod header {
+    pub const ID: &str = "ce_id";
+    pub const SOURCE: &str = "ce_source";
+    pub const TYPE: &str = "ce_type";
+    pub const TIME: &str = "ce_time";
+    pub const SPEC_VERSION: &str = "ce_specversion";
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// W3C trace context, carried from the HTTP request to the result.
+    pub const TRACEPARENT: &str = "traceparent";
+
+    /// Headers this mapping owns; user-supplied headers may not use them.
+    pub const RESERVED: [&str; 6] = [ID, SOURCE, TYPE, TIME, SPEC_VERSION, CONTENT_TYPE];
+}
+
+/// The CloudEvents version this crate writes.
+pub const SPEC_VERSION: &str = "1.0";
+/// `ce_type` of events published by the toolkit.
+pub const EVENT_TYPE: &str = "streamkit.event";
+/// `ce_type` of processing results.
+pub const RESULT_TYPE: &str = "streamkit.result";
+/// Media type of JSON payloads.
+pub const JSON: &str = "application/json";
+
+/// A point in time, written as RFC 3339 UTC with microseconds
+/// (`2026-11-23T10:00:00.123456Z`) so latency can be measured end to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    /// The current wall-clock time, truncated to whole microseconds so that
+    /// a value survives a round trip through its text form unchanged.
+    pub fn now() -> Self {
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Self::from_micros(since.as_micros() as i64)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn from_micros(micros: i64) -> Self {
+        let micros = micros.max(0) as u64;
+        Self(UNIX_EPOCH + Duration::from_micros(micros))
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn as_micros(self) -> i64 {
+        self.0.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    }
+
+    /// Time elapsed from `self` to `later`, zero if `later` is earlier
+    /// (clocks of different hosts can disagree a little).
+    pub fn until(self, later: Timestamp) -> Duration {
+        later.0.duration_since(self.0).unwrap_or_default()
+    }
+
+    /// Parses RFC 3339 text, with or without fractional seconds.
+    pub fn parse(text: &str) -> Result<Self, SchemaError> {
+        humantime::parse_rfc3339_weak(text).map(Self).map_err(|e| SchemaError::BadHeader {
+            name: header::TIME,
+            reason: format!("{text:?} is not an RFC 3339 UTC time: {e}"),
+        })
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_micros(self.0))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Timestamp::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a record could not be read as an event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SchemaError {
+    /// A CloudEvents header is present but unusable.
+    #[error("header {name}: {reason}")]
+    BadHeader { name: &'static str, reason: String },
+    /// The record has no value at all.
+    #[error("record has no payload")]
+    EmptyPayload,
+    /// The payload is declared (or assumed) to be JSON but does not parse.
+    #[error("payload is not valid JSON: {0}")]
+    InvalidJson(String),
+}
+
+/// One event: a payload plus its CloudEvents attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `ce_id`: unique per event; results and acks refer to it.
+    pub id: String,
+    /// `ce_source`: who produced it, e.g. `/producer-api` or `/publisher`.
+    pub source: String,
+    /// `ce_type`.
+    pub event_type: String,
+    /// `ce_time`: when it was sent, with microseconds, for end-to-end latency.
+    pub time: Timestamp,
+    /// `content-type` of the payload.
+    pub content_type: Option<String>,
+    /// Record key: the stream id, so one stream's events stay in order.
+    pub key: Option<String>,
+    /// The payload bytes, exactly as sent.
+    pub data: Vec<u8>,
+    /// Every other header (user headers, trace context), in order.
+    pub extensions: Vec<(String, String)>,
+}
+
+impl Event {
+    /// A new JSON event with a fresh time-ordered id and the current time.
+    pub fn json(source: impl Into<String>, key: Option<String>, value: &serde_json::Value) -> Self {
+        Self::with_bytes(
+            source,
+            key,
+            Some(JSON.into()),
+            serde_json::to_vec(value).expect("a JSON value always serialises"),
+        )
+    }
+
+    /// A new event carrying arbitrary payload bytes.
+    pub fn with_bytes(
+        source: impl Into<String>,
+        key: Option<String>,
+        content_type: Option<String>,
+        data: Vec<u8>,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            source: source.into(),
+            event_type: EVENT_TYPE.into(),
+            time: Timestamp::now(),
+            content_type,
+            key,
+            data,
+            extensions: Vec::new(),
+        }
+    }
+
+    /// The record headers of binary mode, extensions last.
+    pub fn headers(&self) -> OwnedHeaders {
+        let time = self.time.to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(6 + self.extensions.len())
+            .insert(Header { key: header::ID, value: Some(&self.id) })
+            .insert(Header { key: header::SOURCE, value: Some(&self.source) })
+            .insert(Header { key: header::TYPE, value: Some(&self.event_type) })
+            .insert(Header { key: header::TIME, value: Some(&time) })
+            .insert(Header { key: header::SPEC_VERSION, value: Some(SPEC_VERSION) });
+        if let Some(content_type) = &self.content_type {
+            headers = headers.insert(Header { key: header::CONTENT_TYPE, value: Some(content_type) });
+        }
+        for (key, value) in &self.extensions {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        headers
+    }
+
+    /// A record for `topic` carrying this event. The record borrows the
+    /// event; librdkafka copies the bytes when it is enqueued.
+    pub fn record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, str, [u8]> {
+        let record = FutureRecord::to(topic).payload(self.data.as_slice()).headers(self.headers());
+        match &self.key {
+            Some(key) => record.key(key.as_str()),
+            None => record,
+        }
+    }
+
+    /// Reads an event from a consumed record.
+    ///
+    /// Decoding is lenient about headers that are missing, so records written
+    /// by other tools (kcat, a plain producer) can still be processed: a
+    /// missing `ce_id` becomes `topic-partition-offset`, a missing `ce_time`
+    /// the record's timestamp. A header that is present but malformed is an
+    /// error, since guessing would hide a broken producer.
+    pub fn from_message<M: Message>(msg: &M) -> Result<Self, SchemaError> {
+        let mut id = None;
+        let mut source = None;
+        let mut event_type = None;
+        let mut time = None;
+        let mut content_type = None;
+        let mut extensions = Vec::new();
+        if let Some(headers) = msg.headers() {
+            for h in headers.iter() {
+                let value = || -> Result<String, SchemaError> {
+                    let bytes = h.value.unwrap_or_default();
+                    String::from_utf8(bytes.to_vec()).map_err(|_| SchemaError::BadHeader {
+                        name: static_name(h.key),
+                        reason: "value is not UTF-8".into(),
+                    })
+                };
+                match h.key {
+                    header::ID => id = Some(value()?),
+                    header::SOURCE => source = Some(value()?),
+                    header::TYPE => event_type = Some(value()?),
+                    header::TIME => time = Some(Timestamp::parse(&value()?)?),
+                    header::SPEC_VERSION => {}
+                    header::CONTENT_TYPE => content_type = Some(value()?),
+                    key => {
+                        if let Some(Ok(text)) = h.value.map(|v| std::str::from_utf8(v).map(str::to_owned)) {
+                            extensions.push((key.to_owned(), text));
+                        }
+                    }
+                }
+            }
+        }
+        let time = time.unwrap_or_else(|| match msg.timestamp().to_millis() {
+            Some(ms) => Timestamp::from_micros(ms * 1000),
+            None => Timestamp::now(),
+        });
+        Ok(Self {
+            id: id.unwrap_or_else(|| format!("{}-{}-{}", msg.topic(), msg.partition(), msg.offset())),
+            source: source.unwrap_or_else(|| format!("kafka:{}", msg.topic())),
+            event_type: event_type.unwrap_or_else(|| EVENT_TYPE.into()),
+            time,
+            content_type,
+            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            data: msg.payload().unwrap_or_default().to_vec(),
+            extensions,
+        })
+    }
+
+    /// The payload parsed as JSON.
+    pub fn json_data(&self) -> Result<serde_json::Value, SchemaError> {
+        if self.data.is_empty() {
+            return Err(SchemaError::EmptyPayload);
+        }
+        serde_json::from_slice(&self.data).map_err(|e| SchemaError::InvalidJson(e.to_string()))
+    }
+
+    /// The value of an extension header.
+    pub fn extension(&self, name: &str) -> Option<&str> {
+        self.extensions.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn static_name(key: &str) -> &'static str {
+    header::RESERVED.iter().copied().find(|h| *h == key).unwrap_or("extension")
+}
+
+/// What processing one event produced; the value of a record on the results
+/// topic (keyed by stream id) and the frame a WebSocket client receives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventResult {
+    /// `ce_id` of the event this result answers, for correlation.
+    pub event_id: String,
+    /// Stream (record key) the event belonged to.
+    pub stream_id: Option<String>,
+    /// When the event was sent (its `ce_time`).
+    pub event_time: Timestamp,
+    /// When processing finished.
+    pub processed_at: Timestamp,
+    /// Which worker processed it.
+    pub worker_id: Option<u32>,
+    /// `processed_at - event_time` in microseconds.
+    pub latency_us: u64,
+    /// The processed payload.
+    pub output: serde_json::Value,
+}
+
+impl EventResult {
+    /// The result as a CloudEvent for the results topic: JSON payload,
+    /// keyed by the stream id, trace context carried over from the source.
+    pub fn to_event(&self, source: &str, origin: &Event) -> Event {
+        let mut event =
+            Event::json(source, self.stream_id.clone(), &serde_json::to_value(self).expect("results serialise"));
+        event.event_type = RESULT_TYPE.into();
+        if let Some(trace) = origin.extension(header::TRACEPARENT) {
+            event.extensions.push((header::TRACEPARENT.into(), trace.into()));
+        }
+        event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::Timestamp as KafkaTimestamp;
+    use serde_json::json;
+
+    use super::*;
+
+    fn as_consumed(event: &Event) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(event.data.clone()),
+            event.key.clone().map(String::into_bytes),
+            "events".into(),
+            KafkaTimestamp::CreateTime(1_700_000_000_000),
+            3,
+            42,
+            Some(event.headers()),
+        )
+    }
+
+    #[test]
+    fn round_trips_every_kind_of_json_payload() {
+        for value in [json!({"a": 1, "b": [true, null]}), json!("hello"), json!(42), json!([1, 2]), json!(null)] {
+            let mut event = Event::json("/test", Some("stream-1".into()), &value);
+            event.extensions.push(("traceparent".into(), "00-abc-def-01".into()));
+            let back = Event::from_message(&as_consumed(&event)).unwrap();
+            assert_eq!(back, event);
+            assert_eq!(back.json_data().unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn round_trips_non_json_bytes_and_no_key() {
+        let event = Event::with_bytes("/test", None, Some("application/octet-stream".into()), vec![0, 159, 146, 150]);
+        let back = Event::from_message(&as_consumed(&event)).unwrap();
+        assert_eq!(back, event);
+        assert!(matches!(back.json_data(), Err(SchemaError::InvalidJson(_))));
+    }
+
+    #[test]
+    fn headers_follow_the_binary_mode_names() {
+        let event = Event::json("/test", None, &json!({}));
+        let headers = event.headers();
+        let names: Vec<_> = headers.iter().map(|h| h.key.to_string()).collect();
+        assert_eq!(names, ["ce_id", "ce_source", "ce_type", "ce_time", "ce_specversion", "content-type"]);
+        let time = std::str::from_utf8(headers.get(3).value.unwrap()).unwrap().to_string();
+        // Microsecond precision: 2026-11-23T10:00:00.123456Z
+        assert_eq!(time.len(), 27, "{time}");
+        assert!(time.ends_with('Z'));
+    }
+
+    #[test]
+    fn records_without_cloudevents_headers_still_decode() {
+        let msg = OwnedMessage::new(
+            Some(b"{\"x\":1}".to_vec()),
+            Some(b"k".to_vec()),
+            "raw".into(),
+            KafkaTimestamp::CreateTime(1_700_000_000_000),
+            1,
+            7,
+            None,
+        );
+        let event = Event::from_message(&msg).unwrap();
+        assert_eq!(event.id, "raw-1-7");
+        assert_eq!(event.key.as_deref(), Some("k"));
+        assert_eq!(event.time.as_micros(), 1_700_000_000_000_000);
+    }
+
+    #[test]
+    fn a_malformed_time_header_is_an_error() {
+        let headers = OwnedHeaders::new().insert(Header { key: header::TIME, value: Some("yesterday") });
+        let msg =
+            OwnedMessage::new(Some(b"1".to_vec()), None, "t".into(), KafkaTimestamp::NotAvailable, 0, 0, Some(headers));
+        let err = Event::from_message(&msg).unwrap_err();
+        assert!(matches!(err, SchemaError::BadHeader { name: "ce_time", .. }), "{err}");
+    }
+
+    #[test]
+    fn timestamps_keep_microseconds() {
+        let t = Timestamp::from_micros(1_763_892_000_123_456);
+        assert_eq!(t.to_string(), "2025-11-23T10:00:00.123456Z");
+        assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
+        assert_eq!(Timestamp::parse("2025-11-23T10:00:00Z").unwrap().as_micros(), 1_763_892_000_000_000);
+    }
+
+    #[test]
+    fn results_serialise_with_their_correlation_id() {
+        let origin = Event::json("/t", Some("s".into()), &json!("x"));
+        let result = EventResult {
+            event_id: origin.id.clone(),
+            stream_id: Some("s".into()),
+            event_time: origin.time,
+            processed_at: Timestamp::now(),
+            worker_id: Some(2),
+            latency_us: 10,
+            output: json!({"ok": true}),
+        };
+        let event = result.to_event("/consumer", &origin);
+        assert_eq!(event.event_type, RESULT_TYPE);
+        assert_eq!(event.key.as_deref(), Some("s"));
+        let back: EventResult = serde_json::from_slice(&event.data).unwrap();
+        assert_eq!(back, result);
+    }
+}

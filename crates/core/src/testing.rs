@@ -1,0 +1,171 @@
+//! Test support: a real broker, fresh topic names and polling with a deadline.
+//!
+//! Integration tests call [`brokers`] to get a bootstrap address. When
+//! `KAFKA_BROKERS` is set it is used as is (CI and `just test` start the
+//! broker once with `scripts/broker.sh`). Otherwise a private Nisshi broker
+//! is started on a free port for this test process and stopped when the
+//! process exits. When neither is possible the test fails and says which
+//! command fixes it: tests never skip silently.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::config::KafkaArgs;
+use crate::kafka::{self, TopicSpec, TracingContext};
+
+/// The broker every test in this process uses.
+pub fn brokers() -> String {
+    static BROKERS: OnceLock<String> = OnceLock::new();
+    BROKERS
+        .get_or_init(|| match std::env::var("KAFKA_BROKERS") {
+            Ok(b) if !b.trim().is_empty() => b,
+            _ => LocalBroker::start().unwrap_or_else(|e| panic!("{e}")),
+        })
+        .clone()
+}
+
+/// Connection settings for the test broker, with every topic name made
+/// unique to this call so tests never see each other's records.
+pub fn kafka_args() -> KafkaArgs {
+    let mut args = KafkaArgs::for_brokers(brokers());
+    let tag = unique_name("t");
+    args.topics.events = format!("{tag}.events");
+    args.topics.results = format!("{tag}.results");
+    args.topics.dlq = format!("{tag}.dlq");
+    args.topics.partitions = 3;
+    args.client_id = Some("streamkit-test".into());
+    args
+}
+
+/// `prefix-<random>`, a fresh topic or group name.
+pub fn unique_name(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}-{n:016x}")
+}
+
+/// Creates the events, results and DLQ topics of `args`.
+pub async fn create_project_topics(args: &KafkaArgs) {
+    kafka::ensure_topics(args, &kafka::project_topics(args)).await.expect("create test topics");
+}
+
+/// Creates one topic with `partitions` partitions.
+pub async fn create_topic(args: &KafkaArgs, name: &str, partitions: i32) {
+    let mut spec = TopicSpec::new(name, args);
+    spec.partitions = partitions;
+    kafka::ensure_topics(args, &[spec]).await.expect("create test topic");
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` once
+/// `deadline` has passed. Use instead of sleeping for Kafka to catch up.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// A Nisshi broker owned by this test process.
+struct LocalBroker;
+
+impl LocalBroker {
+    /// Starts `nisshi broker` on a free port with memory storage and waits
+    /// until it answers metadata requests. Returns its address.
+    fn start() -> Result<String, String> {
+        let binary = nisshi_binary().ok_or_else(|| {
+            "KAFKA_BROKERS is not set and the `nisshi` broker is not installed. Run `just test` \
+             (installs and starts it), or `scripts/broker.sh install && scripts/broker.sh start` \
+             and then `KAFKA_BROKERS=127.0.0.1:19092 cargo test`."
+                .to_string()
+        })?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port for a test broker: {e}"))?
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("streamkit-test-broker-{port}.log"));
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        // The broker runs under a small shell that kills it as soon as our
+        // stdin pipe closes, i.e. when this test process exits for any
+        // reason, so no broker outlives its tests.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$@" & pid=$!; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"#)
+            .arg("nisshi-guard")
+            .arg(&binary)
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://{address}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://{address}"))
+            .args(["--storage-engine", "memory://nisshi/", "--group-initial-rebalance-delay", "500ms"])
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::piped())
+            .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        static GUARD: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+        GUARD.lock().unwrap().push(child);
+
+        wait_until_answering(&address, Duration::from_secs(30)).map_err(|e| {
+            let tail = std::fs::File::open(&log)
+                .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect::<Vec<_>>().join("\n"))
+                .unwrap_or_default();
+            format!("test broker on {address} did not come up: {e}\n--- {} ---\n{tail}", log.display())
+        })?;
+        Ok(address)
+    }
+}
+
+fn nisshi_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("NISSHI_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("nisshi")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME").or_else(|| {
+        std::env::var_os("HOME").map(|h| {
+            let mut p = PathBuf::from(h);
+            p.push(".cargo");
+            p.into_os_string()
+        })
+    }) {
+        candidates.push(PathBuf::from(home).join("bin").join("nisshi"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Polls a metadata request until the broker answers.
+pub fn wait_until_answering(address: &str, deadline: Duration) -> Result<(), String> {
+    let args = KafkaArgs::for_brokers(address);
+    let probe: BaseConsumer<TracingContext> =
+        kafka::base_config(&args).create_with_context(TracingContext).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    loop {
+        match kafka::cluster_info(probe.client(), address, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() > deadline => return Err(e.to_string()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
