@@ -1,1 +1,36 @@
-fn main() {}
+//! `publisher`: bulk-publish events to Kafka and report throughput and ack
+//! latency. Run `cargo run -p publisher -- --help` for the options, e.g.
+//! `cargo run -p publisher --release -- --count 1000000 --size 100`.
+
+use clap::Parser;
+use publisher::Args;
+use stream_core::{config, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() {
+    config::load_dotenv();
+    let args = Args::parse();
+    telemetry::init(args.log.log_format);
+    let shutdown = shutdown::on_signal();
+    match publisher::run(&args, shutdown).await {
+        Ok(report) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
+            } else {
+                println!("{report}");
+            }
+            let code = if report.failed > 0 {
+                1
+            } else if report.interrupted {
+                130
+            } else {
+                0
+            };
+            std::process::exit(code);
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Bulk publisher: sends N events to the events topic as fast as the broker
+//! takes them, or at a fixed rate, and reports what was acknowledged and how
+//! long acknowledgements took.
+//!
+//! ```text
+//! cargo run -p publisher --release -- --count 1000000 --size 100
+//! cargo run -p publisher -- --count 20000 --rate 5000 --keys 100 --json
+//! ```
+//!
+//! # Layout
+//!
+//! - [`pacer`]: the open-loop send schedule behind `--rate`.
+//! - [`payload`]: generated JSON of `--size` bytes, or `--from-file` lines.
+//! - [`report`]: latency histograms, percentiles and the final [`Report`].
+//! - [`publish`] (here): the pipelined send loop, shared with `bench`.
+//!
+//! Sends are pipelined: each event is handed to librdkafka without waiting
+//! (`kafka::enqueue`), and acknowledgements are collected as they arrive.
+//! When librdkafka's queue is full the loop waits for some in-flight
+//! deliveries instead of failing or spinning.
+
+pub mod pacer;
+pub mod payload;
+pub mod report;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Parser;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::DeliveryFuture;
+use stream_core::config::{parse_duration, LogArgs};
+use stream_core::kafka::{self, Acks, Producer, ProducerOptions, TopicSpec};
+use stream_core::schema::Timestamp;
+use stream_core::KafkaArgs;
+use tokio_util::sync::CancellationToken;
+
+pub use pacer::Pacer;
+pub use payload::Payloads;
+pub use report::{Percentiles, Report};
+
+/// Command line of the `publisher` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "publisher",
+    version,
+    about = "Publish N events to Kafka, pipelined, optionally at a fixed rate, and report throughput and ack latency",
+    after_help = "Examples:
+  publisher --count 1000000 --size 100              # as fast as possible, 100-byte JSON payloads
+  publisher --count 20000 --rate 5000 --keys 100    # 5,000 msg/s over 100 keys (= stream ids)
+  publisher --from-file events.ndjson --json        # one event per line, machine-readable report
+  publisher --count 100000 --acks leader -X linger.ms=20
+
+The exit code is 1 if any message failed and 130 if interrupted (Ctrl-C flushes
+what is in flight first and still prints the report)."
+)]
+pub struct Args {
+    /// Messages to send. Defaults to 10000, or to the number of lines with --from-file
+    /// (a larger count repeats the file).
+    #[arg(short = 'n', long, env = "PUBLISH_COUNT")]
+    pub count: Option<u64>,
+
+    /// Target rate in messages per second, held by a fixed schedule (open loop).
+    /// Unset or 0: as fast as the broker acknowledges.
+    #[arg(short = 'r', long, env = "PUBLISH_RATE")]
+    pub rate: Option<f64>,
+
+    /// Payload size in bytes of the generated JSON events.
+    #[arg(short = 's', long, env = "PUBLISH_SIZE", default_value_t = 100)]
+    pub size: usize,
+
+    /// Number of distinct keys (stream ids), used round-robin; 0 sends without keys.
+    #[arg(short = 'k', long, env = "PUBLISH_KEYS", default_value_t = 100)]
+    pub keys: u64,
+
+    /// Send the lines of this NDJSON file (one JSON value per line) instead of generated payloads.
+    #[arg(short = 'f', long, env = "PUBLISH_FROM_FILE", value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+
+    /// Acknowledgement level; `all` keeps the producer idempotent.
+    #[arg(long, env = "PUBLISH_ACKS", value_enum, default_value_t = Acks::All)]
+    pub acks: Acks,
+
+    /// How long librdkafka waits to fill a batch (linger.ms).
+    #[arg(long, env = "PUBLISH_LINGER", value_parser = parse_duration, default_value = "5ms")]
+    pub linger: Duration,
+
+    /// Do not create the events topic if it is missing (for clusters where this client may not).
+    #[arg(long, env = "PUBLISH_NO_CREATE_TOPIC")]
+    pub no_create_topic: bool,
+
+    /// Print the report as JSON on stdout (and no progress bar).
+    #[arg(long, env = "PUBLISH_JSON")]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Args {
+    /// Producer settings from the flags.
+    pub fn producer_options(&self) -> ProducerOptions {
+        ProducerOptions { acks: self.acks, linger: self.linger, ..ProducerOptions::default() }
+    }
+}
+
+/// Runs the publisher until every message is acknowledged or failed, or
+/// `shutdown` is cancelled (then in-flight messages are still awaited).
+pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Report> {
+    args.kafka.validate()?;
+    let payloads = match &args.from_file {
+        Some(path) => Payloads::from_file(path, args.keys)?,
+        None => Payloads::generated(args.size, args.keys),
+    };
+    let count = args.count.or(payloads.len()).unwrap_or(10_000);
+    let topic = &args.kafka.topics.events;
+    if !args.no_create_topic {
+        kafka::ensure_topics(&args.kafka, &[TopicSpec::new(topic, &args.kafka)])
+            .await
+            .with_context(|| format!("creating topic {topic}"))?;
+    }
+    let producer = kafka::producer(&args.kafka, &args.producer_options()).context("creating the producer")?;
+    let show = !args.json && std::io::stderr().is_terminal();
+    let progress = progress_bar(count, show);
+    let outcome =
+        publish(&producer, topic, &payloads, count, Pacer::new(args.rate), &shutdown, &progress, |_| {}).await;
+    progress.finish_and_clear();
+    Ok(outcome.report(topic, args.rate))
+}
+
+/// A progress bar on stderr with the live acknowledged rate, or a hidden one.
+pub fn progress_bar(count: u64, visible: bool) -> ProgressBar {
+    let target = if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let bar = ProgressBar::with_draw_target(Some(count), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} acked  {per_sec}  eta {eta}  {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// What [`publish`] observed.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub sent: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub errors: Vec<report::ErrorCount>,
+    /// Payload bytes acknowledged.
+    pub bytes: u64,
+    /// Latency from due (or enqueue) time to acknowledgement, microseconds.
+    pub ack_latency: Histogram<u64>,
+    /// First send attempt.
+    pub started: Instant,
+    /// Last acknowledgement or failure.
+    pub finished: Instant,
+    pub interrupted: bool,
+}
+
+impl Outcome {
+    /// Seconds from the first send to the last acknowledgement.
+    pub fn elapsed(&self) -> Duration {
+        self.finished.saturating_duration_since(self.started)
+    }
+
+    /// The report of this outcome.
+    pub fn report(&self, topic: &str, target_rate: Option<f64>) -> Report {
+        let secs = self.elapsed().as_secs_f64().max(1e-9);
+        Report {
+            topic: topic.to_string(),
+            sent: self.sent,
+            acked: self.acked,
+            failed: self.failed,
+            errors: self.errors.clone(),
+            bytes: self.bytes,
+            elapsed_secs: secs,
+            msgs_per_sec: self.acked as f64 / secs,
+            mb_per_sec: self.bytes as f64 / secs / 1e6,
+            target_rate: target_rate.filter(|r| *r > 0.0),
+            ack_latency: Percentiles::of(&self.ack_latency),
+            interrupted: self.interrupted,
+        }
+    }
+
+    fn settle(&mut self, (due, bytes, result): Settled, progress: &ProgressBar) {
+        let now = Instant::now();
+        self.finished = now;
+        match result {
+            Ok(()) => {
+                self.acked += 1;
+                self.bytes += bytes as u64;
+                report::record(&mut self.ack_latency, now.saturating_duration_since(due));
+            }
+            Err(error) => self.fail(error),
+        }
+        // Drawing is rate-limited by indicatif; the counter update is cheap.
+        progress.set_position(self.acked);
+    }
+
+    fn fail(&mut self, error: KafkaError) {
+        self.failed += 1;
+        report::count_error(&mut self.errors, error.to_string());
+    }
+}
+
+type Settled = (Instant, usize, Result<(), KafkaError>);
+
+async fn settle(due: Instant, bytes: usize, delivery: DeliveryFuture) -> Settled {
+    (due, bytes, kafka::delivered(delivery).await.map(|_| ()).map_err(|(e, _)| e))
+}
+
+/// Sends `count` events from `payloads` to `topic` on `pacer`'s schedule,
+/// pipelined, and waits for every acknowledgement.
+///
+/// With a rate, each event's `ce_time` is the time it was *due*, not the
+/// time it went out, and ack latency counts from then too: when the sender
+/// or the broker falls behind, the delay shows in the numbers instead of
+/// being hidden by a later start (coordinated omission). `customize` may
+/// adjust each event (the bench tags them).
+///
+/// On `shutdown`, sending stops and the in-flight messages are awaited.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish(
+    producer: &Producer,
+    topic: &str,
+    payloads: &Payloads,
+    count: u64,
+    pacer: Pacer,
+    shutdown: &CancellationToken,
+    progress: &ProgressBar,
+    customize: impl Fn(&mut stream_core::Event),
+) -> Outcome {
+    // The schedule's start in wall-clock time, so a due Instant maps to the
+    // ce_time written into the event.
+    let wall_start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut outcome = Outcome {
+        sent: 0,
+        acked: 0,
+        failed: 0,
+        errors: Vec::new(),
+        bytes: 0,
+        ack_latency: report::latency_histogram(),
+        started: Instant::now(),
+        finished: Instant::now(),
+        interrupted: false,
+    };
+    let mut in_flight = FuturesUnordered::new();
+
+    'send: for seq in 0..count {
+        // Wait for the slot, collecting acknowledgements in the meantime.
+        let due = match pacer.due(seq) {
+            Some(due) => {
+                loop {
+                    if Instant::now() >= due {
+                        break;
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => {
+                            outcome.interrupted = true;
+                            break 'send;
+                        }
+                        Some(settled) = in_flight.next() => outcome.settle(settled, progress),
+                        _ = tokio::time::sleep_until(due.into()) => break,
+                    }
+                }
+                due
+            }
+            None => Instant::now(),
+        };
+        if shutdown.is_cancelled() {
+            outcome.interrupted = true;
+            break;
+        }
+        let mut event = payloads.event(seq);
+        if pacer.rate().is_some() {
+            let offset = due.saturating_duration_since(pacer.start());
+            event.time = Timestamp::from_micros((wall_start + offset).as_micros() as i64);
+        }
+        customize(&mut event);
+        let bytes = event.data.len();
+        loop {
+            match kafka::enqueue(producer, topic, &event) {
+                Ok(delivery) => {
+                    outcome.sent += 1;
+                    in_flight.push(settle(due, bytes, delivery));
+                    break;
+                }
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    // Backpressure: librdkafka's queue is full, so wait for
+                    // deliveries to make room rather than fail or spin.
+                    match in_flight.next().await {
+                        Some(settled) => outcome.settle(settled, progress),
+                        // Full with nothing of ours in flight: another user
+                        // of this producer fills it; give it a moment.
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+                Err(error) => {
+                    outcome.fail(error);
+                    break;
+                }
+            }
+        }
+        // Collect whatever has been acknowledged, without waiting.
+        while let Some(Some(settled)) = in_flight.next().now_or_never() {
+            outcome.settle(settled, progress);
+        }
+    }
+
+    if outcome.interrupted {
+        progress.set_message(format!("interrupted: flushing {} in flight", in_flight.len()));
+        tracing::info!(in_flight = in_flight.len(), "stopping: waiting for in-flight messages");
+    }
+    // Every delivery future resolves within the producer's delivery timeout,
+    // so this drain is bounded; a second signal exits at once.
+    while let Some(settled) = in_flight.next().await {
+        outcome.settle(settled, progress);
+    }
+    outcome
+}

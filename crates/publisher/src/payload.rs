@@ -1,0 +1,135 @@
+//! What the publisher sends: generated JSON of a given size, or the lines of
+//! an NDJSON file, spread over a number of keys.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use stream_core::schema::JSON;
+use stream_core::Event;
+
+/// `ce_source` of everything the publisher sends.
+pub const SOURCE: &str = "/publisher";
+
+/// A source of events, indexed by sequence number.
+#[derive(Debug, Clone)]
+pub struct Payloads {
+    body: Body,
+    keys: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    /// `{"seq":N,"pad":"xxx"}`, padded to this many bytes.
+    Generated(usize),
+    /// Lines of a file, sent in order and repeated if more are asked for.
+    Lines(Vec<Vec<u8>>),
+}
+
+impl Payloads {
+    /// Generated JSON payloads of `size` bytes over `keys` keys (0: no key).
+    pub fn generated(size: usize, keys: u64) -> Self {
+        Self { body: Body::Generated(size), keys }
+    }
+
+    /// The non-empty lines of an NDJSON file, each checked to be JSON so a
+    /// malformed file is refused before anything is sent.
+    pub fn from_file(path: &Path, keys: u64) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut lines = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            serde_json::from_str::<serde::de::IgnoredAny>(line)
+                .with_context(|| format!("{}:{}: not a JSON value", path.display(), n + 1))?;
+            lines.push(line.as_bytes().to_vec());
+        }
+        if lines.is_empty() {
+            bail!("{} has no events (one JSON value per line expected)", path.display());
+        }
+        Ok(Self { body: Body::Lines(lines), keys })
+    }
+
+    /// How many distinct payloads the source has (`None`: unbounded).
+    pub fn len(&self) -> Option<u64> {
+        match &self.body {
+            Body::Generated(_) => None,
+            Body::Lines(lines) => Some(lines.len() as u64),
+        }
+    }
+
+    /// Whether the source has no payloads (never true once built).
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// The key of message `seq`: `key-<seq mod keys>`, so every key gets
+    /// the same share and keeps its order within one partition.
+    pub fn key(&self, seq: u64) -> Option<String> {
+        (self.keys > 0).then(|| format!("key-{}", seq % self.keys))
+    }
+
+    /// The payload of message `seq`.
+    pub fn data(&self, seq: u64) -> Vec<u8> {
+        match &self.body {
+            Body::Generated(size) => generated(seq, *size),
+            Body::Lines(lines) => lines[(seq % lines.len() as u64) as usize].clone(),
+        }
+    }
+
+    /// Event `seq`, stamped with the current time.
+    pub fn event(&self, seq: u64) -> Event {
+        Event::with_bytes(SOURCE, self.key(seq), Some(JSON.into()), self.data(seq))
+    }
+}
+
+/// `{"seq":N,"pad":"…"}` of exactly `size` bytes, or the shortest such
+/// object when `size` is too small to hold it.
+fn generated(seq: u64, size: usize) -> Vec<u8> {
+    let head = format!("{{\"seq\":{seq},\"pad\":\"");
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut out = Vec::with_capacity(head.len() + pad + 2);
+    out.extend_from_slice(head.as_bytes());
+    out.resize(head.len() + pad, b'x');
+    out.extend_from_slice(b"\"}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_payloads_are_json_of_the_requested_size() {
+        for size in [32, 100, 1024] {
+            let data = generated(123_456, size);
+            assert_eq!(data.len(), size);
+            let value: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            assert_eq!(value["seq"], 123_456);
+        }
+        assert!(serde_json::from_slice::<serde_json::Value>(&generated(7, 1)).is_ok());
+    }
+
+    #[test]
+    fn keys_cycle_and_zero_means_none() {
+        let p = Payloads::generated(10, 3);
+        assert_eq!(p.key(4).as_deref(), Some("key-1"));
+        assert_eq!(Payloads::generated(10, 0).key(4), None);
+    }
+
+    #[test]
+    fn files_are_read_as_ndjson() {
+        let dir = std::env::temp_dir().join(format!("publisher-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.ndjson");
+        std::fs::write(&good, "{\"a\":1}\n\n[2]\n").unwrap();
+        let p = Payloads::from_file(&good, 0).unwrap();
+        assert_eq!(p.len(), Some(2));
+        assert_eq!(p.data(3), b"[2]");
+        let bad = dir.join("bad.ndjson");
+        std::fs::write(&bad, "{\"a\":1}\nnot json\n").unwrap();
+        let err = format!("{:#}", Payloads::from_file(&bad, 0).unwrap_err());
+        assert!(err.contains("bad.ndjson:2"), "{err}");
+    }
+}

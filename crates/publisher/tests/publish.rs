@@ -1,0 +1,125 @@
+//! The publisher against a real broker: exact counts read back, the rate
+//! held, the JSON report, and failures reflected in the exit code.
+
+use std::process::Command;
+use std::time::Duration;
+
+use clap::Parser;
+use publisher::{Args, Report};
+use rdkafka::consumer::Consumer;
+use rdkafka::Offset;
+use stream_core::kafka::{self, StartFrom};
+use stream_core::schema::Timestamp;
+use stream_core::{testing, Event, KafkaArgs};
+use tokio_util::sync::CancellationToken;
+
+fn args(kafka: &KafkaArgs, flags: &[&str]) -> Args {
+    let mut args = Args::try_parse_from(std::iter::once("publisher").chain(flags.iter().copied())).unwrap();
+    args.kafka = kafka.clone();
+    args
+}
+
+/// Reads `expected` events from the start of the topic, then checks the
+/// topic holds exactly that many records.
+async fn read_back(kafka: &KafkaArgs, expected: usize) -> Vec<Event> {
+    let topic = &kafka.topics.events;
+    let reader = kafka::reader(kafka, StartFrom::Earliest).unwrap();
+    let partitions = kafka::assign_all(&reader, topic, Offset::Beginning, Duration::from_secs(10)).unwrap();
+    let mut events = Vec::new();
+    while events.len() < expected {
+        let msg = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {expected} events arrived", events.len()))
+            .unwrap();
+        events.push(Event::from_message(&msg).unwrap());
+    }
+    let mut stored = 0;
+    for p in 0..partitions as i32 {
+        let (low, high) = reader.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        stored += high - low;
+    }
+    assert_eq!(stored as usize, expected, "the topic holds a different number of records than were published");
+    events
+}
+
+#[tokio::test]
+async fn sends_exactly_n_messages_that_a_consumer_reads_back() {
+    let kafka = testing::kafka_args();
+    let report =
+        publisher::run(&args(&kafka, &["--count", "500", "--size", "64", "--keys", "10"]), CancellationToken::new())
+            .await
+            .unwrap();
+    assert_eq!((report.sent, report.acked, report.failed), (500, 500, 0), "{report}");
+    assert_eq!(report.bytes, 500 * 64);
+    assert_eq!(report.ack_latency.count, 500);
+
+    let events = read_back(&kafka, 500).await;
+    let mut seqs: Vec<u64> = events.iter().map(|e| e.json_data().unwrap()["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..500).collect::<Vec<_>>(), "every sequence number exactly once");
+    assert!(events.iter().all(|e| e.data.len() == 64 && e.source == "/publisher"));
+    let keys: std::collections::BTreeSet<_> = events.iter().filter_map(|e| e.key.clone()).collect();
+    assert_eq!(keys.len(), 10);
+}
+
+/// The limiter's accuracy, seen from the receiving side: 2,000 events at
+/// 1,000/s span 2 s (within 20%), and each second carries about half.
+#[tokio::test]
+async fn holds_1000_per_second_over_2_seconds() {
+    let kafka = testing::kafka_args();
+    let report =
+        publisher::run(&args(&kafka, &["--count", "2000", "--rate", "1000"]), CancellationToken::new()).await.unwrap();
+    assert_eq!(report.acked, 2000, "{report}");
+    assert!((1.6..=2.4).contains(&report.elapsed_secs), "took {:.3} s", report.elapsed_secs);
+
+    let events = read_back(&kafka, 2000).await;
+    let times: Vec<i64> = events.iter().map(|e| e.time.as_micros()).collect();
+    let first = *times.iter().min().unwrap();
+    let span = (*times.iter().max().unwrap() - first) as f64 / 1e6;
+    assert!((1.6..=2.4).contains(&span), "ce_time spans {span:.3} s");
+    let in_first_second = times.iter().filter(|t| **t - first < 1_000_000).count();
+    assert!((800..=1200).contains(&in_first_second), "{in_first_second} events in the first second");
+    // Sent times are the schedule, so they also lie in the past.
+    assert!(events.iter().all(|e| e.time <= Timestamp::now()));
+}
+
+#[tokio::test]
+async fn the_binary_prints_a_json_report_that_parses() {
+    let kafka = testing::kafka_args();
+    let output = Command::new(env!("CARGO_BIN_EXE_publisher"))
+        .args([
+            "--count",
+            "200",
+            "--size",
+            "32",
+            "--json",
+            "--brokers",
+            &kafka.brokers,
+            "--topic",
+            &kafka.topics.events,
+        ])
+        .env_remove("KAFKA_PROPERTIES")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "exit {:?}\n{stdout}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    let report: Report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!((report.sent, report.acked, report.failed), (200, 200, 0));
+    assert!(report.msgs_per_sec > 0.0 && report.ack_latency.p99_ms >= report.ack_latency.p50_ms);
+}
+
+#[tokio::test]
+async fn undeliverable_messages_are_reported_and_fail_the_exit_code() {
+    // Nobody listens on port 1: every message times out after 1 s.
+    let output = Command::new(env!("CARGO_BIN_EXE_publisher"))
+        .args(["--count", "20", "--json", "--no-create-topic", "--brokers", "127.0.0.1:1"])
+        .args(["-X", "message.timeout.ms=1000", "--topic", "nowhere"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let report: Report = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((report.sent, report.acked, report.failed), (20, 0, 20));
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert_eq!(report.errors[0].count, 20);
+}
