@@ -1,0 +1,129 @@
+//! API keys: who is calling, compared in constant time.
+//!
+//! A caller is identified by the SHA-256 fingerprint of its key. Stream
+//! ownership is recorded with the fingerprint, never the key, so the
+//! ownership topic can be read by operators without leaking credentials.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::AppError;
+use crate::AppState;
+
+/// The configured keys.
+#[derive(Clone)]
+pub struct ApiKeys {
+    keys: Arc<Vec<(Vec<u8>, Arc<str>)>>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.keys.len())
+    }
+}
+
+impl ApiKeys {
+    /// Keys as configured; blank ones are ignored.
+    pub fn new(keys: impl IntoIterator<Item = String>) -> Self {
+        let keys = keys
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                let fingerprint: Arc<str> = fingerprint(&k).into();
+                (k.into_bytes(), fingerprint)
+            })
+            .collect();
+        Self { keys: Arc::new(keys) }
+    }
+
+    /// The fingerprint of `presented` if it is a configured key. Every
+    /// configured key is compared, so the time taken does not tell which
+    /// key (or how much of one) matched.
+    pub fn check(&self, presented: &str) -> Option<Arc<str>> {
+        let mut found = None;
+        for (key, fingerprint) in self.keys.iter() {
+            if bool::from(key.as_slice().ct_eq(presented.as_bytes())) {
+                found = Some(fingerprint.clone());
+            }
+        }
+        found
+    }
+}
+
+/// Hex SHA-256 of an API key, domain-separated so the value is useless as a
+/// generic hash lookup.
+pub fn fingerprint(key: &str) -> String {
+    let digest = Sha256::new().chain_update(b"streamkit-api-key:").chain_update(key.as_bytes()).finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An authenticated caller: the handler argument that enforces auth.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Fingerprint of the caller's key; owners of streams are recorded by it.
+    pub owner: Arc<str>,
+}
+
+/// The key a request presents: `X-API-Key`, `Authorization: Bearer`, or,
+/// for browser WebSocket clients that cannot set headers, `?api_key=`.
+fn presented_key(parts: &Parts) -> Option<&str> {
+    if let Some(value) = parts.headers.get("x-api-key") {
+        return value.to_str().ok().map(str::trim);
+    }
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    parts.uri.query()?.split('&').find_map(|pair| pair.strip_prefix("api_key="))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let key = presented_key(parts).ok_or(AppError::Unauthorized)?;
+        let owner = state.keys.check(key).ok_or(AppError::Unauthorized)?;
+        Ok(Caller { owner })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+
+    use super::*;
+
+    fn parts(builder: axum::http::request::Builder) -> Parts {
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn accepts_configured_keys_only() {
+        let keys = ApiKeys::new(["alpha".to_string(), "beta".to_string(), String::new()]);
+        assert_eq!(keys.check("alpha").as_deref(), Some(fingerprint("alpha").as_str()));
+        assert!(keys.check("beta").is_some());
+        assert!(keys.check("alph").is_none());
+        assert!(keys.check("").is_none());
+        assert_ne!(fingerprint("alpha"), fingerprint("beta"));
+        assert_eq!(fingerprint("alpha").len(), 64);
+    }
+
+    #[test]
+    fn key_sources() {
+        let p = parts(Request::builder().header("X-API-Key", " k1 "));
+        assert_eq!(presented_key(&p), Some("k1"));
+        let p = parts(Request::builder().header("Authorization", "Bearer k2"));
+        assert_eq!(presented_key(&p), Some("k2"));
+        let p = parts(Request::builder().header("Authorization", "Basic k2"));
+        assert_eq!(presented_key(&p), None);
+        let p = parts(Request::builder().uri("/stream/s/results?x=1&api_key=k3"));
+        assert_eq!(presented_key(&p), Some("k3"));
+        assert_eq!(presented_key(&parts(Request::builder())), None);
+    }
+}

@@ -1,0 +1,177 @@
+//! The gateway's command-line and environment configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use stream_core::config::{parse_duration, KafkaArgs};
+
+/// Everything the gateway needs to run; flatten it into a clap parser.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Address the HTTP server listens on (port 0 picks a free port).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8082")]
+    pub listen_addr: SocketAddr,
+
+    /// API keys accepted in `X-API-Key` or `Authorization: Bearer`,
+    /// comma-separated. A stream belongs to the key that started it.
+    #[arg(long = "api-keys", env = "API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// A single API key, as older deployments set it; added to --api-keys.
+    #[arg(long = "api-key", env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Compacted topic holding stream ownership (stream id -> hash of the
+    /// owning key), shared by every replica and read from the start at boot.
+    #[arg(long, env = "STREAMS_TOPIC", default_value = "events.streams")]
+    pub streams_topic: String,
+
+    /// Longest a request waits for the broker. A publish not acknowledged by
+    /// then is answered 503 with Retry-After; it never hangs.
+    #[arg(long, env = "REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub request_timeout: Duration,
+
+    /// Largest request body in bytes for single requests (publish, send, start).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest `/publish/batch` body in bytes.
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_batch_bytes: usize,
+
+    /// Most records in one `/publish/batch` request.
+    #[arg(long, env = "MAX_BATCH_RECORDS", default_value_t = 10_000)]
+    pub max_batch_records: usize,
+
+    /// Results buffered per WebSocket or SSE connection. When a slow reader
+    /// lets it fill, the oldest results are dropped and a `notice` frame says
+    /// how many.
+    #[arg(long, env = "WS_BUFFER", default_value_t = 256)]
+    pub ws_buffer: usize,
+
+    /// Most recent results kept per open stream for `GET /stream/{id}/results`
+    /// without an upgrade. Results of unknown streams are not kept.
+    #[arg(long, env = "RECENT_RESULTS", default_value_t = 100)]
+    pub recent_results: usize,
+
+    /// Requests handled at once; beyond it requests are refused with 429 at
+    /// once instead of queueing without bound.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: usize,
+
+    /// Records the producer may hold unsent; beyond it publishes get 503.
+    #[arg(long, env = "PRODUCER_QUEUE", default_value_t = 200_000)]
+    pub producer_queue: u32,
+
+    /// How long the producer waits to fill a batch. Each request waits for
+    /// its ack, so this adds directly to request latency.
+    #[arg(long, env = "PRODUCER_LINGER", value_parser = parse_duration, default_value = "1ms")]
+    pub linger: Duration,
+
+    /// Time given to in-flight requests and the producer flush at shutdown.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration for tests: listens on 127.0.0.1 on a free port,
+    /// short timeouts, everything else at its default.
+    pub fn for_tests(kafka: KafkaArgs, api_keys: Vec<String>) -> Self {
+        let streams_topic = format!("{}.streams", kafka.topics.events);
+        Self {
+            kafka,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_keys,
+            api_key: None,
+            streams_topic,
+            request_timeout: Duration::from_secs(5),
+            max_body_bytes: 1024 * 1024,
+            max_batch_bytes: 16 * 1024 * 1024,
+            max_batch_records: 10_000,
+            ws_buffer: 256,
+            recent_results: 100,
+            max_in_flight: 10_000,
+            producer_queue: 200_000,
+            linger: Duration::from_millis(1),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Every configured key (`--api-keys` plus `--api-key`), blanks removed.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .chain(self.api_key.iter())
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        keys.dedup();
+        keys
+    }
+
+    /// Checks what clap cannot, naming the flag at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.kafka.validate()?;
+        stream_core::config::validate_topic_name(&self.streams_topic)
+            .map_err(|why| anyhow::anyhow!("--streams-topic {:?}: {why}", self.streams_topic))?;
+        if self.keys().is_empty() {
+            anyhow::bail!("no API key configured: set API_KEYS=key1,key2 (or API_KEY=key, or --api-keys)");
+        }
+        for (flag, value) in [
+            ("--max-batch-records", self.max_batch_records),
+            ("--ws-buffer", self.ws_buffer),
+            ("--max-in-flight", self.max_in_flight),
+            ("--max-body-bytes", self.max_body_bytes),
+            ("--max-batch-bytes", self.max_batch_bytes),
+        ] {
+            if value == 0 {
+                anyhow::bail!("{flag} must be at least 1");
+            }
+        }
+        if self.request_timeout.is_zero() {
+            anyhow::bail!("--request-timeout must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn keys_come_from_both_flags() {
+        let cli = Cli::try_parse_from(["x", "--api-keys", "a, b,", "--api-key", "c"]).unwrap();
+        assert_eq!(cli.config.keys(), ["a", "b", "c"]);
+        cli.config.validate().unwrap();
+        assert_eq!(cli.config.listen_addr.port(), 8082);
+    }
+
+    #[test]
+    fn no_key_is_a_configuration_error() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        let err = cli.config.validate().unwrap_err().to_string();
+        assert!(err.contains("API_KEYS"), "{err}");
+    }
+
+    #[test]
+    fn for_tests_listens_on_a_free_local_port() {
+        let config = Config::for_tests(KafkaArgs::for_brokers("127.0.0.1:1"), vec!["k".into()]);
+        assert_eq!(config.listen_addr.port(), 0);
+        assert!(config.listen_addr.ip().is_loopback());
+        config.validate().unwrap();
+    }
+}

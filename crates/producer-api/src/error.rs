@@ -1,0 +1,171 @@
+//! The one error type of the HTTP API, and its JSON body.
+//!
+//! Every failure a client can see is an [`AppError`]; it maps to a status
+//! code and `{"error": "...", "detail"?: ...}`. Causes the client cannot act
+//! on (librdkafka's wording, internal errors) go to the log, not the body.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+/// Everything that can go wrong in a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// 400: the body is not JSON (or not UTF-8 NDJSON).
+    #[error("malformed JSON")]
+    MalformedJson(String),
+    /// 401: no API key, or one that is not configured.
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    /// 403: the stream belongs to another key.
+    #[error("this stream belongs to another API key")]
+    Forbidden,
+    /// 404: the stream does not exist (or was deleted).
+    #[error("unknown stream")]
+    UnknownStream(String),
+    /// 404: no such route.
+    #[error("no such route")]
+    NoRoute,
+    /// 405: the route exists for other methods.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 413: the body (or the batch) is larger than configured.
+    #[error("request body too large")]
+    TooLarge(String),
+    /// 415: the body has the wrong content type.
+    #[error("unsupported content type")]
+    UnsupportedMediaType(String),
+    /// 422: valid JSON of the wrong shape.
+    #[error("invalid request")]
+    Unprocessable(String),
+    /// 429: the server is already handling as many requests as allowed.
+    #[error("too many requests in flight")]
+    TooManyRequests,
+    /// 503: the broker is unreachable, slow, or the producer queue is full.
+    #[error("broker unavailable, retry later")]
+    Unavailable { detail: String, retry_after: Duration },
+    /// 500: a bug or an unexpected failure; the detail is logged only.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    /// A 503 with the default retry hint.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::Unavailable { detail: detail.into(), retry_after: Duration::from_secs(1) }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::UnknownStream(_) | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client may see beyond the one-line message.
+    pub fn detail(&self) -> Option<Value> {
+        match self {
+            Self::MalformedJson(d)
+            | Self::TooLarge(d)
+            | Self::UnsupportedMediaType(d)
+            | Self::Unprocessable(d)
+            | Self::Unavailable { detail: d, .. } => Some(Value::String(d.clone())),
+            Self::UnknownStream(id) => Some(json!({ "stream_id": id })),
+            _ => None,
+        }
+    }
+
+    /// The JSON body: `{"error": "...", "detail"?: ...}`.
+    pub fn body(&self) -> Value {
+        let mut body = json!({ "error": self.to_string() });
+        if let Some(detail) = self.detail() {
+            body["detail"] = detail;
+        }
+        body
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(cause) => tracing::error!(%cause, "internal error"),
+            Self::Unavailable { detail, .. } => tracing::warn!(%detail, "answering 503"),
+            _ => tracing::debug!(error = %self, detail = ?self.detail(), "request refused"),
+        }
+        metrics::counter!("http_errors_total", "status" => status.as_str().to_owned()).increment(1);
+        let mut response = (status, Json(self.body())).into_response();
+        let retry_after = match &self {
+            Self::Unavailable { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            Self::TooManyRequests => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(rejection: JsonRejection) -> Self {
+        let text = rejection.body_text();
+        match rejection {
+            JsonRejection::JsonDataError(_) => Self::Unprocessable(text),
+            JsonRejection::JsonSyntaxError(_) => Self::MalformedJson(text),
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::UnsupportedMediaType("send the body with Content-Type: application/json".into())
+            }
+            JsonRejection::BytesRejection(bytes) => bytes.into(),
+            other => match other.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Self::TooLarge(text),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(text),
+                StatusCode::UNPROCESSABLE_ENTITY => Self::Unprocessable(text),
+                _ => Self::MalformedJson(text),
+            },
+        }
+    }
+}
+
+impl From<BytesRejection> for AppError {
+    fn from(rejection: BytesRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::TooLarge(rejection.body_text()),
+            _ => Self::MalformedJson(rejection.body_text()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let response = AppError::unavailable("queue full").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn body_has_error_and_optional_detail() {
+        assert_eq!(AppError::Unauthorized.body(), json!({"error": "missing or invalid API key"}));
+        assert_eq!(AppError::UnknownStream("s".into()).body()["detail"]["stream_id"], "s");
+        // Internal causes never reach the client.
+        assert_eq!(AppError::Internal("secret".into()).body(), json!({"error": "internal error"}));
+    }
+}

@@ -1,0 +1,245 @@
+//! HTTP and WebSocket gateway to Kafka: publish events, open streams, and
+//! receive their processed results in real time.
+//!
+//! Run it with `producer-api` (see `--help`); tests start the same server
+//! in-process with [`Application::build`] on port 0, and handlers are
+//! reachable without a socket through [`app`].
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and environment variables.
+//! - [`error`]: [`AppError`], the one error type, and its JSON body.
+//! - [`auth`]: API keys and the [`auth::Caller`] extractor.
+//! - [`publish`]: the producer wrapper (acks, timeouts, 503s) and
+//!   `/publish`, `/publish/batch`.
+//! - [`registry`]: stream ownership in a compacted topic.
+//! - [`results`]: the results reader and per-stream fan-out.
+//! - [`streams`]: `/stream/...` handlers; [`ws`]: WebSocket and SSE.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; [`openapi`]: `/openapi.json`.
+
+#![recursion_limit = "512"]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod ops;
+pub mod publish;
+pub mod registry;
+pub mod results;
+pub mod streams;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+use stream_core::kafka::{self, ProducerOptions};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::Config;
+pub use crate::error::AppError;
+use crate::publish::Publisher;
+use crate::registry::Registry;
+use crate::results::{Hub, ResultsReader};
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub keys: auth::ApiKeys,
+    pub publisher: Arc<Publisher>,
+    pub registry: Arc<Registry>,
+    pub hub: Arc<Hub>,
+    /// Cancelled when the server starts shutting down: long-lived
+    /// connections (WebSocket, SSE) watch it and end themselves.
+    pub shutdown: CancellationToken,
+    in_flight: Arc<Semaphore>,
+}
+
+/// One route of the API. The router is built from this list, and the
+/// OpenAPI document is checked against it, so neither can miss a route.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub handler: MethodRouter<AppState>,
+}
+
+/// Every route the server answers.
+pub fn routes(config: &Config) -> Vec<Route> {
+    let single = DefaultBodyLimit::max(config.max_body_bytes);
+    let batch = DefaultBodyLimit::max(config.max_batch_bytes);
+    let route = |method: Method, path, handler| Route { method, path, handler };
+    vec![
+        route(Method::POST, "/publish", post(publish::publish).layer(single)),
+        route(Method::POST, "/publish/batch", post(publish::publish_batch).layer(batch)),
+        route(Method::POST, "/stream/start", post(streams::start).layer(single)),
+        route(Method::POST, "/stream/{id}/send", post(streams::send).layer(single)),
+        route(Method::GET, "/stream/{id}/results", get(streams::results)),
+        route(Method::DELETE, "/stream/{id}", delete(streams::delete)),
+        route(Method::GET, "/healthz", get(ops::healthz)),
+        route(Method::GET, "/readyz", get(ops::readyz)),
+        route(Method::GET, "/metrics", get(ops::metrics)),
+        route(Method::GET, "/openapi.json", get(openapi::serve)),
+        route(Method::GET, "/noop", get(ops::noop)),
+    ]
+}
+
+/// The HTTP application over `state`.
+pub fn app(state: AppState) -> Router {
+    let router = routes(&state.config).into_iter().fold(Router::new(), |router, r| router.route(r.path, r.handler));
+    router
+        .fallback(|| async { AppError::NoRoute })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Per-request metrics, and the in-flight limit that sheds load with 429
+/// instead of queueing without bound.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return AppError::TooManyRequests.into_response();
+    };
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let route = route.unwrap_or_else(|| "unmatched".into());
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method.to_string(), "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// State with its Kafka clients; the background readers are returned
+/// separately so the caller decides where they run.
+struct Parts {
+    state: AppState,
+    registry_reader: Arc<Registry>,
+    results_reader: ResultsReader,
+}
+
+async fn connect(config: Config) -> anyhow::Result<Parts> {
+    config.validate()?;
+    let args = &config.kafka;
+    let mut topics = kafka::project_topics(args);
+    topics.push(registry::topic_spec(&config.streams_topic, args));
+    kafka::ensure_topics(args, &topics).await.context("creating the topics")?;
+
+    let options = ProducerOptions {
+        linger: config.linger,
+        // librdkafka gives up on a record when the request that sent it
+        // has given up on the ack, so a 503 rarely hides a late write.
+        delivery_timeout: config.request_timeout,
+        queue_capacity: config.producer_queue,
+        ..ProducerOptions::default()
+    };
+    let producer = kafka::producer(args, &options).context("creating the producer")?;
+    let publisher = Arc::new(Publisher::new(producer, config.request_timeout));
+    let hub = Hub::new(config.ws_buffer, config.recent_results);
+    let registry = Registry::start(args, &config.streams_topic, hub.clone()).context("reading the stream registry")?;
+    let results_reader = ResultsReader::start(args).await.context("reading the results topic")?;
+    let state = AppState {
+        keys: auth::ApiKeys::new(config.keys()),
+        in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+        config: Arc::new(config),
+        publisher,
+        registry: registry.clone(),
+        hub,
+        shutdown: CancellationToken::new(),
+    };
+    Ok(Parts { state, registry_reader: registry, results_reader })
+}
+
+/// The gateway, bound to its address and caught up with the stream
+/// registry, ready to serve.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    /// Stops the Kafka readers; dropped (and so cancelled) with the app.
+    readers: tokio_util::sync::DropGuard,
+    reader_stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Connects to Kafka (creating missing topics), replays the stream
+    /// registry, starts the results reader and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listen = config.listen_addr;
+        let connect_timeout = config.kafka.connect_timeout;
+        let Parts { state, registry_reader, results_reader } = connect(config).await?;
+        let reader_stop = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(registry_reader.run(reader_stop.clone())),
+            tokio::spawn(results_reader.run(state.hub.clone(), reader_stop.clone())),
+        ];
+        let deadline = tokio::time::Instant::now() + connect_timeout.max(Duration::from_secs(1));
+        state.registry.catch_up(deadline).await.map_err(|e| anyhow::anyhow!("replaying the stream registry: {e}"))?;
+        tracing::info!(streams = state.registry.len(), "stream registry loaded");
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the listener {listen}"))?;
+        Ok(Self { listener, state, readers: reader_stop.clone().drop_guard(), reader_stop, tasks })
+    }
+
+    /// Where the server listens (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The state handlers share (tests inspect it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops taking connections,
+    /// lets in-flight requests finish (WebSockets close after their pending
+    /// acks), and flushes the producer so nothing acknowledged is lost.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { listener, state, readers, reader_stop, tasks } = self;
+        let grace = state.config.shutdown_timeout;
+        tracing::info!(addr = %listener.local_addr()?, "producer-api listening");
+        let stopping = state.shutdown.clone();
+        let forward = {
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stopping.cancel();
+            })
+        };
+        let publisher = state.publisher.clone();
+        let server = axum::serve(listener, app(state)).with_graceful_shutdown(stopping.clone().cancelled_owned());
+        let served = tokio::select! {
+            served = server => served.context("serving HTTP"),
+            _ = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
+                Ok(())
+            }
+        };
+        forward.abort();
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(grace)).await?;
+        if let Err(err) = flushed {
+            tracing::error!(%err, "producer flush incomplete at shutdown");
+        }
+        reader_stop.cancel();
+        drop(readers);
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::info!("producer-api stopped");
+        served
+    }
+}

@@ -1,0 +1,252 @@
+//! `GET /openapi.json`: the API described in OpenAPI 3.1, written by hand
+//! (the API is small, and a test checks that every route is described).
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use serde_json::{json, Value};
+
+/// `GET /openapi.json`.
+pub async fn serve() -> Json<Value> {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    Json(DOC.get_or_init(document).clone())
+}
+
+fn error(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn unavailable() -> Value {
+    json!({
+        "description": "The broker is unreachable or slow, or the producer queue is full. Retry after the delay given.",
+        "headers": { "Retry-After": { "schema": { "type": "integer" }, "description": "Seconds to wait" } },
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn ok(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+    })
+}
+
+fn json_body(schema: &str) -> Value {
+    json!({
+        "required": true,
+        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+    })
+}
+
+/// The responses every authenticated JSON route can give.
+fn authed(mut responses: serde_json::Map<String, Value>) -> Value {
+    responses.insert("401".into(), error("Missing or invalid API key"));
+    responses.insert("429".into(), error("Too many requests in flight; retry after a second"));
+    Value::Object(responses)
+}
+
+fn stream_id_param() -> Value {
+    json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "maxLength": 128 } })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let security = json!([{ "apiKey": [] }, { "bearer": [] }]);
+    let map = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => unreachable!("responses are objects"),
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "producer-api",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Publish JSON events to Kafka and receive processed results over WebSocket or SSE."
+        },
+        "paths": {
+            "/publish": { "post": {
+                "summary": "Publish one event; replies after the broker acknowledged it (acks=all)",
+                "security": security,
+                "requestBody": json_body("PublishRequest"),
+                "responses": authed(map(json!({
+                    "200": ok("Written", "Ack"),
+                    "400": error("Malformed JSON"),
+                    "413": error("Body larger than --max-body-bytes"),
+                    "415": error("Content-Type is not application/json"),
+                    "422": error("Valid JSON of the wrong shape, or a reserved header"),
+                    "503": unavailable()
+                })))
+            }},
+            "/publish/batch": { "post": {
+                "summary": "Publish many events: a JSON array, or NDJSON (application/x-ndjson); one result per record",
+                "security": security,
+                "requestBody": {
+                    "required": true,
+                    "content": {
+                        "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/PublishRequest" } } },
+                        "application/x-ndjson": { "schema": { "$ref": "#/components/schemas/PublishRequest" } }
+                    }
+                },
+                "responses": authed(map(json!({
+                    "200": ok("Per-record results (some records may have failed)", "BatchResult"),
+                    "400": error("The body is not JSON"),
+                    "413": error("More bytes than --max-batch-bytes or records than --max-batch-records"),
+                    "415": error("Content-Type is neither application/json nor application/x-ndjson"),
+                    "422": error("Not an array, or empty"),
+                    "503": unavailable()
+                })))
+            }},
+            "/stream/start": { "post": {
+                "summary": "Start a stream owned by the calling key (body optional)",
+                "security": security,
+                "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/StartRequest" } } } },
+                "responses": authed(map(json!({
+                    "201": ok("Started", "StreamRef"),
+                    "200": ok("Already started by this key", "StreamRef"),
+                    "400": error("Malformed JSON"),
+                    "403": error("The id belongs to another key"),
+                    "413": error("Body too large"),
+                    "415": error("Content-Type is not application/json"),
+                    "422": error("Invalid stream_id"),
+                    "503": unavailable()
+                })))
+            }},
+            "/stream/{id}/send": { "post": {
+                "summary": "Publish one event on a stream (record key = stream id)",
+                "security": security,
+                "parameters": [stream_id_param()],
+                "requestBody": json_body("SendRequest"),
+                "responses": authed(map(json!({
+                    "200": ok("Written", "SendAck"),
+                    "400": error("Malformed JSON"),
+                    "403": error("The stream belongs to another key"),
+                    "404": error("Unknown stream"),
+                    "413": error("Body too large"),
+                    "415": error("Content-Type is not application/json"),
+                    "422": error("Neither data nor message given"),
+                    "503": unavailable()
+                })))
+            }},
+            "/stream/{id}/results": { "get": {
+                "summary": "Results of a stream: WebSocket (upgrade; both ways), Server-Sent Events (Accept: text/event-stream), or JSON of the most recent results",
+                "description": "WebSocket frames are JSON objects with a type: result (EventResult fields at top level), ack {id, partition, offset} for each {\"data\": ...} frame the client sends, error {error}, notice {dropped, message} when the connection's buffer overflowed. Browsers may pass the key as ?api_key=.",
+                "security": security,
+                "parameters": [stream_id_param(), { "name": "api_key", "in": "query", "required": false, "schema": { "type": "string" } }],
+                "responses": authed(map(json!({
+                    "101": { "description": "Switching to WebSocket" },
+                    "200": {
+                        "description": "Recent results (JSON), or an SSE stream of `result` and `notice` events",
+                        "content": {
+                            "application/json": { "schema": { "$ref": "#/components/schemas/RecentResults" } },
+                            "text/event-stream": { "schema": { "type": "string" } }
+                        }
+                    },
+                    "403": error("The stream belongs to another key"),
+                    "404": error("Unknown stream"),
+                    "503": unavailable()
+                })))
+            }},
+            "/stream/{id}": { "delete": {
+                "summary": "Delete a stream; its WebSockets close with code 1000 and SSE streams end",
+                "security": security,
+                "parameters": [stream_id_param()],
+                "responses": authed(map(json!({
+                    "200": { "description": "Deleted", "content": { "application/json": { "schema": { "type": "object" } } } },
+                    "403": error("The stream belongs to another key"),
+                    "404": error("Unknown stream"),
+                    "503": unavailable()
+                })))
+            }},
+            "/healthz": { "get": {
+                "summary": "Liveness", "security": [],
+                "responses": { "200": { "description": "Up" } }
+            }},
+            "/readyz": { "get": {
+                "summary": "Readiness: broker metadata answers within 2 s", "security": [],
+                "responses": { "200": { "description": "Ready" }, "503": unavailable() }
+            }},
+            "/metrics": { "get": {
+                "summary": "Prometheus metrics", "security": [],
+                "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": {} } } }
+            }},
+            "/openapi.json": { "get": {
+                "summary": "This document", "security": [],
+                "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": {} } } }
+            }},
+            "/noop": { "get": {
+                "summary": "Does nothing (no auth); the baseline for load tests", "security": [],
+                "responses": { "200": { "description": "ok", "content": { "text/plain": {} } } }
+            }}
+        },
+        "components": {
+            "securitySchemes": {
+                "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
+                "bearer": { "type": "http", "scheme": "bearer" }
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["error"],
+                    "properties": { "error": { "type": "string" }, "detail": {} }
+                },
+                "PublishRequest": {
+                    "type": "object", "required": ["message"],
+                    "properties": {
+                        "message": { "description": "Any JSON value; it becomes the record value" },
+                        "key": { "type": "string" },
+                        "headers": { "type": "object", "additionalProperties": { "type": "string" } }
+                    }
+                },
+                "Ack": {
+                    "type": "object", "required": ["id", "topic", "partition", "offset"],
+                    "properties": {
+                        "id": { "type": "string", "description": "ce_id of the event" },
+                        "topic": { "type": "string" },
+                        "partition": { "type": "integer" },
+                        "offset": { "type": "integer" }
+                    }
+                },
+                "BatchResult": {
+                    "type": "object",
+                    "properties": {
+                        "succeeded": { "type": "integer" },
+                        "failed": { "type": "integer" },
+                        "results": { "type": "array", "items": { "type": "object", "description": "{index, id, topic, partition, offset} or {index, status, error, detail?}" } }
+                    }
+                },
+                "StartRequest": { "type": "object", "properties": { "stream_id": { "type": "string", "maxLength": 128 } } },
+                "StreamRef": { "type": "object", "required": ["stream_id"], "properties": { "stream_id": { "type": "string" } } },
+                "SendRequest": {
+                    "type": "object",
+                    "properties": { "data": { "description": "Any JSON value" }, "message": { "description": "Alias of data" } }
+                },
+                "SendAck": {
+                    "type": "object", "required": ["id", "stream_id", "topic", "partition", "offset"],
+                    "properties": {
+                        "id": { "type": "string" }, "stream_id": { "type": "string" }, "topic": { "type": "string" },
+                        "partition": { "type": "integer" }, "offset": { "type": "integer" }
+                    }
+                },
+                "EventResult": {
+                    "type": "object",
+                    "properties": {
+                        "event_id": { "type": "string" }, "stream_id": { "type": ["string", "null"] },
+                        "event_time": { "type": "string", "format": "date-time" },
+                        "processed_at": { "type": "string", "format": "date-time" },
+                        "worker_id": { "type": ["integer", "null"] }, "latency_us": { "type": "integer" },
+                        "output": {}
+                    }
+                },
+                "RecentResults": {
+                    "type": "object",
+                    "properties": {
+                        "stream_id": { "type": "string" },
+                        "results": { "type": "array", "items": { "$ref": "#/components/schemas/EventResult" } }
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,374 @@
+//! Publishing: the producer wrapper that turns broker trouble into 503s, and
+//! the `/publish` and `/publish/batch` handlers.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, Producer as _};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use stream_core::kafka::{self, Producer};
+use stream_core::schema::{header as ce, Event};
+use tokio::time::Instant as TokioInstant;
+
+use crate::auth::Caller;
+use crate::error::AppError;
+use crate::extract::AppJson;
+use crate::AppState;
+
+/// `ce_source` of every event the gateway writes.
+pub const SOURCE: &str = "/producer-api";
+
+/// Where the broker put a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The event's `ce_id`; results refer to it as `event_id`.
+    pub id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The shared producer, with the request timeout that bounds every wait.
+pub struct Publisher {
+    producer: Producer,
+    timeout: Duration,
+}
+
+impl Publisher {
+    pub fn new(producer: Producer, timeout: Duration) -> Self {
+        Self { producer, timeout }
+    }
+
+    /// The underlying producer (readiness probes, flush).
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    /// The deadline of a request starting now.
+    pub fn deadline(&self) -> TokioInstant {
+        TokioInstant::now() + self.timeout
+    }
+
+    /// Hands `event` to librdkafka without waiting. A full queue is refused
+    /// at once: that is the backpressure signal, answered with 503.
+    pub fn enqueue(&self, topic: &str, event: &Event) -> Result<DeliveryFuture, AppError> {
+        kafka::enqueue(&self.producer, topic, event).map_err(|err| enqueue_error(&err))
+    }
+
+    /// Waits for the broker's acknowledgement until `deadline`.
+    pub async fn acked(
+        &self,
+        id: String,
+        topic: &str,
+        future: DeliveryFuture,
+        deadline: TokioInstant,
+    ) -> Result<Ack, AppError> {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout_at(deadline, kafka::delivered(future)).await;
+        metrics::histogram!("produce_latency_seconds").record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Ok(delivery)) => {
+                Ok(Ack { id, topic: topic.to_owned(), partition: delivery.partition, offset: delivery.offset })
+            }
+            Ok(Err((err, _))) => Err(delivery_error(&err)),
+            Err(_elapsed) => Err(AppError::unavailable(format!(
+                "the broker did not acknowledge within {:?}; the event may or may not have been written",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Enqueues and waits: one event, one ack.
+    pub async fn publish(&self, topic: &str, event: &Event) -> Result<Ack, AppError> {
+        let deadline = self.deadline();
+        let future = self.enqueue(topic, event)?;
+        self.acked(event.id.clone(), topic, future, deadline).await
+    }
+
+    /// Records handed to librdkafka but not yet acknowledged.
+    pub fn queue_depth(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Waits (blocking) until every queued record is delivered or `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+fn enqueue_error(err: &KafkaError) -> AppError {
+    match err.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::QueueFull) => AppError::unavailable("the producer queue is full"),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            AppError::TooLarge("the event is larger than the broker accepts (message.max.bytes)".into())
+        }
+        _ => AppError::Internal(format!("enqueue failed: {err}")),
+    }
+}
+
+fn delivery_error(err: &KafkaError) -> AppError {
+    match err.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            AppError::TooLarge("the event is larger than the broker accepts (message.max.bytes)".into())
+        }
+        _ => AppError::unavailable(format!("the broker did not accept the event: {err}")),
+    }
+}
+
+/// `POST /publish` body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PublishRequest {
+    /// Any JSON value; it becomes the record value as is.
+    pub message: Value,
+    /// Record key (e.g. a stream or entity id): same key, same partition.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Extra record headers. CloudEvents' own names are reserved.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl PublishRequest {
+    /// The event this request describes.
+    pub fn into_event(self, traceparent: Option<&str>) -> Result<Event, AppError> {
+        for name in self.headers.keys() {
+            if name.is_empty() || ce::RESERVED.contains(&name.as_str()) || name.starts_with("ce_") {
+                return Err(AppError::Unprocessable(format!(
+                    "header {name:?} is reserved or empty; CloudEvents attributes (ce_*, content-type) are set by the server"
+                )));
+            }
+        }
+        let mut event = Event::json(SOURCE, self.key, &self.message);
+        event.extensions.extend(self.headers);
+        add_traceparent(&mut event, traceparent);
+        Ok(event)
+    }
+}
+
+/// Carries the caller's W3C trace context into the record, unless the
+/// caller set it as a header explicitly.
+pub fn add_traceparent(event: &mut Event, traceparent: Option<&str>) {
+    if let Some(trace) = traceparent {
+        if event.extension(ce::TRACEPARENT).is_none() {
+            event.extensions.push((ce::TRACEPARENT.into(), trace.into()));
+        }
+    }
+}
+
+pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers.get(ce::TRACEPARENT).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /publish`: one event, answered after the broker's ack.
+pub async fn publish(
+    State(state): State<AppState>,
+    _caller: Caller,
+    headers: HeaderMap,
+    AppJson(request): AppJson<PublishRequest>,
+) -> Result<Json<Ack>, AppError> {
+    let event = request.into_event(traceparent(&headers))?;
+    let topic = &state.config.kafka.topics.events;
+    Ok(Json(state.publisher.publish(topic, &event).await?))
+}
+
+/// One record's outcome in a batch.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum ItemResult {
+    Ok {
+        index: usize,
+        #[serde(flatten)]
+        ack: Ack,
+    },
+    Failed {
+        index: usize,
+        status: u16,
+        error: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<Value>,
+    },
+}
+
+impl ItemResult {
+    fn failed(index: usize, error: &AppError) -> Self {
+        Self::Failed { index, status: error.status().as_u16(), error: error.to_string(), detail: error.detail() }
+    }
+}
+
+/// How the batch body is framed.
+enum Framing {
+    Array,
+    Ndjson,
+}
+
+fn framing(headers: &HeaderMap) -> Result<Framing, AppError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(Framing::Array),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/json-seq" => {
+            Ok(Framing::Ndjson)
+        }
+        _ => Err(AppError::UnsupportedMediaType(format!(
+            "send a JSON array as application/json or one object per line as application/x-ndjson (got {content_type:?})"
+        ))),
+    }
+}
+
+/// Splits a batch body into per-record parse results; the batch as a whole
+/// fails only when it cannot be framed (not JSON, not an array, too many).
+fn parse_batch(framing: Framing, body: &[u8], max: usize) -> Result<Vec<Result<PublishRequest, AppError>>, AppError> {
+    let too_many = |n: usize| AppError::TooLarge(format!("{n} records in one batch; the limit is {max}"));
+    match framing {
+        Framing::Array => {
+            let value: Value = serde_json::from_slice(body).map_err(|e| AppError::MalformedJson(e.to_string()))?;
+            let Value::Array(items) = value else {
+                return Err(AppError::Unprocessable("expected a JSON array of {\"message\": ...} objects".into()));
+            };
+            if items.len() > max {
+                return Err(too_many(items.len()));
+            }
+            Ok(items
+                .into_iter()
+                .map(|item| serde_json::from_value(item).map_err(|e| AppError::Unprocessable(e.to_string())))
+                .collect())
+        }
+        Framing::Ndjson => {
+            let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').filter(|line| !line.trim_ascii().is_empty()).collect();
+            if lines.len() > max {
+                return Err(too_many(lines.len()));
+            }
+            Ok(lines
+                .into_iter()
+                .map(|line| {
+                    serde_json::from_slice(line).map_err(|e| {
+                        if e.is_data() {
+                            AppError::Unprocessable(e.to_string())
+                        } else {
+                            AppError::MalformedJson(e.to_string())
+                        }
+                    })
+                })
+                .collect())
+        }
+    }
+}
+
+/// `POST /publish/batch`: every record is enqueued before any ack is
+/// awaited, so the batch costs about one broker round trip, and each record
+/// gets its own result.
+pub async fn publish_batch(
+    State(state): State<AppState>,
+    _caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, AppError> {
+    let framing = framing(&headers)?;
+    let body = body?;
+    let requests = parse_batch(framing, &body, state.config.max_batch_records)?;
+    if requests.is_empty() {
+        return Err(AppError::Unprocessable("the batch has no records".into()));
+    }
+    let topic = &state.config.kafka.topics.events;
+    let deadline = state.publisher.deadline();
+    let trace = traceparent(&headers);
+
+    let mut pending = Vec::with_capacity(requests.len());
+    let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(requests.len());
+    for (index, request) in requests.into_iter().enumerate() {
+        let queued = request
+            .and_then(|r| r.into_event(trace))
+            .and_then(|event| state.publisher.enqueue(topic, &event).map(|future| (event.id, future)));
+        match queued {
+            Ok((id, future)) => {
+                pending.push((index, state.publisher.acked(id, topic, future, deadline)));
+                results.push(None);
+            }
+            Err(error) => results.push(Some(ItemResult::failed(index, &error))),
+        }
+    }
+    let (indexes, waits): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+    let acks = futures::future::join_all(waits).await;
+
+    let mut succeeded = 0usize;
+    let mut unavailable = 0usize;
+    for (index, outcome) in indexes.into_iter().zip(acks) {
+        results[index] = Some(match outcome {
+            Ok(ack) => {
+                succeeded += 1;
+                ItemResult::Ok { index, ack }
+            }
+            Err(error) => {
+                if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    unavailable += 1;
+                }
+                ItemResult::failed(index, &error)
+            }
+        });
+    }
+    let total = results.len();
+    metrics::counter!("batch_records_total", "outcome" => "acked").increment(succeeded as u64);
+    metrics::counter!("batch_records_total", "outcome" => "failed").increment((total - succeeded) as u64);
+    if succeeded == 0 && unavailable > 0 {
+        // Nothing was written: the client should retry the whole batch later.
+        return Err(AppError::unavailable(format!("none of the {total} records was acknowledged")));
+    }
+    let results: Vec<ItemResult> = results.into_iter().map(|r| r.expect("every record has a result")).collect();
+    let body = serde_json::json!({ "results": results, "succeeded": succeeded, "failed": total - succeeded });
+    Ok(Json(body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn reserved_headers_are_refused() {
+        let request: PublishRequest = serde_json::from_value(json!({"message": 1, "headers": {"ce_id": "x"}})).unwrap();
+        assert_eq!(request.into_event(None).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let request: PublishRequest =
+            serde_json::from_value(json!({"message": {"a": 1}, "key": "k", "headers": {"tenant": "t"}})).unwrap();
+        let event = request.into_event(Some("00-1-2-01")).unwrap();
+        assert_eq!(event.key.as_deref(), Some("k"));
+        assert_eq!(event.extension("tenant"), Some("t"));
+        assert_eq!(event.extension("traceparent"), Some("00-1-2-01"));
+        assert_eq!(event.json_data().unwrap(), json!({"a": 1}));
+    }
+
+    #[test]
+    fn a_missing_message_is_a_shape_error() {
+        assert!(serde_json::from_value::<PublishRequest>(json!({"key": "k"})).is_err());
+        assert!(serde_json::from_value::<PublishRequest>(json!({"message": null})).is_ok());
+    }
+
+    #[test]
+    fn batches_split_per_record() {
+        let body = br#"[{"message": 1}, {"nope": 2}, {"message": "x", "key": "k"}]"#;
+        let items = parse_batch(Framing::Array, body, 10).unwrap();
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_ok() && items[2].is_ok());
+        assert_eq!(items[1].as_ref().unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+        let body = b"{\"message\": 1}\n\n{bad json\n{\"message\": 3}\n";
+        let items = parse_batch(Framing::Ndjson, body, 10).unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[1].as_ref().unwrap_err().status(), StatusCode::BAD_REQUEST);
+
+        assert_eq!(parse_batch(Framing::Array, b"[1,", 10).unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            parse_batch(Framing::Array, b"{\"message\": 1}", 10).unwrap_err().status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(parse_batch(Framing::Array, b"[1,2,3]", 2).unwrap_err().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(parse_batch(Framing::Ndjson, b"1\n2\n3", 2).unwrap_err().status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

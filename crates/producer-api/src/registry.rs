@@ -1,0 +1,254 @@
+//! Stream ownership, kept in a compacted topic.
+//!
+//! Each record is keyed by stream id; its value names the owner (the
+//! fingerprint of the API key that started the stream), and a tombstone (no
+//! value) deletes the stream. Every API process reads the topic from the
+//! beginning at boot and keeps following it, so ownership survives restarts
+//! and is shared by every replica without any other coordination.
+//!
+//! Conflicts are settled by the log: the first claim of an id in the topic
+//! wins, and a process that writes a claim waits until its own reader has
+//! applied that offset before it answers, so two replicas starting the same
+//! id at the same moment agree on who owns it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::Offset;
+use serde::{Deserialize, Serialize};
+use stream_core::kafka::{self, StartFrom, TopicSpec, TracingContext};
+use stream_core::schema::Timestamp;
+use stream_core::KafkaArgs;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::AppError;
+use crate::publish::Publisher;
+use crate::results::Hub;
+
+/// The value of an ownership record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claim {
+    /// Fingerprint of the owning API key (never the key itself).
+    owner: String,
+    /// When the stream was started, for operators.
+    created_at: Timestamp,
+}
+
+/// Outcome of [`Registry::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The stream did not exist and now belongs to the caller.
+    Created,
+    /// The caller already owned it (a retried start).
+    Existing,
+}
+
+/// The ownership topic's spec: one partition (ownership changes are rare,
+/// and one partition gives every replica the same total order), compacted
+/// so only the latest claim per stream is kept.
+pub fn topic_spec(name: &str, args: &KafkaArgs) -> TopicSpec {
+    let mut spec = TopicSpec::new(name, args);
+    spec.partitions = 1;
+    spec.config.push(("cleanup.policy".into(), "compact".into()));
+    spec
+}
+
+/// This process's view of the ownership topic.
+pub struct Registry {
+    topic: String,
+    streams: RwLock<HashMap<String, Arc<str>>>,
+    /// Next offset to apply, per partition; waiters watch it.
+    applied: watch::Sender<BTreeMap<i32, i64>>,
+    consumer: Arc<StreamConsumer<TracingContext>>,
+    hub: Arc<Hub>,
+}
+
+impl Registry {
+    /// Connects a reader to `topic` from the beginning. Call [`Self::run`]
+    /// to apply records and [`Self::catch_up`] to wait for the backlog.
+    pub fn start(args: &KafkaArgs, topic: &str, hub: Arc<Hub>) -> anyhow::Result<Arc<Self>> {
+        let consumer = kafka::reader(args, StartFrom::Earliest)?;
+        kafka::assign_all(&consumer, topic, Offset::Beginning, args.connect_timeout)?;
+        Ok(Arc::new(Self {
+            topic: topic.to_owned(),
+            streams: RwLock::new(HashMap::new()),
+            applied: watch::Sender::new(BTreeMap::new()),
+            consumer: Arc::new(consumer),
+            hub,
+        }))
+    }
+
+    /// Applies ownership records until `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return,
+                message = self.consumer.recv() => message,
+            };
+            match message {
+                Ok(msg) => {
+                    if let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                        self.apply(key, msg.payload());
+                    }
+                    let (partition, next) = (msg.partition(), msg.offset() + 1);
+                    self.applied.send_modify(|applied| {
+                        applied.insert(partition, next);
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(topic = %self.topic, %err, "ownership reader error; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    fn apply(&self, stream: &str, value: Option<&[u8]>) {
+        let Some(value) = value else {
+            if self.streams.write().expect("registry lock").remove(stream).is_some() {
+                self.hub.close(stream, "stream deleted");
+                tracing::debug!(stream, "stream deleted");
+            }
+            return;
+        };
+        let claim: Claim = match serde_json::from_slice(value) {
+            Ok(claim) => claim,
+            Err(err) => {
+                tracing::warn!(topic = %self.topic, stream, %err, "ignoring an unreadable ownership record");
+                return;
+            }
+        };
+        let mut streams = self.streams.write().expect("registry lock");
+        // First claim wins: a later claim of an open stream lost a race (or
+        // is a retried start by the owner) and changes nothing.
+        if !streams.contains_key(stream) {
+            streams.insert(stream.to_owned(), claim.owner.into());
+            self.hub.open(stream);
+        }
+    }
+
+    /// The owner of `stream` as this process knows it now.
+    pub fn owner_of(&self, stream: &str) -> Option<Arc<str>> {
+        self.streams.read().expect("registry lock").get(stream).cloned()
+    }
+
+    /// Streams currently open.
+    pub fn len(&self) -> usize {
+        self.streams.read().expect("registry lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The owner of `stream`; when it is unknown here, first catches up with
+    /// the topic, so a stream started on another replica a moment ago is
+    /// found rather than reported missing.
+    pub async fn owner_fresh(&self, stream: &str, deadline: Instant) -> Result<Option<Arc<str>>, AppError> {
+        if let Some(owner) = self.owner_of(stream) {
+            return Ok(Some(owner));
+        }
+        self.catch_up(deadline).await?;
+        Ok(self.owner_of(stream))
+    }
+
+    /// Waits until everything written to the topic before this call is applied.
+    pub async fn catch_up(&self, deadline: Instant) -> Result<(), AppError> {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let ends = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, rdkafka::error::KafkaError> {
+            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+            let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+            (0..partitions as i32)
+                .map(|p| consumer.fetch_watermarks(&topic, p, timeout).map(|(_, high)| (p, high)))
+                .collect()
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("watermark task: {e}")))?
+        .map_err(|e| AppError::unavailable(format!("cannot read the stream registry's position: {e}")))?;
+        let ends: Vec<(i32, i64)> = ends.into_iter().filter(|(_, high)| *high > 0).collect();
+        self.wait_applied(&ends, deadline).await
+    }
+
+    async fn wait_applied(&self, targets: &[(i32, i64)], deadline: Instant) -> Result<(), AppError> {
+        let mut applied = self.applied.subscribe();
+        let done = async {
+            applied
+                .wait_for(|applied| targets.iter().all(|(p, end)| applied.get(p).is_some_and(|next| next >= end)))
+                .await
+                .is_ok()
+        };
+        match tokio::time::timeout_at(deadline, done).await {
+            Ok(true) => Ok(()),
+            _ => Err(AppError::unavailable("the stream registry is behind; retry shortly")),
+        }
+    }
+
+    /// Claims `stream` for `owner`: 403 if another key holds it.
+    pub async fn claim(
+        &self,
+        publisher: &Publisher,
+        stream: &str,
+        owner: &Arc<str>,
+        deadline: Instant,
+    ) -> Result<Claimed, AppError> {
+        match self.owner_fresh(stream, deadline).await? {
+            Some(current) if current == *owner => return Ok(Claimed::Existing),
+            Some(_) => return Err(AppError::Forbidden),
+            None => {}
+        }
+        let claim = Claim { owner: owner.to_string(), created_at: Timestamp::now() };
+        let value = serde_json::to_vec(&claim).expect("claims serialise");
+        let (partition, offset) = self.write(publisher, stream, Some(&value), deadline).await?;
+        self.wait_applied(&[(partition, offset + 1)], deadline).await?;
+        match self.owner_of(stream) {
+            Some(current) if current == *owner => Ok(Claimed::Created),
+            Some(_) => Err(AppError::Forbidden),
+            // Deleted between our claim and now: the caller may start again.
+            None => Err(AppError::unavailable("the stream was deleted while starting; retry")),
+        }
+    }
+
+    /// Deletes `stream` (a tombstone), after checking the caller owns it.
+    pub async fn delete(
+        &self,
+        publisher: &Publisher,
+        stream: &str,
+        owner: &Arc<str>,
+        deadline: Instant,
+    ) -> Result<(), AppError> {
+        match self.owner_fresh(stream, deadline).await? {
+            Some(current) if current == *owner => {}
+            Some(_) => return Err(AppError::Forbidden),
+            None => return Err(AppError::UnknownStream(stream.to_owned())),
+        }
+        let (partition, offset) = self.write(publisher, stream, None, deadline).await?;
+        self.wait_applied(&[(partition, offset + 1)], deadline).await
+    }
+
+    async fn write(
+        &self,
+        publisher: &Publisher,
+        stream: &str,
+        value: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<(i32, i64), AppError> {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(stream);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        let future = publisher
+            .producer()
+            .send_result(record)
+            .map_err(|(err, _)| AppError::unavailable(format!("cannot queue the ownership record: {err}")))?;
+        let ack = publisher.acked(String::new(), &self.topic, future, deadline).await?;
+        Ok((ack.partition, ack.offset))
+    }
+}

@@ -1,0 +1,225 @@
+//! The stream API: start, send, delete, and the results view (WebSocket,
+//! Server-Sent Events, or JSON of the most recent results).
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use stream_core::schema::Event;
+use tokio::time::Instant;
+
+use crate::auth::Caller;
+use crate::error::AppError;
+use crate::extract::AppJson;
+use crate::publish::{add_traceparent, traceparent, SOURCE};
+use crate::registry::Claimed;
+use crate::{ws, AppState};
+
+/// Longest stream id accepted.
+pub const MAX_STREAM_ID: usize = 128;
+
+/// Stream ids are record keys and URL path segments: letters, digits and
+/// `.`, `_`, `-`, `:`; 1 to 128 characters.
+pub fn validate_stream_id(id: &str) -> Result<(), AppError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_STREAM_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::Unprocessable(format!(
+            "stream_id must be 1 to {MAX_STREAM_ID} characters of letters, digits, '.', '_', '-' or ':'"
+        )))
+    }
+}
+
+/// `POST /stream/start` body; the body itself is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    #[serde(default)]
+    stream_id: Option<String>,
+}
+
+/// `{"stream_id": ...}`
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StreamRef {
+    pub stream_id: String,
+}
+
+/// `POST /stream/start`: 201 for a new stream, 200 when the caller already
+/// owns the id (a retried start), 403 when another key does.
+pub async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body?;
+    let request = if body.trim_ascii().is_empty() {
+        StartRequest::default()
+    } else {
+        if !is_json(&headers) {
+            return Err(AppError::UnsupportedMediaType(
+                "send the body with Content-Type: application/json (or send no body)".into(),
+            ));
+        }
+        serde_json::from_slice::<StartRequest>(&body).map_err(|e| {
+            if e.is_data() {
+                AppError::Unprocessable(e.to_string())
+            } else {
+                AppError::MalformedJson(e.to_string())
+            }
+        })?
+    };
+    let stream_id = request.stream_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    validate_stream_id(&stream_id)?;
+    let deadline = state.publisher.deadline();
+    let outcome = state.registry.claim(&state.publisher, &stream_id, &caller.owner, deadline).await?;
+    let status = match outcome {
+        Claimed::Created => {
+            metrics::counter!("streams_started_total").increment(1);
+            StatusCode::CREATED
+        }
+        Claimed::Existing => StatusCode::OK,
+    };
+    Ok((status, Json(StreamRef { stream_id })).into_response())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).is_some_and(
+        |essence| {
+            let essence = essence.trim().to_ascii_lowercase();
+            essence == "application/json" || essence.ends_with("+json")
+        },
+    )
+}
+
+/// 404 for an unknown stream, 403 for another key's stream.
+pub async fn authorize(state: &AppState, caller: &Caller, stream: &str, deadline: Instant) -> Result<(), AppError> {
+    if validate_stream_id(stream).is_err() {
+        return Err(AppError::UnknownStream(stream.to_owned()));
+    }
+    match state.registry.owner_fresh(stream, deadline).await? {
+        Some(owner) if owner == caller.owner => Ok(()),
+        Some(_) => Err(AppError::Forbidden),
+        None => Err(AppError::UnknownStream(stream.to_owned())),
+    }
+}
+
+/// The payload of a stream send: `{"data": ...}`, or the older
+/// `{"message": ...}`.
+pub fn payload_of(body: Value) -> Result<Value, AppError> {
+    match body {
+        Value::Object(mut fields) => fields.remove("data").or_else(|| fields.remove("message")).ok_or_else(|| {
+            AppError::Unprocessable("expected {\"data\": <any JSON>} (or {\"message\": <any JSON>})".into())
+        }),
+        _ => Err(AppError::Unprocessable("expected a JSON object {\"data\": <any JSON>}".into())),
+    }
+}
+
+/// Reply to a stream send.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendAck {
+    pub id: String,
+    pub stream_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// `POST /stream/{id}/send`: publishes one event keyed by the stream id.
+pub async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(stream_id): Path<String>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<Value>,
+) -> Result<Json<SendAck>, AppError> {
+    let deadline = state.publisher.deadline();
+    authorize(&state, &caller, &stream_id, deadline).await?;
+    let data = payload_of(body)?;
+    let mut event = Event::json(SOURCE, Some(stream_id.clone()), &data);
+    add_traceparent(&mut event, traceparent(&headers));
+    let topic = &state.config.kafka.topics.events;
+    let future = state.publisher.enqueue(topic, &event)?;
+    let ack = state.publisher.acked(event.id, topic, future, deadline).await?;
+    Ok(Json(SendAck { id: ack.id, stream_id, topic: ack.topic, partition: ack.partition, offset: ack.offset }))
+}
+
+/// `DELETE /stream/{id}`: closes the stream everywhere; its watchers'
+/// connections end.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(stream_id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    if validate_stream_id(&stream_id).is_err() {
+        return Err(AppError::UnknownStream(stream_id));
+    }
+    let deadline = state.publisher.deadline();
+    state.registry.delete(&state.publisher, &stream_id, &caller.owner, deadline).await?;
+    metrics::counter!("streams_deleted_total").increment(1);
+    Ok(Json(json!({ "stream_id": stream_id, "deleted": true })))
+}
+
+/// `GET /stream/{id}/results`: a WebSocket when upgrading, Server-Sent
+/// Events when the client accepts `text/event-stream`, otherwise JSON of
+/// the most recent results.
+pub async fn results(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(stream_id): Path<String>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    authorize(&state, &caller, &stream_id, state.publisher.deadline()).await?;
+    if let Ok(upgrade) = upgrade {
+        let subscription = state.hub.subscribe(&stream_id).ok_or_else(|| AppError::UnknownStream(stream_id.clone()))?;
+        return Ok(ws::upgrade(state, stream_id, subscription, upgrade));
+    }
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if wants_sse {
+        let subscription = state.hub.subscribe(&stream_id).ok_or_else(|| AppError::UnknownStream(stream_id.clone()))?;
+        return Ok(ws::sse(state, subscription));
+    }
+    let results: Vec<Value> = state
+        .hub
+        .recent(&stream_id)
+        .iter()
+        .map(|d| serde_json::to_value(&d.result).expect("results serialise"))
+        .collect();
+    Ok(Json(json!({ "stream_id": stream_id, "results": results })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids() {
+        for good in ["a", "0190a1b2-c3d4", "user:42", "x.y_z", &"a".repeat(MAX_STREAM_ID)] {
+            validate_stream_id(good).unwrap();
+        }
+        for bad in ["", "a b", "a/b", "é", &"a".repeat(MAX_STREAM_ID + 1)] {
+            assert!(validate_stream_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn payload_forms() {
+        assert_eq!(payload_of(json!({"data": {"x": 1}})).unwrap(), json!({"x": 1}));
+        assert_eq!(payload_of(json!({"message": "hi"})).unwrap(), json!("hi"));
+        assert_eq!(payload_of(json!({"data": null})).unwrap(), Value::Null);
+        assert_eq!(payload_of(json!({"other": 1})).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(payload_of(json!([1])).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}

@@ -1,0 +1,183 @@
+//! Pushing results to clients: WebSocket (both ways) and Server-Sent Events.
+//!
+//! Frames are JSON text objects with a `type`:
+//! - `result`: every [`EventResult`](stream_core::EventResult) field at top level;
+//! - `ack`: `{id, partition, offset}` for an event the client sent on the socket;
+//! - `error`: `{error}` for a client frame that could not be published;
+//! - `notice`: `{dropped, message}` when this connection's buffer overflowed
+//!   and its oldest results were dropped.
+//!
+//! When the stream is deleted the socket closes with code 1000 (SSE ends);
+//! at server shutdown it closes with 1001 after the pending acks are sent.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::FuturesOrdered;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use stream_core::schema::Event;
+
+use crate::error::AppError;
+use crate::publish::{Ack, SOURCE};
+use crate::results::{Next, Subscription};
+use crate::streams::payload_of;
+use crate::AppState;
+
+/// Events a client may have sent on one socket without an ack yet; beyond
+/// it the server stops reading the socket until acks come back.
+const MAX_PENDING_ACKS: usize = 1024;
+
+/// Counts open connections of one kind in a gauge for as long as it lives.
+struct Gauge(&'static str);
+
+impl Gauge {
+    fn open(kind: &'static str) -> Self {
+        metrics::gauge!("open_connections", "kind" => kind).increment(1.0);
+        Self(kind)
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        metrics::gauge!("open_connections", "kind" => self.0).decrement(1.0);
+    }
+}
+
+pub fn upgrade(state: AppState, stream_id: String, subscription: Subscription, upgrade: WebSocketUpgrade) -> Response {
+    let max = state.config.max_body_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run_socket(state, stream_id, subscription, socket))
+}
+
+fn notice(dropped: u64) -> Utf8Bytes {
+    json!({
+        "type": "notice",
+        "dropped": dropped,
+        "message": format!("{dropped} results were dropped because this connection read too slowly"),
+    })
+    .to_string()
+    .into()
+}
+
+fn error_frame(error: &AppError) -> Utf8Bytes {
+    let mut body = error.body();
+    body["type"] = Value::from("error");
+    body.to_string().into()
+}
+
+fn ack_frame(ack: &Ack) -> Utf8Bytes {
+    json!({ "type": "ack", "id": ack.id, "partition": ack.partition, "offset": ack.offset }).to_string().into()
+}
+
+async fn run_socket(state: AppState, stream_id: String, subscription: Subscription, socket: WebSocket) {
+    let _gauge = Gauge::open("websocket");
+    let (mut sink, mut incoming) = socket.split();
+    let mut acks = FuturesOrdered::new();
+    let topic = state.config.kafka.topics.events.clone();
+    let shutdown = state.shutdown.clone();
+    let mut closing: Option<CloseFrame> = None;
+
+    loop {
+        if let Some(frame) = &closing {
+            if acks.is_empty() {
+                let _ = sink.send(Message::Close(Some(frame.clone()))).await;
+                break;
+            }
+        }
+        let outgoing = tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if closing.is_none() => {
+                closing = Some(CloseFrame { code: 1001, reason: "server shutting down".into() });
+                continue;
+            }
+            Some(outcome) = acks.next(), if !acks.is_empty() => match outcome {
+                Ok(ack) => ack_frame(&ack),
+                Err(error) => error_frame(&error),
+            },
+            next = subscription.next(), if closing.is_none() => match next {
+                Next::Result(delivered) => delivered.frame.clone(),
+                Next::Dropped(n) => notice(n),
+                Next::Closed(reason) => {
+                    closing = Some(CloseFrame { code: 1000, reason: reason.into() });
+                    continue;
+                }
+            },
+            message = incoming.next(), if closing.is_none() && acks.len() < MAX_PENDING_ACKS => match message {
+                Some(Ok(Message::Text(text))) => {
+                    match client_event(&stream_id, text.as_str()) {
+                        Ok(event) => match state.publisher.enqueue(&topic, &event) {
+                            Ok(future) => {
+                                let publisher = state.publisher.clone();
+                                let topic = topic.clone();
+                                let deadline = publisher.deadline();
+                                acks.push_back(async move {
+                                    publisher.acked(event.id, &topic, future, deadline).await
+                                });
+                                continue;
+                            }
+                            Err(error) => error_frame(&error),
+                        },
+                        Err(error) => error_frame(&error),
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    error_frame(&AppError::UnsupportedMediaType("send events as JSON text frames".into()))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                // The client closed or vanished; nothing more can be sent.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+        };
+        if sink.send(Message::Text(outgoing)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// An event from a client text frame `{"data": ...}` (or `{"message": ...}`).
+fn client_event(stream_id: &str, text: &str) -> Result<Event, AppError> {
+    let body: Value = serde_json::from_str(text).map_err(|e| AppError::MalformedJson(e.to_string()))?;
+    let data = payload_of(body)?;
+    Ok(Event::json(SOURCE, Some(stream_id.to_owned()), &data))
+}
+
+/// Server-Sent Events: `event: result` with the same JSON as WebSocket
+/// frames, `event: notice` after drops. Ends when the stream is deleted or
+/// the server shuts down.
+pub fn sse(state: AppState, subscription: Subscription) -> Response {
+    let gauge = Gauge::open("sse");
+    let events = futures::stream::unfold((subscription, gauge), |(subscription, gauge)| async move {
+        let event = match subscription.next().await {
+            Next::Result(delivered) => SseEvent::default().event("result").data(delivered.frame.as_str()),
+            Next::Dropped(n) => SseEvent::default().event("notice").data(notice(n).as_str()),
+            Next::Closed(_) => return None,
+        };
+        Some((Ok::<_, Infallible>(event), (subscription, gauge)))
+    });
+    let events = events.take_until(state.shutdown.clone().cancelled_owned());
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames() {
+        let event = client_event("s1", r#"{"data": {"x": 1}}"#).unwrap();
+        assert_eq!(event.key.as_deref(), Some("s1"));
+        assert_eq!(event.json_data().unwrap(), json!({"x": 1}));
+        assert!(client_event("s1", r#"{"message": 2}"#).is_ok());
+        assert_eq!(client_event("s1", "{nope").unwrap_err().status().as_u16(), 400);
+        assert_eq!(client_event("s1", r#"{"x": 1}"#).unwrap_err().status().as_u16(), 422);
+        let frame: Value = serde_json::from_str(error_frame(&AppError::Forbidden).as_str()).unwrap();
+        assert_eq!(frame["type"], "error");
+        assert!(frame["error"].is_string());
+    }
+}

@@ -1,0 +1,137 @@
+//! Helpers shared by the integration tests: the gateway on a free port,
+//! a small processing step, and readers of what reached Kafka.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use producer_api::{AppState, Application, Config};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use stream_core::kafka::{self, ProducerOptions, StartFrom, TracingContext};
+use stream_core::schema::{Event, EventResult, Timestamp};
+use stream_core::KafkaArgs;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY_A: &str = "key-a";
+pub const KEY_B: &str = "key-b";
+
+/// A running gateway.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Shuts down and waits for the server to stop.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.expect("server task").expect("server stopped cleanly");
+    }
+}
+
+pub fn config(kafka: KafkaArgs) -> Config {
+    stream_core::telemetry::init(stream_core::config::LogFormat::Text);
+    Config::for_tests(kafka, vec![KEY_A.into(), KEY_B.into()])
+}
+
+/// Fresh topics and a gateway on them.
+pub async fn spawn_app() -> (KafkaArgs, TestApp) {
+    let kafka = stream_core::testing::kafka_args();
+    let app = start(config(kafka.clone())).await;
+    (kafka, app)
+}
+
+pub async fn start(config: Config) -> TestApp {
+    let application = Application::build(config).await.expect("gateway starts");
+    let addr = application.local_addr();
+    let state = application.state().clone();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    TestApp { addr, state, shutdown, handle }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// A stand-in for the consumer: reads the events topic and writes one
+/// `EventResult` per event to the results topic, keyed by stream id.
+pub fn spawn_processor(kafka: &KafkaArgs, stop: CancellationToken) -> JoinHandle<()> {
+    let reader = kafka::reader(kafka, StartFrom::Earliest).unwrap();
+    kafka::assign_all(&reader, &kafka.topics.events, Offset::Beginning, kafka.connect_timeout).unwrap();
+    let producer = kafka::producer(kafka, &ProducerOptions::default()).unwrap();
+    let results = kafka.topics.results.clone();
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => return,
+                msg = reader.recv() => msg.expect("processor reads events"),
+            };
+            let event = Event::from_message(&msg).expect("events decode");
+            let processed_at = Timestamp::now();
+            let result = EventResult {
+                event_id: event.id.clone(),
+                stream_id: event.key.clone(),
+                event_time: event.time,
+                processed_at,
+                worker_id: Some(7),
+                latency_us: event.time.until(processed_at).as_micros() as u64,
+                output: json!({ "echo": event.json_data().ok() }),
+            };
+            let out = result.to_event("/test-processor", &event);
+            let future = kafka::enqueue(&producer, &results, &out).expect("enqueue result");
+            kafka::delivered(future).await.expect("result delivered");
+        }
+    })
+}
+
+/// Reads the record at `partition`/`offset` of `topic`.
+pub async fn read_record(
+    kafka: &KafkaArgs,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> rdkafka::message::OwnedMessage {
+    let reader = kafka::reader(kafka, StartFrom::Earliest).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).unwrap();
+    reader.assign(&tpl).unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(20), reader.recv())
+        .await
+        .expect("record arrives within 20 s")
+        .expect("record reads");
+    msg.detach()
+}
+
+/// Every record of `topic` currently in it (from the beginning up to the
+/// high watermarks), as events.
+pub async fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<Event> {
+    let reader: StreamConsumer<TracingContext> = kafka::reader(kafka, StartFrom::Earliest).unwrap();
+    let partitions = kafka::assign_all(&reader, topic, Offset::Beginning, kafka.connect_timeout).unwrap();
+    let mut remaining: i64 = 0;
+    for p in 0..partitions as i32 {
+        let (low, high) = reader.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        remaining += high - low;
+    }
+    let mut events = Vec::new();
+    while remaining > 0 {
+        let msg = tokio::time::timeout(Duration::from_secs(20), reader.recv()).await.expect("records arrive").unwrap();
+        events.push(Event::from_message(&msg).unwrap());
+        remaining -= 1;
+    }
+    events
+}

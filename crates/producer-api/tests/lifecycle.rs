@@ -1,0 +1,195 @@
+//! Start-up failures, backpressure when the broker is gone, recovery when
+//! it returns, and graceful shutdown that loses no acknowledged event.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::KEY_A;
+use serde_json::{json, Value};
+use stream_core::testing::eventually;
+use stream_core::KafkaArgs;
+
+#[tokio::test]
+async fn start_up_fails_fast_and_clearly_without_a_broker() {
+    let mut kafka = KafkaArgs::for_brokers("127.0.0.1:1");
+    kafka.connect_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let err = producer_api::Application::build(common::config(kafka)).await.err().expect("no broker, no start");
+    let text = format!("{err:#}");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(text.contains("127.0.0.1:1") || text.contains("topic"), "{text}");
+}
+
+#[tokio::test]
+async fn a_configuration_without_keys_is_refused() {
+    let config = producer_api::Config::for_tests(KafkaArgs::for_brokers("127.0.0.1:1"), vec![]);
+    let err = producer_api::Application::build(config).await.err().expect("no keys, no start");
+    assert!(format!("{err:#}").contains("API_KEYS"), "{err:#}");
+}
+
+/// A broker this test can stop and restart, keeping its data on disk.
+struct OwnBroker {
+    address: String,
+    storage: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnBroker {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let storage = std::env::temp_dir().join(format!("producer-api-test-{port}.db"));
+        let _ = std::fs::remove_file(&storage);
+        let mut broker = Self { address: format!("127.0.0.1:{port}"), storage, child: None };
+        broker.resume();
+        broker
+    }
+
+    fn resume(&mut self) {
+        let binary = std::env::var_os("NISSHI_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            let installed = home.join(".cargo/bin/nisshi");
+            if installed.is_file() {
+                installed
+            } else {
+                PathBuf::from("nisshi")
+            }
+        });
+        let url = format!("tcp://{}", self.address);
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", self.storage.display()))).unwrap();
+        let child = Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
+            .arg(format!("sqlite://{}", self.storage.display()))
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting {} (install it with scripts/broker.sh install): {e}", binary.display())
+            });
+        self.child = Some(child);
+        stream_core::testing::wait_until_answering(&self.address, Duration::from_secs(30)).expect("broker answers");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.storage);
+    }
+}
+
+async fn publish(app: &common::TestApp, n: u64) -> reqwest::Response {
+    common::client()
+        .post(app.url("/publish"))
+        .header("X-API-Key", KEY_A)
+        .json(&json!({"message": {"n": n}}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn broker_down_means_503_within_the_timeout_then_recovery() {
+    let mut broker = OwnBroker::start();
+    let mut kafka = stream_core::testing::kafka_args();
+    kafka.brokers = broker.address.clone();
+    let mut config = common::config(kafka);
+    config.request_timeout = Duration::from_secs(2);
+    config.producer_queue = 1;
+    let app = common::start(config).await;
+    assert_eq!(publish(&app, 0).await.status(), 200);
+
+    broker.stop();
+    // The first publish waits for an ack that cannot come; meanwhile the
+    // queue (one record) is full, so a second is refused at once.
+    let started = Instant::now();
+    let (first, second) = tokio::join!(publish(&app, 1), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        (publish(&app, 2).await, started.elapsed())
+    });
+    let waited = started.elapsed();
+    assert_eq!(first.status(), 503);
+    assert_eq!(first.headers()["retry-after"], "1");
+    let body: Value = first.json().await.unwrap();
+    assert!(body["error"].is_string() && body["detail"].is_string(), "{body}");
+    assert!(waited < Duration::from_secs(4), "answered after {waited:?} with a 2 s timeout");
+    let (second, second_took) = second;
+    assert_eq!(second.status(), 503);
+    assert!(second.headers().contains_key("retry-after"));
+    assert!(second_took < Duration::from_secs(1), "queue-full answered after {second_took:?}");
+    let ready = common::client().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    broker.resume();
+    eventually(Duration::from_secs(60), "publishing to work again", || async {
+        (publish(&app, 3).await.status() == 200).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_loses_no_acknowledged_event() {
+    let (kafka, app) = common::spawn_app().await;
+    let client = common::client();
+    let url = app.url("/publish");
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for worker in 0..8u64 {
+        let client = client.clone();
+        let url = url.clone();
+        let count = count.clone();
+        senders.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0.. {
+                let sent = client
+                    .post(&url)
+                    .header("X-API-Key", KEY_A)
+                    .json(&json!({"message": {"worker": worker, "n": n}}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 200 => {
+                        let ack: Value = response.json().await.unwrap();
+                        acked.push(ack["id"].as_str().unwrap().to_owned());
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Refused or cut off at shutdown: not acknowledged.
+                    _ => break,
+                }
+            }
+            acked
+        }));
+    }
+    eventually(Duration::from_secs(30), "some events to be acknowledged", || async {
+        (count.load(Ordering::Relaxed) > 100).then_some(())
+    })
+    .await;
+    app.shutdown.cancel();
+    app.handle.await.unwrap().unwrap();
+    let mut acked = HashSet::new();
+    for sender in senders {
+        acked.extend(sender.await.unwrap());
+    }
+    assert!(!acked.is_empty());
+    let written: HashSet<String> =
+        common::read_all(&kafka, &kafka.topics.events).await.into_iter().map(|e| e.id).collect();
+    let lost: Vec<_> = acked.difference(&written).collect();
+    assert!(lost.is_empty(), "{} acknowledged events missing from the topic: {lost:?}", lost.len());
+}

@@ -1,0 +1,270 @@
+//! Streams: start, send, results over WebSocket, SSE and JSON, delete, and
+//! ownership shared by replicas and kept across restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{KEY_A, KEY_B};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use stream_core::testing::eventually;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn start_stream(app: &common::TestApp, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = common::client().post(app.url("/stream/start")).header("X-API-Key", key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn send(app: &common::TestApp, key: &str, stream: &str, body: Value) -> (u16, Value) {
+    let response = common::client()
+        .post(app.url(&format!("/stream/{stream}/send")))
+        .header("X-API-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn connect(app: &common::TestApp, key: &str, stream: &str) -> Socket {
+    let mut request = app.ws_url(&format!("/stream/{stream}/results")).into_client_request().unwrap();
+    request.headers_mut().insert("X-API-Key", key.parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade").0
+}
+
+/// The next JSON text frame of a given type, skipping others.
+async fn next_frame(socket: &mut Socket, kind: &str) -> Value {
+    let deadline = Duration::from_secs(20);
+    tokio::time::timeout(deadline, async {
+        loop {
+            match socket.next().await.expect("socket open").expect("frame") {
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if frame["type"] == kind {
+                        return frame;
+                    }
+                }
+                Message::Close(frame) => panic!("closed while waiting for {kind}: {frame:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind} frame within {deadline:?}"))
+}
+
+#[tokio::test]
+async fn websocket_round_trip_through_a_processor() {
+    let (kafka, app) = common::spawn_app().await;
+    let stop = CancellationToken::new();
+    let processor = common::spawn_processor(&kafka, stop.clone());
+
+    let (status, body) = start_stream(&app, KEY_A, None).await;
+    assert_eq!(status, 201, "{body}");
+    let stream = body["stream_id"].as_str().unwrap().to_owned();
+    let mut socket = connect(&app, KEY_A, &stream).await;
+
+    // An event sent over HTTP comes back as a result frame on the socket.
+    let (status, ack) = send(&app, KEY_A, &stream, json!({"data": {"n": 1}})).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["stream_id"], stream.as_str());
+    assert_eq!(ack["topic"], kafka.topics.events.as_str());
+    let result = next_frame(&mut socket, "result").await;
+    assert_eq!(result["event_id"], ack["id"]);
+    assert_eq!(result["stream_id"], stream.as_str());
+    assert_eq!(result["output"]["echo"], json!({"n": 1}));
+    assert_eq!(result["worker_id"], 7);
+    for field in ["event_time", "processed_at", "latency_us"] {
+        assert!(!result[field].is_null(), "{field} missing from {result}");
+    }
+
+    // An event sent on the socket is acked there, then its result arrives.
+    socket.send(Message::text(r#"{"data": {"n": 2}}"#)).await.unwrap();
+    let ack = next_frame(&mut socket, "ack").await;
+    assert!(ack["offset"].as_i64().unwrap() >= 0 && ack["partition"].is_number());
+    let result = next_frame(&mut socket, "result").await;
+    assert_eq!(result["event_id"], ack["id"]);
+    assert_eq!(result["output"]["echo"], json!({"n": 2}));
+
+    // The seed's field name works too; bad frames get an error frame and
+    // the socket stays usable.
+    socket.send(Message::text("{not json")).await.unwrap();
+    let error = next_frame(&mut socket, "error").await;
+    assert!(error["error"].as_str().unwrap().contains("JSON"), "{error}");
+    socket.send(Message::text(r#"{"message": "three"}"#)).await.unwrap();
+    let ack = next_frame(&mut socket, "ack").await;
+    assert_eq!(next_frame(&mut socket, "result").await["event_id"], ack["id"]);
+
+    // Without an upgrade: the recent results as JSON.
+    let recent: Value = common::client()
+        .get(app.url(&format!("/stream/{stream}/results")))
+        .header("X-API-Key", KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let outputs: Vec<Value> =
+        recent["results"].as_array().unwrap().iter().map(|r| r["output"]["echo"].clone()).collect();
+    assert_eq!(outputs, [json!({"n": 1}), json!({"n": 2}), json!("three")]);
+
+    // Another key can neither watch nor send; deleting closes the socket.
+    let response = common::client()
+        .get(app.url(&format!("/stream/{stream}/results")))
+        .header("X-API-Key", KEY_B)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(send(&app, KEY_B, &stream, json!({"data": 1})).await.0, 403);
+    let response =
+        common::client().delete(app.url(&format!("/stream/{stream}"))).header("X-API-Key", KEY_A).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("socket closes after delete");
+    assert_eq!(u16::from(closed.expect("close frame has a code").code), 1000);
+    assert_eq!(send(&app, KEY_A, &stream, json!({"data": 1})).await.0, 404);
+
+    stop.cancel();
+    processor.await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn server_sent_events_carry_results() {
+    let (kafka, app) = common::spawn_app().await;
+    let stop = CancellationToken::new();
+    let processor = common::spawn_processor(&kafka, stop.clone());
+    let (status, _) = start_stream(&app, KEY_A, Some(json!({"stream_id": "sse-stream"}))).await;
+    assert_eq!(status, 201);
+
+    let mut response = common::client()
+        .get(app.url("/stream/sse-stream/results"))
+        .header("X-API-Key", KEY_A)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+
+    let (status, ack) = send(&app, KEY_A, "sse-stream", json!({"data": "hello"})).await;
+    assert_eq!(status, 200, "{ack}");
+    let mut text = String::new();
+    let data = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let chunk = response.chunk().await.unwrap().expect("SSE stream stays open");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            if let Some(event) = text.split("\n\n").find(|e| e.contains("event: result")) {
+                let data = event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                return serde_json::from_str::<Value>(data).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a result event within 20 s");
+    assert_eq!(data["type"], "result");
+    assert_eq!(data["event_id"], ack["id"]);
+    assert_eq!(data["output"]["echo"], "hello");
+
+    stop.cancel();
+    processor.await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn start_validates_its_body_and_is_idempotent_for_the_owner() {
+    let (_kafka, app) = common::spawn_app().await;
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "s-1"}))).await.0, 201);
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "s-1"}))).await.0, 200);
+    assert_eq!(start_stream(&app, KEY_B, Some(json!({"stream_id": "s-1"}))).await.0, 403);
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "bad id/x"}))).await.0, 422);
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream": "x"}))).await.0, 422);
+    assert_eq!(start_stream(&app, "nobody", None).await.0, 401);
+    let response = common::client()
+        .post(app.url("/stream/start"))
+        .header("X-API-Key", KEY_A)
+        .header("Content-Type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = common::client()
+        .post(app.url("/stream/start"))
+        .header("X-API-Key", KEY_A)
+        .header("Content-Type", "text/plain")
+        .body("stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(send(&app, KEY_A, "s-1", json!({"nothing": 1})).await.0, 422);
+    let response = common::client().delete(app.url("/stream/s-1")).header("X-API-Key", KEY_B).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let response =
+        common::client().delete(app.url("/stream/never-started")).header("X-API-Key", KEY_A).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn replicas_share_ownership_and_it_survives_a_restart() {
+    let kafka = stream_core::testing::kafka_args();
+    let a = common::start(common::config(kafka.clone())).await;
+    let b = common::start(common::config(kafka.clone())).await;
+
+    let (status, _) = start_stream(&a, KEY_A, Some(json!({"stream_id": "shared"}))).await;
+    assert_eq!(status, 201);
+    // B learns of the stream through the ownership topic.
+    assert_eq!(send(&b, KEY_B, "shared", json!({"data": 1})).await.0, 403);
+    assert_eq!(send(&b, KEY_A, "shared", json!({"data": 1})).await.0, 200);
+    assert_eq!(start_stream(&b, KEY_B, Some(json!({"stream_id": "shared"}))).await.0, 403);
+
+    // Deleting on B closes it on A as well.
+    let response = common::client().delete(b.url("/stream/shared")).header("X-API-Key", KEY_A).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    eventually(Duration::from_secs(10), "A to see the deletion", || async {
+        (a.state.registry.owner_of("shared").is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(send(&a, KEY_A, "shared", json!({"data": 1})).await.0, 404);
+
+    // A stream started before a restart still belongs to its key after it.
+    assert_eq!(start_stream(&a, KEY_A, Some(json!({"stream_id": "durable"}))).await.0, 201);
+    a.stop().await;
+    b.stop().await;
+    let c = common::start(common::config(kafka.clone())).await;
+    assert_eq!(send(&c, KEY_B, "durable", json!({"data": 1})).await.0, 403);
+    assert_eq!(send(&c, KEY_A, "durable", json!({"data": 1})).await.0, 200);
+    assert_eq!(send(&c, KEY_A, "shared", json!({"data": 1})).await.0, 404);
+    // The registry stores a fingerprint, never the key itself.
+    let claims = common::read_all(&kafka, &format!("{}.streams", kafka.topics.events)).await;
+    assert!(!claims.is_empty());
+    for claim in claims {
+        let text = String::from_utf8_lossy(&claim.data);
+        assert!(!text.contains(KEY_A) && !text.contains(KEY_B), "raw key stored: {text}");
+    }
+    c.stop().await;
+}
