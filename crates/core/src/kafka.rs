@@ -251,12 +251,21 @@ pub struct ConsumerOptions {
     pub session_timeout: Duration,
     /// Where to start without a committed offset.
     pub start_from: StartFrom,
+    /// How often librdkafka emits statistics to the context's `stats`
+    /// callback (consumer lag per partition, fetch queues). `None` leaves
+    /// them off: parsing them costs a little CPU.
+    pub statistics_interval: Option<Duration>,
 }
 
 impl ConsumerOptions {
     /// Defaults for `group`.
     pub fn new(group: impl Into<String>) -> Self {
-        Self { group: group.into(), session_timeout: Duration::from_secs(10), start_from: StartFrom::Earliest }
+        Self {
+            group: group.into(),
+            session_timeout: Duration::from_secs(10),
+            start_from: StartFrom::Earliest,
+            statistics_interval: None,
+        }
     }
 }
 
@@ -290,6 +299,11 @@ pub fn group_consumer<C: ConsumerContext + 'static>(
         // after a quiet spell at little cost.
         .set("fetch.wait.max.ms", "100")
         .set("enable.partition.eof", "false");
+    if let Some(interval) = options.statistics_interval {
+        // The only way to see consumer lag per partition without extra
+        // requests to the brokers: librdkafka reports it in its statistics.
+        config.set("statistics.interval.ms", interval.as_millis().max(1).to_string());
+    }
     create(&finish(config, args), context)
 }
 
@@ -348,6 +362,9 @@ pub fn enqueue(producer: &Producer, topic: &str, event: &Event) -> std::result::
 }
 
 /// Waits for a delivery report, turning a dropped producer into an error.
+// The error carries the undelivered message by value, as rdkafka's own
+// delivery result does, so callers can retry it without a copy.
+#[allow(clippy::result_large_err)]
 pub async fn delivered(future: DeliveryFuture) -> OwnedDeliveryResult {
     future.await.unwrap_or_else(|_canceled| {
         Err((
