@@ -1,0 +1,117 @@
+//! stream-core against a real Kafka-protocol broker (see `testing::brokers`).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Headers;
+use rdkafka::{Message, Offset};
+use serde_json::json;
+use stream_core::kafka::{self, ProducerOptions, StartFrom};
+use stream_core::schema::{header, Event};
+use stream_core::testing;
+use stream_core::{Error, KafkaArgs};
+
+/// Reads records from every partition of `topic` until `count` arrived.
+async fn read_back(args: &KafkaArgs, topic: &str, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let reader = kafka::reader(args, StartFrom::Earliest).unwrap();
+    kafka::assign_all(&reader, topic, Offset::Beginning, Duration::from_secs(10)).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "only {} of {count} records arrived within 30 s", out.len());
+        if let Ok(Ok(msg)) = tokio::time::timeout(left, reader.recv()).await {
+            out.push(msg.detach());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn cloud_event_round_trips_through_the_broker_with_every_header() {
+    let args = testing::kafka_args();
+    testing::create_project_topics(&args).await;
+    let producer = kafka::producer(&args, &ProducerOptions::default()).unwrap();
+
+    let payloads = [json!({"order": 17, "items": ["a", "b"]}), json!("plain string"), json!(3.5), json!([1, null])];
+    let mut sent = Vec::new();
+    for (i, value) in payloads.iter().enumerate() {
+        let mut event = Event::json("/test", Some(format!("stream-{i}")), value);
+        event.extensions.push(("traceparent".into(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()));
+        let delivery = kafka::delivered(kafka::enqueue(&producer, &args.topics.events, &event).unwrap()).await;
+        let delivery = delivery.map_err(|(e, _)| e).expect("broker acknowledges");
+        assert!(delivery.offset >= 0);
+        sent.push(event);
+    }
+    // Binary, non-JSON payloads travel too.
+    let raw = Event::with_bytes("/test", None, Some("application/octet-stream".into()), vec![0, 255, 10, 13]);
+    kafka::delivered(kafka::enqueue(&producer, &args.topics.events, &raw).unwrap()).await.map_err(|(e, _)| e).unwrap();
+    sent.push(raw);
+
+    let received = read_back(&args, &args.topics.events, sent.len()).await;
+    for original in &sent {
+        let msg = received
+            .iter()
+            .find(|m| Event::from_message(*m).map(|e| e.id == original.id).unwrap_or(false))
+            .unwrap_or_else(|| panic!("event {} not read back", original.id));
+        assert_eq!(&Event::from_message(msg).unwrap(), original);
+        let names: Vec<&str> = msg.headers().unwrap().iter().map(|h| h.key).collect();
+        for required in header::RESERVED {
+            if required == header::CONTENT_TYPE && original.content_type.is_none() {
+                continue;
+            }
+            assert!(names.contains(&required), "header {required} missing from {names:?}");
+        }
+        assert_eq!(msg.payload().unwrap(), original.data.as_slice(), "payload bytes changed in transit");
+    }
+}
+
+#[tokio::test]
+async fn creating_topics_twice_is_harmless() {
+    let args = testing::kafka_args();
+    let specs = kafka::project_topics(&args);
+    kafka::ensure_topics(&args, &specs).await.unwrap();
+    kafka::ensure_topics(&args, &specs).await.expect("second creation must succeed");
+
+    let info = kafka::check_cluster(&args).await.unwrap();
+    for spec in &specs {
+        assert!(info.topics.contains(&spec.name), "{} missing from {:?}", spec.name, info.topics);
+    }
+    let reader = kafka::reader(&args, StartFrom::Earliest).unwrap();
+    let metadata = reader.fetch_metadata(Some(&args.topics.events), Duration::from_secs(5)).unwrap();
+    assert_eq!(metadata.topics()[0].partitions().len(), args.topics.partitions as usize);
+}
+
+/// A port on which nothing listens.
+fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    address
+}
+
+#[tokio::test]
+async fn producing_to_an_unreachable_broker_fails_within_its_timeout() {
+    let args = KafkaArgs::for_brokers(dead_address());
+    let options = ProducerOptions { delivery_timeout: Duration::from_secs(2), ..ProducerOptions::default() };
+    let producer = kafka::producer(&args, &options).unwrap();
+    let event = Event::json("/test", None, &json!({"x": 1}));
+    let started = Instant::now();
+    let future = kafka::enqueue(&producer, "events", &event).expect("enqueue does not need a broker");
+    let outcome = tokio::time::timeout(Duration::from_secs(20), kafka::delivered(future))
+        .await
+        .expect("delivery must fail by itself, not hang");
+    let (error, _) = outcome.expect_err("nothing can acknowledge this record");
+    assert!(error.to_string().to_lowercase().contains("timed out"), "unclear error: {error}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "failed before its timeout: {error}");
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_reported_with_what_to_do() {
+    let mut args = KafkaArgs::for_brokers(dead_address());
+    args.connect_timeout = Duration::from_millis(500);
+    let err = kafka::check_cluster(&args).await.unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&args.brokers) && text.contains("KAFKA_BROKERS"), "{text}");
+}

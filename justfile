@@ -1,0 +1,71 @@
+# Everyday commands. `just --list` shows them all.
+
+set dotenv-load := true
+
+# Show the recipes.
+default:
+    @just --list
+
+# Start a broker on 127.0.0.1:19092: Redpanda + Console with Docker, else the local Nisshi broker.
+up:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+        docker compose -f compose/redpanda.yml up -d --wait
+        echo "Redpanda on 127.0.0.1:19092, Console on http://localhost:8080"
+    else
+        echo "No Docker engine reachable: starting the local Nisshi broker instead (scripts/broker.sh)."
+        scripts/broker.sh install
+        scripts/broker.sh start
+    fi
+
+# Stop what `just up` started.
+down:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+        docker compose -f compose/redpanda.yml down
+    fi
+    scripts/broker.sh stop
+
+# Local broker without Docker (memory storage); `just broker --sqlite` keeps data on disk.
+broker *ARGS:
+    scripts/broker.sh install
+    scripts/broker.sh start {{ARGS}}
+
+# Stop the local broker.
+broker-stop:
+    scripts/broker.sh stop
+
+# Install prerequisites (system packages, just, the local broker).
+setup:
+    scripts/setup.sh
+
+# The full test suite against a real broker (what CI runs).
+test *ARGS:
+    scripts/test.sh {{ARGS}}
+
+# Broker, consumer and producer-api together, with a walk-through of sending an event.
+demo:
+    scripts/demo.sh
+
+# Bulk load: `just publish --count 1000000 --size 200`.
+publish *ARGS:
+    cargo run --release -p publisher -- {{ARGS}}
+
+# Run the consumer: `just consume --workers 4`.
+consume *ARGS:
+    cargo run --release -p consumer -- {{ARGS}}
+
+# Run the HTTP/WebSocket gateway.
+api *ARGS:
+    cargo run --release -p producer-api -- {{ARGS}}
+
+# Benchmarks: `just bench e2e --rates 1000,10000`.
+bench *ARGS:
+    cargo run --release -p bench -- {{ARGS}}
+
+# Format and lint.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building, testing and running need on a fresh Debian machine:
+# the C toolchain pieces librdkafka is built with, `just`, and the local broker.
+# Everything is skipped when already present, so it is cheap to run again.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+say() { echo "setup: $*" >&2; }
+
+# librdkafka (vendored by rdkafka-sys) is compiled with make and a C compiler;
+# TLS/SASL-SCRAM support links OpenSSL, compression links zlib.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev python3 curl)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  say "installing system packages: ${missing[*]}"
+  sudo=""; [[ "$(id -u)" == 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { say "cargo not found: install Rust with rustup first"; exit 1; }
+
+if ! command -v just >/dev/null 2>&1; then
+  # The PyPI package ships the prebuilt `just` binary: seconds instead of a
+  # compile. Falls back to cargo where pip is missing.
+  say "installing just"
+  if command -v pip3 >/dev/null 2>&1 && pip3 install --quiet rust-just >/dev/null 2>&1 && command -v just >/dev/null 2>&1; then :;
+  else cargo install just --locked --quiet; fi
+fi
+
+"$ROOT/scripts/broker.sh" install
