@@ -1,1 +1,30 @@
-fn main() {}
+//! `bench`: throughput and latency benchmarks of the toolkit. Run
+//! `cargo run -p bench --release -- --help`, e.g.
+//! `cargo run -p bench --release -- e2e --rates 1000,10000`.
+
+use bench::Cli;
+use clap::Parser;
+use stream_core::{config, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() {
+    config::load_dotenv();
+    let cli = Cli::parse();
+    telemetry::init(cli.common().log.log_format);
+    let shutdown = shutdown::on_signal();
+    match bench::run(&cli, shutdown).await {
+        Ok(report) => {
+            if cli.common().json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
+            } else {
+                println!("{report}");
+            }
+            let errors: u64 = report.rows.iter().map(|r| r.errors).sum();
+            std::process::exit(if errors > 0 { 1 } else { 0 });
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! `bench api`: C concurrent streams send M messages in total through the
+//! producer-api, and every result is awaited on its stream's WebSocket.
+//!
+//! Set-up (not timed): each stream is started (`POST /stream/start`) and
+//! its results WebSocket (`GET /stream/{id}/results`) is opened. Then all
+//! streams send at once, each its share of M via `POST /stream/{id}/send`.
+//!
+//! Clocks, all on this host's monotonic clock:
+//! - request latency: just before the POST is written -> its response is
+//!   read (with `--rate`: from the time the message was due instead).
+//! - end-to-end latency: the same start -> the `{"type":"result"}` frame for
+//!   that event id is read from the WebSocket, i.e. HTTP in, Kafka, consumer
+//!   processing, results topic, API, WebSocket out.
+//!
+//! Without `--rate` each stream is a closed loop (it sends its next message
+//! when the previous request returned), as the seed's benchmark did: a stall
+//! then delays later sends and fewer samples fall into it (coordinated
+//! omission). With `--rate` the streams follow a fixed schedule and each
+//! latency counts from the time the message was due, which charges stalls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use publisher::report::{count_error, latency_histogram, record, ErrorCount};
+use publisher::{Pacer, Payloads};
+use serde::Deserialize;
+use stream_core::config::parse_duration;
+use tokio::sync::Barrier;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::output::{self, BenchReport, Measurement};
+use crate::Common;
+
+/// Options of `bench api`.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Base URL of the producer-api.
+    #[arg(long, env = "BENCH_API_URL", default_value = "http://127.0.0.1:8082")]
+    pub url: String,
+
+    /// API key sent as X-API-Key. Without it, the first key of API_KEYS is used.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Concurrent streams, each with its own WebSocket.
+    #[arg(short = 'c', long, env = "BENCH_STREAMS", default_value_t = 1000)]
+    pub streams: usize,
+
+    /// Messages in total, spread evenly over the streams.
+    #[arg(short = 'm', long, env = "BENCH_MESSAGES", default_value_t = 100_000)]
+    pub messages: u64,
+
+    /// Payload size in bytes (generated JSON, the "data" of each send).
+    #[arg(short = 's', long, env = "BENCH_SIZE", default_value_t = 100)]
+    pub size: usize,
+
+    /// Total offered rate in messages per second over all streams (open loop);
+    /// unset: each stream sends as soon as its previous request returned.
+    #[arg(short = 'r', long, env = "BENCH_RATE")]
+    pub rate: Option<f64>,
+
+    /// After the last send, how long to wait for the remaining results.
+    #[arg(long, env = "BENCH_RESULT_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub result_timeout: Duration,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// What one stream measured.
+struct StreamStats {
+    request: Histogram<u64>,
+    e2e: Histogram<u64>,
+    sent: u64,
+    failed: u64,
+    missing: u64,
+    errors: Vec<ErrorCount>,
+    last_result: Option<Instant>,
+}
+
+#[derive(Deserialize)]
+struct Started {
+    stream_id: String,
+}
+
+#[derive(Deserialize)]
+struct Sent {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    event_id: Option<String>,
+}
+
+/// Runs `bench api`.
+pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
+    if args.streams == 0 || args.messages == 0 {
+        bail!("--streams and --messages must be at least 1");
+    }
+    let key = match &args.api_key {
+        Some(key) => key.clone(),
+        None => std::env::var("API_KEYS")
+            .ok()
+            .and_then(|keys| keys.split(',').map(str::trim).find(|k| !k.is_empty()).map(str::to_owned))
+            .ok_or_else(|| anyhow!("bench api needs --api-key (API_KEY) or API_KEYS"))?,
+    };
+    let base = args.url.trim_end_matches('/').to_string();
+    let ws_base = base.replacen("http", "ws", 1);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.streams)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+
+    // Set-up: start every stream and open its WebSocket, a few at a time.
+    tracing::info!(streams = args.streams, url = %base, "starting streams");
+    let mut handles = Vec::with_capacity(args.streams);
+    let opened = futures::stream::iter(0..args.streams)
+        .map(|_| open_stream(&http, &base, &ws_base, &key))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let mut streams = Vec::with_capacity(args.streams);
+    for stream in opened {
+        streams.push(stream?);
+    }
+
+    let barrier = Arc::new(Barrier::new(args.streams + 1));
+    let payloads = Arc::new(Payloads::generated(args.size, 0));
+    let per_stream = args.messages / args.streams as u64;
+    let extra = args.messages % args.streams as u64;
+    let mut seq_start = 0;
+    for (i, (stream_id, socket)) in streams.into_iter().enumerate() {
+        let count = per_stream + u64::from((i as u64) < extra);
+        let task = StreamTask {
+            http: http.clone(),
+            url: format!("{base}/stream/{stream_id}/send"),
+            key: key.clone(),
+            payloads: payloads.clone(),
+            first_seq: seq_start,
+            count,
+            // Stream i's messages interleave with the others' on the
+            // common schedule: due at start + (j * C + i) / rate.
+            rate: args.rate.map(|r| r / args.streams as f64),
+            offset: args.rate.map(|r| Duration::from_secs_f64(i as f64 / r)).unwrap_or_default(),
+            result_timeout: args.result_timeout,
+            shutdown: shutdown.clone(),
+        };
+        seq_start += count;
+        handles.push(tokio::spawn(task.run(socket, barrier.clone())));
+    }
+
+    barrier.wait().await;
+    let start = Instant::now();
+    tracing::info!(messages = args.messages, "sending");
+    let mut request = latency_histogram();
+    let mut e2e = latency_histogram();
+    let (mut sent, mut failed, mut missing) = (0, 0, 0);
+    let mut errors = Vec::new();
+    let mut last_result = start;
+    let mut sends_done = start;
+    for handle in handles {
+        let (s, sends_finished) = handle.await.context("stream task panicked")?;
+        request.add(&s.request).expect("same histogram bounds");
+        e2e.add(&s.e2e).expect("same histogram bounds");
+        sent += s.sent;
+        failed += s.failed;
+        missing += s.missing;
+        for e in s.errors {
+            for _ in 0..e.count {
+                count_error(&mut errors, e.error.clone());
+            }
+        }
+        last_result = last_result.max(s.last_result.unwrap_or(start));
+        sends_done = sends_done.max(sends_finished);
+    }
+    for e in &errors {
+        tracing::warn!(count = e.count, error = %e.error, "failed requests");
+    }
+    let send_secs = sends_done.duration_since(start).as_secs_f64().max(1e-9);
+    let total_secs = last_result.duration_since(start).as_secs_f64().max(1e-9);
+    let mut request_row = Measurement::new("request", sent as f64 / send_secs, request);
+    request_row.row.target_rate = args.rate;
+    request_row.row.errors = failed;
+    let results = e2e.len();
+    let mut e2e_row = Measurement::new("end-to-end", results as f64 / total_secs, e2e);
+    e2e_row.row.errors = missing;
+    tracing::info!(streams = args.streams, sent, results, failed, missing, seconds = total_secs, "done");
+    let measurements = vec![request_row, e2e_row];
+    let plot = output::percentile_plot(
+        &format!(
+            "api: {} streams, {} messages, {:.0} results/s",
+            args.streams,
+            args.messages,
+            results as f64 / total_secs
+        ),
+        &measurements,
+    );
+    output::write(
+        &args.common.out_dir,
+        "api",
+        "request: POST /stream/{id}/send written -> response read; end-to-end: same start -> result frame on the stream's WebSocket",
+        measurements,
+        vec![("api".into(), plot)],
+    )
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open_stream(http: &reqwest::Client, base: &str, ws_base: &str, key: &str) -> anyhow::Result<(String, Socket)> {
+    let response = http
+        .post(format!("{base}/stream/start"))
+        .header("X-API-Key", key)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .with_context(|| format!("POST {base}/stream/start"))?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("POST {base}/stream/start: {status}: {}", response.text().await.unwrap_or_default());
+    }
+    let Started { stream_id } = response.json().await.context("reading the stream id")?;
+    let url = format!("{ws_base}/stream/{stream_id}/results");
+    let mut request = url.as_str().into_client_request().with_context(|| format!("bad URL {url}"))?;
+    request.headers_mut().insert("X-API-Key", key.parse().context("API key is not a valid header value")?);
+    let (socket, _) =
+        tokio_tungstenite::connect_async(request).await.with_context(|| format!("opening WebSocket {url}"))?;
+    Ok((stream_id, socket))
+}
+
+struct StreamTask {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+    payloads: Arc<Payloads>,
+    first_seq: u64,
+    count: u64,
+    rate: Option<f64>,
+    offset: Duration,
+    result_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl StreamTask {
+    /// Sends this stream's messages and collects its results; returns the
+    /// stream's numbers and when its last send finished.
+    async fn run(self, socket: Socket, barrier: Arc<Barrier>) -> (StreamStats, Instant) {
+        let (mut sink, mut frames) = socket.split();
+        // Result frames may arrive before the send's response (the consumer
+        // can be that fast), so arrivals are kept by event id and matched
+        // with send times at the end.
+        let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let reader = {
+            let arrivals = arrivals.clone();
+            let notify = notify.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = frames.next().await {
+                    let now = Instant::now();
+                    if let WsMessage::Text(text) = frame {
+                        if let Ok(Frame { kind, event_id: Some(id) }) = serde_json::from_str::<Frame>(&text) {
+                            if kind == "result" {
+                                arrivals.lock().unwrap().insert(id, now);
+                                notify.notify_one();
+                            }
+                        }
+                    }
+                }
+            })
+        };
+
+        let mut stats = StreamStats {
+            request: latency_histogram(),
+            e2e: latency_histogram(),
+            sent: 0,
+            failed: 0,
+            missing: 0,
+            errors: Vec::new(),
+            last_result: None,
+        };
+        let mut started: Vec<(String, Instant)> = Vec::with_capacity(self.count as usize);
+        barrier.wait().await;
+        let pacer = Pacer::starting_at(self.rate, Instant::now() + self.offset);
+        for j in 0..self.count {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let begin = pacer.wait(j).await;
+            let data = self.payloads.data(self.first_seq + j);
+            let mut body = Vec::with_capacity(data.len() + 9);
+            body.extend_from_slice(b"{\"data\":");
+            body.extend_from_slice(&data);
+            body.push(b'}');
+            let result = self
+                .http
+                .post(&self.url)
+                .header("X-API-Key", &self.key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            match result {
+                Ok(response) if response.status().is_success() => match response.json::<Sent>().await {
+                    Ok(Sent { id }) => {
+                        record(&mut stats.request, begin.elapsed());
+                        stats.sent += 1;
+                        started.push((id, begin));
+                    }
+                    Err(e) => {
+                        stats.failed += 1;
+                        count_error(&mut stats.errors, format!("bad send response: {e}"));
+                    }
+                },
+                Ok(response) => {
+                    stats.failed += 1;
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    count_error(&mut stats.errors, format!("{status}: {}", text.chars().take(200).collect::<String>()));
+                }
+                Err(e) => {
+                    stats.failed += 1;
+                    count_error(&mut stats.errors, format!("{e}"));
+                }
+            }
+        }
+        let sends_finished = Instant::now();
+
+        // Await every result of this stream (bounded by --result-timeout).
+        let deadline = tokio::time::Instant::now() + self.result_timeout;
+        loop {
+            let have = {
+                let arrivals = arrivals.lock().unwrap();
+                started.iter().filter(|(id, _)| arrivals.contains_key(id)).count()
+            };
+            if have == started.len() || self.shutdown.is_cancelled() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notify.notified()).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.send(WsMessage::Close(None)).await;
+        reader.abort();
+        let arrivals = arrivals.lock().unwrap();
+        for (id, begin) in &started {
+            match arrivals.get(id) {
+                Some(at) => {
+                    record(&mut stats.e2e, at.saturating_duration_since(*begin));
+                    stats.last_result = Some(stats.last_result.map_or(*at, |l| l.max(*at)));
+                }
+                None => stats.missing += 1,
+            }
+        }
+        (stats, sends_finished)
+    }
+}

@@ -1,0 +1,232 @@
+//! `bench e2e`: end-to-end latency through Kafka at fixed offered rates.
+//!
+//! For each rate a producer sends on a fixed schedule (open loop: message i
+//! is due at start + i/rate whether or not earlier ones were slow), and a
+//! reader assigned to every partition receives them. Clocks:
+//!
+//! - send: the event's `ce_time` header, which is the time the message was
+//!   *due* on the schedule (wall clock, microseconds). A message that went
+//!   out late because the producer stalled is charged for the stall, so
+//!   coordinated omission cannot hide it.
+//! - receive: the wall clock read as soon as the reader's `recv()` returns.
+//!
+//! Both clocks are this host's, so no clock skew enters. Messages due in the
+//! warm-up window are received but not recorded; those due in the recording
+//! window are. Several rates in one run give latency against throughput.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Args;
+use hdrhistogram::Histogram;
+use publisher::report::latency_histogram;
+use publisher::{Pacer, Payloads};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use stream_core::config::parse_duration;
+use stream_core::kafka::{self, StartFrom, TracingContext};
+use stream_core::schema::{header, Timestamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::output::{self, BenchReport, Measurement};
+use crate::plot::{self, Axis, Series};
+use crate::{Common, KafkaBench};
+
+/// Options of `bench e2e`.
+#[derive(Debug, Clone, Args)]
+pub struct E2eArgs {
+    /// Offered rates in messages per second, run one after another.
+    #[arg(long, env = "BENCH_RATES", value_delimiter = ',', default_value = "1000,10000,50000")]
+    pub rates: Vec<f64>,
+
+    /// Warm-up at each rate: sent and received, not recorded.
+    #[arg(long, env = "BENCH_WARMUP", value_parser = parse_duration, default_value = "5s")]
+    pub warmup: Duration,
+
+    /// Recording window at each rate.
+    #[arg(long, env = "BENCH_DURATION", value_parser = parse_duration, default_value = "20s")]
+    pub duration: Duration,
+
+    /// After the last send of a rate, how long to wait for the remaining messages.
+    #[arg(long, env = "BENCH_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub drain_timeout: Duration,
+
+    #[command(flatten)]
+    pub load: KafkaBench,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// What the reader saw of one rate step.
+struct Step {
+    /// Messages due at or after this wall-clock time (µs) are recorded.
+    record_from_us: i64,
+    received: u64,
+    latency: Histogram<u64>,
+}
+
+type Steps = Arc<Mutex<HashMap<String, Step>>>;
+
+/// Runs `bench e2e`.
+pub async fn run(args: &E2eArgs, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
+    let load = &args.load;
+    if args.rates.is_empty() || args.rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
+        anyhow::bail!("--rates needs positive numbers, e.g. --rates 1000,10000");
+    }
+    load.prepare().await?;
+    let topic = load.bench_topic.clone();
+    let reader = kafka::reader(&load.kafka, StartFrom::Latest)?;
+    assign_at_end(&reader, &topic, load.kafka.connect_timeout).with_context(|| format!("assigning {topic}"))?;
+    let producer = kafka::producer(&load.kafka, &load.producer_options())?;
+    let payloads = Payloads::generated(load.size, load.keys);
+
+    let steps: Steps = Arc::default();
+    let stop_reader = CancellationToken::new();
+    let reading = tokio::spawn(read(reader, steps.clone(), stop_reader.clone()));
+    // Tags events of this run, so records of an earlier run still in the
+    // topic are never counted.
+    let run_id = format!("{:x}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos());
+
+    let mut measurements = Vec::new();
+    for &rate in &args.rates {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let tag = format!("/bench/e2e/{run_id}/{rate}");
+        let count = (rate * (args.warmup + args.duration).as_secs_f64()).round() as u64;
+        let record_from = Timestamp::now().as_micros() + args.warmup.as_micros() as i64;
+        steps
+            .lock()
+            .unwrap()
+            .insert(tag.clone(), Step { record_from_us: record_from, received: 0, latency: latency_histogram() });
+        tracing::info!(rate, count, warmup = ?args.warmup, duration = ?args.duration, "e2e step");
+        let progress = publisher::progress_bar(count, false);
+        let outcome = publisher::publish(
+            &producer,
+            &topic,
+            &payloads,
+            count,
+            Pacer::new(Some(rate)),
+            &shutdown,
+            &progress,
+            |event| event.source.clone_from(&tag),
+        )
+        .await;
+
+        // Wait for the stragglers, polling the reader's count.
+        let deadline = Instant::now() + args.drain_timeout;
+        loop {
+            let received = steps.lock().unwrap()[&tag].received;
+            if received >= outcome.acked || Instant::now() > deadline || shutdown.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let step = steps.lock().unwrap().remove(&tag).expect("step registered above");
+        let send_secs = outcome.elapsed().as_secs_f64().max(1e-9);
+        let mut m = Measurement::new(format!("@{rate}/s"), outcome.acked as f64 / send_secs, step.latency);
+        m.row.target_rate = Some(rate);
+        m.row.mb_per_sec = None;
+        m.row.errors = outcome.failed + (count - outcome.sent) + outcome.acked.saturating_sub(step.received);
+        measurements.push(m);
+    }
+    stop_reader.cancel();
+    reading.await.context("reader task")?;
+
+    let plots = vec![
+        ("e2e".to_string(), rate_plot(&measurements)),
+        (
+            "e2e-percentiles".to_string(),
+            output::percentile_plot("e2e latency: percentile curve per rate", &measurements),
+        ),
+    ];
+    output::write(
+        &args.common.out_dir,
+        "e2e",
+        "ce_time (when the message was due on the open-loop schedule) -> reader's recv() returned",
+        measurements,
+        plots,
+    )
+}
+
+/// Receives every message and records its latency into the step it belongs to.
+async fn read(reader: StreamConsumer<TracingContext>, steps: Steps, stop: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            m = reader.recv() => m,
+            _ = stop.cancelled() => return,
+        };
+        let received_us = Timestamp::now().as_micros();
+        let message = match message {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "e2e reader");
+                continue;
+            }
+        };
+        let (mut source, mut sent) = (None, None);
+        if let Some(headers) = message.headers() {
+            for h in headers.iter() {
+                match h.key {
+                    header::SOURCE => source = h.value.and_then(|v| std::str::from_utf8(v).ok()),
+                    header::TIME => {
+                        sent = h.value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|t| Timestamp::parse(t).ok())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (Some(source), Some(sent)) = (source, sent) else { continue };
+        let mut steps = steps.lock().unwrap();
+        if let Some(step) = steps.get_mut(source) {
+            step.received += 1;
+            let sent_us = sent.as_micros();
+            if sent_us >= step.record_from_us {
+                let latency = (received_us - sent_us).max(1) as u64;
+                step.latency.saturating_record(latency);
+            }
+        }
+    }
+}
+
+/// Assigns every partition at its current end, resolved now: `Offset::End`
+/// would be resolved at the first fetch, after the first sends, and could
+/// skip them.
+fn assign_at_end(reader: &StreamConsumer<TracingContext>, topic: &str, timeout: Duration) -> anyhow::Result<()> {
+    let metadata = reader.fetch_metadata(Some(topic), timeout)?;
+    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len()).unwrap_or(0);
+    anyhow::ensure!(partitions > 0, "topic {topic} has no partitions");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        let (_, high) = reader.fetch_watermarks(topic, p, timeout)?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+    }
+    reader.assign(&tpl)?;
+    Ok(())
+}
+
+/// Latency percentiles against offered rate, both on log scales.
+fn rate_plot(measurements: &[Measurement]) -> String {
+    let rows: Vec<_> = measurements.iter().map(|m| (m.row.target_rate.unwrap_or(m.row.rate), m.row.latency)).collect();
+    type Pick = fn(&publisher::Percentiles) -> f64;
+    let pick: [(&str, Pick); 5] = [
+        ("p50", |l| l.p50_ms),
+        ("p90", |l| l.p90_ms),
+        ("p99", |l| l.p99_ms),
+        ("p99.9", |l| l.p999_ms),
+        ("max", |l| l.max_ms),
+    ];
+    let series: Vec<Series> = pick
+        .iter()
+        .map(|(name, f)| Series { name: (*name).into(), points: rows.iter().map(|(r, l)| (*r, f(l))).collect() })
+        .collect();
+    let (min_rate, max_rate) = rows.iter().fold((f64::MAX, 0f64), |(lo, hi), (r, _)| (lo.min(*r), hi.max(*r)));
+    let (min_ms, max_ms) = rows.iter().fold((f64::MAX, 0f64), |(lo, hi), (_, l)| (lo.min(l.p50_ms), hi.max(l.max_ms)));
+    let x = Axis::log("offered rate (messages/s)", min_rate.min(max_rate), max_rate, "/s");
+    let y = Axis::log("end-to-end latency (ms)", min_ms.min(max_ms).max(0.01), max_ms.max(0.1), " ms");
+    plot::chart("e2e latency against offered rate", &x, &y, &series)
+}

@@ -1,0 +1,157 @@
+//! Benchmarks of the toolkit: raw produce and consume throughput, end-to-end
+//! latency through Kafka at fixed offered rates, and the HTTP/WebSocket API
+//! under many concurrent streams.
+//!
+//! ```text
+//! cargo run -p bench --release -- produce --count 1000000
+//! cargo run -p bench --release -- consume --count 1000000
+//! cargo run -p bench --release -- e2e --rates 1000,10000,50000 --warmup 5s --duration 20s
+//! cargo run -p bench --release -- api --streams 1000 --messages 100000
+//! ```
+//!
+//! # Layout
+//!
+//! - [`produce`], [`consume`], [`e2e`], [`api`]: one module per subcommand.
+//! - [`output`]: the table, JSON report and files every subcommand writes.
+//! - [`hgrm`]: HdrHistogram's percentile-distribution text format.
+//! - [`plot`]: SVG charts.
+//!
+//! Latencies are recorded in microseconds into `hdrhistogram` (3
+//! significant digits) and reported in milliseconds.
+
+pub mod api;
+pub mod consume;
+pub mod e2e;
+pub mod hgrm;
+pub mod output;
+pub mod plot;
+pub mod produce;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use stream_core::config::{parse_duration, LogArgs};
+use stream_core::kafka::{self, Acks, ProducerOptions, TopicSpec};
+use stream_core::KafkaArgs;
+use tokio_util::sync::CancellationToken;
+
+pub use output::BenchReport;
+
+/// Command line of the `bench` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "bench",
+    version,
+    about = "Throughput and latency benchmarks: produce, consume, end to end through Kafka, and through the HTTP API",
+    after_help = "Examples:
+  bench produce --count 1000000 --size 100        # producer throughput and ack latency
+  bench consume --count 1000000                   # fills the topic, then reads it back as fast as possible
+  bench e2e --rates 1000,10000,50000 --warmup 5s --duration 20s
+  bench api --url http://127.0.0.1:8082 --api-key secret --streams 1000 --messages 100000
+
+Each run prints a table (count, rate, p50, p90, p99, p99.9, max), and writes
+<out-dir>/<command>.json, one .hgrm percentile distribution per row and an SVG plot.
+Use a release build (cargo run --release) for numbers worth quoting."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The benchmarks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Producer throughput and ack latency (enqueue -> broker acknowledgement).
+    Produce(produce::ProduceArgs),
+    /// Consumer throughput: read N records from the start of the topic.
+    Consume(consume::ConsumeArgs),
+    /// End-to-end latency (ce_time -> received by a consumer) at fixed offered rates, open loop.
+    E2e(e2e::E2eArgs),
+    /// The HTTP API: C concurrent streams send M messages, each result awaited on its WebSocket.
+    Api(api::ApiArgs),
+}
+
+impl Cli {
+    /// Options shared by every subcommand.
+    pub fn common(&self) -> &Common {
+        match &self.command {
+            Command::Produce(a) => &a.common,
+            Command::Consume(a) => &a.common,
+            Command::E2e(a) => &a.common,
+            Command::Api(a) => &a.common,
+        }
+    }
+}
+
+/// Output and logging options of every subcommand.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Output")]
+pub struct Common {
+    /// Directory for the .json report, .hgrm percentile files and .svg plots.
+    #[arg(short = 'o', long, env = "BENCH_OUT_DIR", default_value = "bench-results")]
+    pub out_dir: PathBuf,
+
+    /// Print the report as JSON on stdout instead of a table.
+    #[arg(long, env = "BENCH_JSON")]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Kafka options of the produce, consume and e2e benchmarks.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Benchmark load")]
+pub struct KafkaBench {
+    /// Topic the benchmark writes and reads; created if missing with --partitions partitions.
+    /// Kept apart from the events topic so a running consumer service does not process it.
+    #[arg(long, env = "BENCH_TOPIC", default_value = "bench")]
+    pub bench_topic: String,
+
+    /// Payload size in bytes.
+    #[arg(short = 's', long, env = "BENCH_SIZE", default_value_t = 100)]
+    pub size: usize,
+
+    /// Distinct keys, used round-robin (0: no keys).
+    #[arg(short = 'k', long, env = "BENCH_KEYS", default_value_t = 100)]
+    pub keys: u64,
+
+    /// Acknowledgement level; `all` keeps the producer idempotent.
+    #[arg(long, env = "BENCH_ACKS", value_enum, default_value_t = Acks::All)]
+    pub acks: Acks,
+
+    /// How long librdkafka waits to fill a batch (linger.ms): a floor under produce latency.
+    #[arg(long, env = "BENCH_LINGER", value_parser = parse_duration, default_value = "5ms")]
+    pub linger: Duration,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+impl KafkaBench {
+    fn producer_options(&self) -> ProducerOptions {
+        ProducerOptions { acks: self.acks, linger: self.linger, ..ProducerOptions::default() }
+    }
+
+    /// Validates the flags and creates the benchmark topic if missing.
+    async fn prepare(&self) -> anyhow::Result<()> {
+        self.kafka.validate()?;
+        stream_core::config::validate_topic_name(&self.bench_topic)
+            .map_err(|why| anyhow::anyhow!("--bench-topic {:?}: {why}", self.bench_topic))?;
+        kafka::ensure_topics(&self.kafka, &[TopicSpec::new(&self.bench_topic, &self.kafka)])
+            .await
+            .with_context(|| format!("creating topic {}", self.bench_topic))
+    }
+}
+
+/// Runs the chosen benchmark and writes its outputs.
+pub async fn run(cli: &Cli, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
+    match &cli.command {
+        Command::Produce(args) => produce::run(args, shutdown).await,
+        Command::Consume(args) => consume::run(args, shutdown).await,
+        Command::E2e(args) => e2e::run(args, shutdown).await,
+        Command::Api(args) => api::run(args, shutdown).await,
+    }
+}

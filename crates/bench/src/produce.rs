@@ -1,0 +1,69 @@
+//! `bench produce`: how fast the project's producer settings move records,
+//! and how long acknowledgements take.
+//!
+//! Clocks: a message's latency runs from the moment it is handed to
+//! librdkafka (or, with `--rate`, from the moment it was due on the fixed
+//! schedule) to the moment its delivery report is collected.
+
+use clap::Args;
+use publisher::{Pacer, Payloads};
+use stream_core::kafka;
+use tokio_util::sync::CancellationToken;
+
+use crate::output::{self, BenchReport, Measurement};
+use crate::{Common, KafkaBench};
+
+/// Options of `bench produce`.
+#[derive(Debug, Clone, Args)]
+pub struct ProduceArgs {
+    /// Messages to send.
+    #[arg(short = 'n', long, env = "BENCH_COUNT", default_value_t = 1_000_000)]
+    pub count: u64,
+
+    /// Offered rate in messages per second (open loop); unset: as fast as possible.
+    #[arg(short = 'r', long, env = "BENCH_RATE")]
+    pub rate: Option<f64>,
+
+    #[command(flatten)]
+    pub load: KafkaBench,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Runs `bench produce`.
+pub async fn run(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
+    let load = &args.load;
+    load.prepare().await?;
+    let producer = kafka::producer(&load.kafka, &load.producer_options())?;
+    let payloads = Payloads::generated(load.size, load.keys);
+    let progress = publisher::progress_bar(args.count, false);
+    tracing::info!(count = args.count, size = load.size, topic = %load.bench_topic, "producing");
+    let outcome = publisher::publish(
+        &producer,
+        &load.bench_topic,
+        &payloads,
+        args.count,
+        Pacer::new(args.rate),
+        &shutdown,
+        &progress,
+        |_| {},
+    )
+    .await;
+    let report = outcome.report(&load.bench_topic, args.rate);
+    let mut m = Measurement::new("ack", report.msgs_per_sec, outcome.ack_latency);
+    m.row.target_rate = report.target_rate;
+    m.row.mb_per_sec = Some(report.mb_per_sec);
+    m.row.errors = report.failed + (args.count - report.sent);
+    let plot = output::percentile_plot(
+        &format!("produce: ack latency, {} x {} B at {:.0} msg/s", report.acked, load.size, report.msgs_per_sec),
+        std::slice::from_ref(&m),
+    );
+    output::write(
+        &args.common.out_dir,
+        "produce",
+        "handed to the producer (or due, with --rate) -> delivery report",
+        vec![m],
+        vec![("produce".into(), plot)],
+    )
+}
