@@ -91,8 +91,11 @@ def main():
     parser.add_argument("-H", "--header", action="append", default=[], help="extra request header, 'Name: value'")
     parser.add_argument("--send", action="append", default=[], help="text frame to send after connecting")
     parser.add_argument("--count", type=int, default=0, help="exit after this many frames")
+    parser.add_argument("--ready-file", help="create this file once the WebSocket is open")
     args = parser.parse_args()
     sock, rest = connect(args.url, args.header)
+    if args.ready_file:
+        open(args.ready_file, "w").close()
     for text in args.send:
         send_text(sock, text)
     seen = 0
