@@ -1,1 +1,30 @@
-fn main() {}
+//! `consumer`: processes events from the events topic with N workers in one
+//! consumer group, writes results to the results topic and failures to the
+//! dead-letter topic, at-least-once.
+//!
+//! Run: `cargo run -p consumer -- --workers 4` (see `--help`).
+
+use clap::Parser;
+
+/// Multi-worker event processor: events -> results, failures -> DLQ.
+#[derive(Parser)]
+#[command(version, about, after_help = consumer::AFTER_HELP)]
+struct Cli {
+    #[command(flatten)]
+    config: consumer::Config,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    stream_core::config::load_dotenv();
+    let cli = Cli::parse();
+    stream_core::telemetry::init(cli.config.log.log_format);
+    let shutdown = stream_core::shutdown::on_signal();
+    match consumer::run(cli.config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

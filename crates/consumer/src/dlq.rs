@@ -1,0 +1,101 @@
+//! Dead letters: how an event that failed processing is written to the DLQ
+//! topic.
+//!
+//! The dead letter is the original record (same key, same payload bytes, all
+//! original headers including `ce_*`, so it can be replayed as is) plus
+//! headers saying what went wrong and where the record came from.
+
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use stream_core::schema::Timestamp;
+
+/// Header names added to dead letters.
+pub mod header {
+    /// Human-readable reason.
+    pub const ERROR: &str = "dlq_error";
+    /// Stable short name of the reason (`invalid_json`, `bad_header`, ...).
+    pub const ERROR_KIND: &str = "dlq_error_kind";
+    /// Topic the event was consumed from.
+    pub const SOURCE_TOPIC: &str = "dlq_source_topic";
+    /// Partition the event was consumed from.
+    pub const SOURCE_PARTITION: &str = "dlq_source_partition";
+    /// Offset of the event in that partition.
+    pub const SOURCE_OFFSET: &str = "dlq_source_offset";
+    /// When it was dead-lettered (RFC 3339, microseconds).
+    pub const TIME: &str = "dlq_time";
+    /// Consumer group that gave up on it.
+    pub const GROUP: &str = "dlq_group";
+    /// Worker that gave up on it.
+    pub const WORKER: &str = "dlq_worker";
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Value of [`header::ERROR_KIND`].
+    pub kind: &'static str,
+    /// Value of [`header::ERROR`].
+    pub message: String,
+}
+
+/// The headers of the dead letter for `source`: its own headers first, then
+/// the `dlq_*` ones.
+pub fn headers(source: &OwnedMessage, failure: &Failure, group: &str, worker_id: u32) -> OwnedHeaders {
+    let original = source.headers().map(|h| h.count()).unwrap_or(0);
+    let mut headers = OwnedHeaders::new_with_capacity(original + 8);
+    if let Some(existing) = source.headers() {
+        for h in existing.iter() {
+            headers = headers.insert(Header { key: h.key, value: h.value });
+        }
+    }
+    let partition = source.partition().to_string();
+    let offset = source.offset().to_string();
+    let time = Timestamp::now().to_string();
+    let worker = worker_id.to_string();
+    headers
+        .insert(Header { key: header::ERROR, value: Some(failure.message.as_str()) })
+        .insert(Header { key: header::ERROR_KIND, value: Some(failure.kind) })
+        .insert(Header { key: header::SOURCE_TOPIC, value: Some(source.topic()) })
+        .insert(Header { key: header::SOURCE_PARTITION, value: Some(partition.as_str()) })
+        .insert(Header { key: header::SOURCE_OFFSET, value: Some(offset.as_str()) })
+        .insert(Header { key: header::TIME, value: Some(time.as_str()) })
+        .insert(Header { key: header::GROUP, value: Some(group) })
+        .insert(Header { key: header::WORKER, value: Some(worker.as_str()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp as KafkaTimestamp;
+    use stream_core::Event;
+
+    use super::*;
+
+    #[test]
+    fn dead_letters_keep_the_original_headers_and_name_the_source() {
+        let event = Event::with_bytes("/t", Some("k".into()), Some("text/plain".into()), b"oops".to_vec());
+        let msg = OwnedMessage::new(
+            Some(event.data.clone()),
+            Some(b"k".to_vec()),
+            "events".into(),
+            KafkaTimestamp::CreateTime(1),
+            2,
+            41,
+            Some(event.headers()),
+        );
+        let failure = Failure { kind: "invalid_json", message: "payload is not valid JSON".into() };
+        let headers = headers(&msg, &failure, "g", 1);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(get("ce_id").as_deref(), Some(event.id.as_str()));
+        assert_eq!(get("content-type").as_deref(), Some("text/plain"));
+        assert_eq!(get(header::ERROR_KIND).as_deref(), Some("invalid_json"));
+        assert_eq!(get(header::SOURCE_TOPIC).as_deref(), Some("events"));
+        assert_eq!(get(header::SOURCE_PARTITION).as_deref(), Some("2"));
+        assert_eq!(get(header::SOURCE_OFFSET).as_deref(), Some("41"));
+        assert!(Timestamp::parse(&get(header::TIME).unwrap()).is_ok());
+    }
+}

@@ -1,0 +1,332 @@
+//! The event processor: N workers in one consumer group read the events
+//! topic, process each event, and write its result to the results topic
+//! (keyed by stream id) or, if processing fails, the event to the
+//! dead-letter topic. Delivery is at-least-once.
+//!
+//! Run it with `cargo run -p consumer -- --workers 4`; the library entry
+//! points are [`run`] (default processing) and [`run_with`] (your own
+//! [`Processor`]), both stopped by a `CancellationToken`.
+//!
+//! # Layout
+//!
+//! - [`Config`]: the command line (every flag also an environment variable).
+//! - [`processor`]: the [`Processor`] trait and [`DefaultProcessor`].
+//! - `worker`: group members polled on their own threads, one task per
+//!   partition, pipelined result produces, in-order offset storing,
+//!   finishing and committing on revoke and shutdown.
+//! - [`dlq`]: the dead-letter record and its headers.
+//! - [`stats`]: counters for the periodic throughput line.
+//! - `startup`: broker connection with retries, topic checks.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use stream_core::config::{parse_duration, LogArgs, LogFormat};
+use stream_core::kafka::{self, ConsumerOptions, ProducerOptions, StartFrom};
+use stream_core::KafkaArgs;
+use tokio_util::sync::CancellationToken;
+
+pub mod dlq;
+pub mod processor;
+mod startup;
+pub mod stats;
+mod worker;
+
+pub use processor::{DefaultProcessor, ProcessError, Processor, WorkerInfo};
+pub use worker::RESULT_SOURCE;
+
+/// Examples shown at the end of `--help`.
+pub const AFTER_HELP: &str = "\
+Examples:
+  # Four workers on the default topics (events -> events.results, events.dlq)
+  consumer --workers 4
+
+  # Create missing topics first, serve Prometheus metrics on :9091
+  consumer --create-topics --metrics-addr 0.0.0.0:9091
+
+  # Another topic and group, against a remote cluster
+  KAFKA_BROKERS=broker1:9092,broker2:9092 consumer --topic orders --group orders-processor
+
+Delivery is at-least-once: an event's offset is committed only after its
+result (or its dead letter) is acknowledged by the broker, so a crash
+replays unfinished events and never skips one. Events whose payload cannot
+be processed (not JSON, say) go to the dead-letter topic with dlq_error,
+dlq_error_kind, dlq_source_topic, dlq_source_partition, dlq_source_offset
+and dlq_time headers, next to their original ce_* headers.";
+
+/// Command-line and environment configuration of the consumer.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Workers (group members) in this process. Partitions are spread over
+    /// them; more workers than partitions leaves some idle.
+    #[arg(short = 'w', long, env = "WORKERS", default_value_t = 2)]
+    pub workers: usize,
+
+    /// Consumer group. Processes sharing it split the partitions between
+    /// them; a new group starts at --start-from.
+    #[arg(short = 'g', long, env = "CONSUMER_GROUP", default_value = "events-processor")]
+    pub group: String,
+
+    /// Where a group without committed offsets starts reading.
+    #[arg(long, env = "START_FROM", value_enum, default_value_t = StartFrom::Earliest)]
+    pub start_from: StartFrom,
+
+    /// Create the events, results and DLQ topics if they do not exist
+    /// (with --partitions and --replication-factor).
+    #[arg(long, env = "CREATE_TOPICS")]
+    pub create_topics: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9091.
+    /// Off unless set.
+    #[arg(long, env = "METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Records per partition whose results may await their ack at once.
+    /// Higher pipelines more; each is replayed after a crash.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 5_000)]
+    pub max_in_flight: usize,
+
+    /// How long the group waits for a silent worker before moving its
+    /// partitions to others (a killed process is noticed after this).
+    #[arg(long, env = "SESSION_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub session_timeout: Duration,
+
+    /// How long a rebalance or shutdown waits for in-flight results to be
+    /// acknowledged before giving up on them (they are then processed again).
+    #[arg(long, env = "DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub drain_timeout: Duration,
+
+    /// Connection attempts at start-up (each waits --connect-timeout), with
+    /// doubling pauses between them, before giving up.
+    #[arg(long, env = "CONNECT_ATTEMPTS", default_value_t = 5)]
+    pub connect_attempts: u32,
+
+    /// Period of the throughput log line and of the lag statistics.
+    #[arg(long, env = "STATS_INTERVAL", value_parser = parse_duration, default_value = "10s")]
+    pub stats_interval: Duration,
+
+    // The shared groups come last: each sets its own help heading, which
+    // would otherwise carry over to the consumer's own flags.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// A configuration for tests: `workers` workers in a fresh group, topics
+    /// created if missing, no metrics listener, a short session timeout.
+    pub fn for_tests(kafka: KafkaArgs, workers: usize) -> Self {
+        Self {
+            kafka,
+            log: LogArgs { log_format: LogFormat::Text },
+            workers,
+            group: format!("consumer-test-{}", uuid::Uuid::new_v4().simple()),
+            start_from: StartFrom::Earliest,
+            create_topics: true,
+            metrics_addr: None,
+            max_in_flight: 5_000,
+            session_timeout: Duration::from_secs(6),
+            drain_timeout: Duration::from_secs(10),
+            connect_attempts: 3,
+            stats_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks what clap cannot, naming the flag at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.kafka.validate()?;
+        let invalid = |msg: String| Err(anyhow::anyhow!("invalid configuration: {msg}"));
+        if self.workers == 0 || self.workers > 1024 {
+            return invalid(format!("--workers (WORKERS) is {}; use 1 to 1024", self.workers));
+        }
+        if self.group.trim().is_empty() {
+            return invalid("--group (CONSUMER_GROUP) is empty".into());
+        }
+        if self.max_in_flight == 0 {
+            return invalid("--max-in-flight (MAX_IN_FLIGHT) must be at least 1".into());
+        }
+        if self.connect_attempts == 0 {
+            return invalid("--connect-attempts (CONNECT_ATTEMPTS) must be at least 1".into());
+        }
+        if self.stats_interval.is_zero() {
+            return invalid("--stats-interval (STATS_INTERVAL) must be longer than 0".into());
+        }
+        let t = &self.kafka.topics;
+        if t.events == t.results || t.events == t.dlq {
+            return invalid(format!(
+                "the events topic {:?} is also the results or DLQ topic; the consumer would read its own output \
+                 (set --results-topic and --dlq-topic to other names)",
+                t.events
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the consumer with the [`DefaultProcessor`] until `shutdown` is
+/// cancelled; returns once the finished work is committed.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, DefaultProcessor, shutdown).await
+}
+
+/// Runs the consumer with your own processor until `shutdown` is cancelled
+/// or the run fails (e.g. a dead letter that cannot be written).
+pub async fn run_with<P: Processor>(config: Config, processor: P, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_observed(config, processor, Arc::new(stats::Stats::default()), shutdown).await
+}
+
+/// [`run_with`], counting into `stats`, which the caller can read while the
+/// consumer runs (progress displays, benchmarks).
+pub async fn run_observed<P: Processor>(
+    config: Config,
+    processor: P,
+    stats: Arc<stats::Stats>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let Some(_cluster) = startup::prepare(&config, &shutdown).await? else {
+        return Ok(());
+    };
+    // Installing the recorder first makes every metric handle below real;
+    // without a listener it only costs the bookkeeping.
+    let _ = stream_core::metrics::handle();
+
+    let producer = kafka::producer(&config.kafka, &ProducerOptions::default()).context("creating the producer")?;
+    let stop = shutdown.child_token();
+    let shared = Arc::new(worker::Shared {
+        processor,
+        producer,
+        group: config.group.clone(),
+        results_topic: config.kafka.topics.results.clone(),
+        dlq_topic: config.kafka.topics.dlq.clone(),
+        max_in_flight: config.max_in_flight,
+        drain_timeout: config.drain_timeout,
+        stats: stats.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        stop: stop.clone(),
+        failure: Mutex::new(None),
+    });
+
+    if let Some(addr) = config.metrics_addr {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(error) = stream_core::metrics::serve(addr, stop).await {
+                shared.fail(error.context("--metrics-addr (METRICS_ADDR)"));
+            }
+        });
+    }
+    tokio::spawn(stats::log_throughput(stats.clone(), config.stats_interval, stop.clone()));
+
+    let mut options = ConsumerOptions::new(&config.group);
+    options.session_timeout = config.session_timeout;
+    options.start_from = config.start_from;
+    options.statistics_interval = Some(config.stats_interval);
+
+    let mut finished = Vec::with_capacity(config.workers);
+    for id in 0..config.workers as u32 {
+        let context = worker::WorkerContext::new(id, config.drain_timeout, stats.clone());
+        let member = match kafka::group_consumer(&config.kafka, &options, context) {
+            Ok(member) => Arc::new(member),
+            Err(error) => {
+                shared.fail(anyhow::Error::new(error).context(format!("creating worker {id}")));
+                break;
+            }
+        };
+        if let Err(error) = rdkafka::consumer::Consumer::subscribe(member.as_ref(), &[&config.kafka.topics.events]) {
+            shared.fail(anyhow::Error::new(error).context(format!("worker {id}: subscribing")));
+            break;
+        }
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let shared_for_thread = shared.clone();
+        let spawned = std::thread::Builder::new().name(format!("consumer-worker-{id}")).spawn(move || {
+            worker::poll_loop(shared_for_thread, member, id);
+            let _ = done_tx.send(());
+        });
+        if let Err(error) = spawned {
+            shared.fail(anyhow::Error::new(error).context("spawning a worker thread"));
+            break;
+        }
+        finished.push((id, done_rx));
+    }
+    tracing::info!(
+        workers = config.workers,
+        group = %config.group,
+        events = %config.kafka.topics.events,
+        results = %config.kafka.topics.results,
+        dlq = %config.kafka.topics.dlq,
+        "consumer running"
+    );
+    for (id, done) in finished {
+        if done.await.is_err() {
+            shared.fail(anyhow::anyhow!("worker {id} panicked"));
+        }
+    }
+    stop.cancel();
+    // Everything stored was acknowledged already; this only waits for
+    // results whose drain timed out, so they are not lost needlessly.
+    let producer = shared.producer.clone();
+    let _ = tokio::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&producer, Duration::from_secs(5)))
+        .await;
+    let snapshot = stats.snapshot();
+    tracing::info!(
+        processed = snapshot.processed,
+        dead_lettered = snapshot.dead_lettered,
+        failed = snapshot.failed,
+        "consumer stopped"
+    );
+    let failure = shared.failure.lock().unwrap().take();
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cli = Cli::try_parse_from(["consumer"]).unwrap();
+        assert_eq!(cli.config.group, "events-processor");
+        assert_eq!(cli.config.workers, 2);
+        assert!(cli.config.metrics_addr.is_none());
+        cli.config.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_workers_is_rejected_naming_the_flag() {
+        let cli = Cli::try_parse_from(["consumer", "--workers", "0"]).unwrap();
+        let err = cli.config.validate().unwrap_err().to_string();
+        assert!(err.contains("--workers"), "{err}");
+    }
+
+    #[test]
+    fn reading_its_own_output_is_rejected() {
+        let cli = Cli::try_parse_from(["consumer", "--topic", "x", "--results-topic", "x"]).unwrap();
+        let err = cli.config.validate().unwrap_err().to_string();
+        assert!(err.contains("--results-topic"), "{err}");
+    }
+
+    #[test]
+    fn test_configs_get_fresh_groups() {
+        let a = Config::for_tests(KafkaArgs::for_brokers("x:1"), 1);
+        let b = Config::for_tests(KafkaArgs::for_brokers("x:1"), 1);
+        assert_ne!(a.group, b.group);
+        a.validate().unwrap();
+    }
+}

@@ -1,0 +1,98 @@
+//! Counters of one run, for the periodic throughput line.
+//!
+//! Prometheus gets the same numbers through the `metrics` macros; these
+//! plain atomics exist because the log line needs rates per run, and several
+//! runs may share a process (tests) while the Prometheus recorder is global.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// Counters shared by every worker of a run.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Events whose result was acknowledged.
+    pub processed: AtomicU64,
+    /// Events that failed processing.
+    pub failed: AtomicU64,
+    /// Events whose dead letter was acknowledged.
+    pub dead_lettered: AtomicU64,
+    /// Produce attempts retried after a transient error.
+    pub retries: AtomicU64,
+    /// Records processed whose output is not acknowledged yet.
+    pub in_flight: AtomicI64,
+    /// Consumer lag per (worker, partition), from librdkafka statistics.
+    lag: Mutex<HashMap<(u32, i32), i64>>,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub processed: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    pub retries: u64,
+    pub in_flight: i64,
+    /// Sum of the known partition lags, `None` before the first statistics.
+    pub lag: Option<i64>,
+}
+
+impl Stats {
+    pub(crate) fn set_lag(&self, worker: u32, partition: i32, lag: i64) {
+        self.lag.lock().unwrap().insert((worker, partition), lag);
+    }
+
+    pub(crate) fn forget_lag(&self, worker: u32, partition: i32) {
+        self.lag.lock().unwrap().remove(&(worker, partition));
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let lag = self.lag.lock().unwrap();
+        Snapshot {
+            processed: self.processed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            lag: (!lag.is_empty()).then(|| lag.values().sum()),
+        }
+    }
+}
+
+/// Logs one line per `interval` while events flow: counts, rate, lag.
+pub(crate) async fn log_throughput(stats: Arc<Stats>, interval: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last = stats.snapshot();
+    let mut last_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let now = stats.snapshot();
+        let elapsed = last_at.elapsed().as_secs_f64().max(1e-3);
+        let done = (now.processed + now.dead_lettered).saturating_sub(last.processed + last.dead_lettered);
+        let lag = now.lag.map_or_else(|| "?".to_string(), |l| l.to_string());
+        if done > 0 || now.in_flight > 0 || now != last {
+            tracing::info!(
+                "processed {} (+{}, {:.0}/s), dead-lettered {}, failed {}, retries {}, in flight {}, lag {}",
+                now.processed,
+                now.processed - last.processed,
+                done as f64 / elapsed,
+                now.dead_lettered,
+                now.failed,
+                now.retries,
+                now.in_flight,
+                lag
+            );
+        } else {
+            tracing::debug!("idle: processed {}, lag {lag}", now.processed);
+        }
+        last = now;
+        last_at = Instant::now();
+    }
+}

@@ -1,0 +1,177 @@
+//! Helpers shared by the integration tests: publishing events, collecting
+//! what lands on a topic, running the consumer in-process, reading the
+//! group's committed offsets.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use stream_core::kafka::{self, ConsumerOptions, GroupContext, ProducerOptions, StartFrom};
+use stream_core::{Event, EventResult, KafkaArgs};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Generous: group joins take seconds on the test broker.
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Publishes `events` to the events topic and waits for every ack.
+pub async fn publish(args: &KafkaArgs, events: &[Event]) {
+    let producer = kafka::producer(args, &ProducerOptions::default()).expect("producer");
+    let mut pending = Vec::with_capacity(events.len());
+    for event in events {
+        loop {
+            match kafka::enqueue(&producer, &args.topics.events, event) {
+                Ok(delivery) => {
+                    pending.push(kafka::delivered(delivery));
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+    for result in join_all(pending).await {
+        result.map_err(|(e, _)| e).expect("event published");
+    }
+}
+
+/// JSON events `{"seq": i}` spread over `keys` stream ids.
+pub fn json_events(count: usize, keys: usize) -> Vec<Event> {
+    (0..count)
+        .map(|i| {
+            Event::json("/test", Some(format!("stream-{}", i % keys)), &serde_json::json!({ "seq": i / keys, "n": i }))
+        })
+        .collect()
+}
+
+/// Everything read from one topic, from the beginning, in the background.
+pub struct Collector {
+    pub records: Arc<Mutex<Vec<OwnedMessage>>>,
+    stop: CancellationToken,
+}
+
+impl Collector {
+    pub async fn start(args: &KafkaArgs, topic: &str) -> Self {
+        let reader = kafka::reader(args, StartFrom::Earliest).expect("reader");
+        kafka::assign_all(&reader, topic, Offset::Beginning, Duration::from_secs(10)).expect("assign");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (sink, cancel) = (records.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    msg = reader.recv() => match msg {
+                        Ok(msg) => sink.lock().unwrap().push(msg.detach()),
+                        Err(e) => eprintln!("collector: {e}"),
+                    }
+                }
+            }
+        });
+        Self { records, stop }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.lock().unwrap().len()
+    }
+
+    pub fn results(&self) -> Vec<EventResult> {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| serde_json::from_slice(m.payload().expect("result payload")).expect("result JSON"))
+            .collect()
+    }
+
+    /// Waits until the results cover every id in `ids`; returns all results.
+    pub async fn wait_for_ids(&self, ids: &[String]) -> Vec<EventResult> {
+        stream_core::testing::eventually(DEADLINE, &format!("results for all {} events", ids.len()), || async {
+            let results = self.results();
+            let seen: std::collections::HashSet<&str> = results.iter().map(|r| r.event_id.as_str()).collect();
+            ids.iter().all(|id| seen.contains(id.as_str())).then_some(results.clone())
+        })
+        .await
+    }
+
+    pub async fn wait_for_len(&self, n: usize, what: &str) {
+        stream_core::testing::eventually(DEADLINE, what, || async { (self.len() >= n).then_some(()) }).await
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Header value as text.
+pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
+    msg.headers()?.iter().find(|h| h.key == name)?.value.map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A consumer run in the background and the token that stops it.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub fn start(config: consumer::Config) -> Self {
+        Self::start_with(config, consumer::DefaultProcessor)
+    }
+
+    pub fn start_with<P: consumer::Processor>(config: consumer::Config, processor: P) -> Self {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(consumer::run_with(config, processor, shutdown.clone()));
+        Self { shutdown, task }
+    }
+
+    /// Stops the consumer and returns what `run` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, self.task).await.expect("consumer stops in time").expect("consumer task")
+    }
+}
+
+/// Offsets committed by `group` on every partition of `topic`, and the end
+/// offsets of those partitions.
+pub async fn committed_and_end(args: &KafkaArgs, group: &str, topic: &str) -> (HashMap<i32, i64>, HashMap<i32, i64>) {
+    let probe = kafka::group_consumer(args, &ConsumerOptions::new(group), GroupContext).expect("probe");
+    let (args, topic) = (args.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let metadata = probe.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition(&topic, *p);
+        }
+        let committed = probe.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        let committed = committed
+            .elements()
+            .iter()
+            .map(|e| {
+                (
+                    e.partition(),
+                    match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    },
+                )
+            })
+            .collect();
+        let end = partitions
+            .iter()
+            .map(|p| (*p, probe.fetch_watermarks(&topic, *p, Duration::from_secs(10)).expect("watermarks").1))
+            .collect();
+        let _ = args;
+        (committed, end)
+    })
+    .await
+    .unwrap()
+}

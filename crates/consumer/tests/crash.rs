@@ -1,0 +1,80 @@
+//! The real binary, killed with SIGKILL mid-run and started again: every
+//! event still gets a result (duplicates are counted, not forbidden), and a
+//! SIGTERM afterwards exits cleanly with everything committed.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::process::Stdio;
+use stream_core::testing::{create_project_topics, kafka_args, unique_name};
+use stream_core::KafkaArgs;
+use tokio::process::{Child, Command};
+
+fn start_binary(args: &KafkaArgs, group: &str, log: &str) -> Child {
+    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .env("KAFKA_BROKERS", &args.brokers)
+        .env("EVENTS_TOPIC", &args.topics.events)
+        .env("RESULTS_TOPIC", &args.topics.results)
+        .env("DLQ_TOPIC", &args.topics.dlq)
+        .env("CONSUMER_GROUP", group)
+        .env("WORKERS", "2")
+        .env("SESSION_TIMEOUT", "6s")
+        .env("STATS_INTERVAL", "1s")
+        .env_remove("METRICS_ADDR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the consumer binary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+    let events = json_events(20_000, 50);
+    publish(&args, &events).await;
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let group = unique_name("crash-test");
+
+    let mut first = start_binary(&args, &group, &format!("{group}-1.log"));
+    results.wait_for_len(500, "the first process to produce some results").await;
+    first.kill().await.expect("SIGKILL");
+    let at_kill = results.len();
+    assert!(at_kill < ids.len(), "the kill must land mid-run ({at_kill} results already)");
+
+    let second = start_binary(&args, &group, &format!("{group}-2.log"));
+    let got = results.wait_for_ids(&ids).await;
+
+    // A graceful stop of the second process commits everything.
+    let pid = second.id().expect("running").to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+    assert!(status.success());
+    let exit = tokio::time::timeout(DEADLINE, wait(second)).await.expect("exits after SIGTERM");
+    assert!(exit.success(), "consumer exited with {exit}");
+    let (committed, end) = committed_and_end(&args, &group, &args.topics.events).await;
+    assert_eq!(committed, end, "after SIGTERM the group has committed every partition to its end");
+
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for r in &got {
+        *per_id.entry(r.event_id.as_str()).or_default() += 1;
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    eprintln!(
+        "events {}, results {}, duplicates {duplicates} (results seen at the kill: {at_kill})",
+        ids.len(),
+        got.len()
+    );
+    assert_eq!(per_id.len(), ids.len());
+    // Replays are bounded by what was processed but not committed when the
+    // process died, never the whole topic again.
+    assert!(duplicates < ids.len() / 2, "{duplicates} duplicates");
+}
+
+async fn wait(mut child: Child) -> std::process::ExitStatus {
+    child.wait().await.expect("wait for the consumer")
+}

@@ -1,0 +1,228 @@
+//! The consumer in-process against a real broker: results, dead letters,
+//! order, shared partitions, commits on shutdown, metrics.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use consumer::{Config, DefaultProcessor, ProcessError, Processor, WorkerInfo};
+use rdkafka::message::Message;
+use serde_json::{json, Value};
+use stream_core::testing::{create_project_topics, eventually, kafka_args};
+use stream_core::Event;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_gets_one_result_with_its_id_and_shutdown_commits() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+
+    let mut events = json_events(300, 10);
+    events.push(Event::json("/test", Some("s-text".into()), &json!("hello")));
+    events.push(Event::json("/test", None, &json!([1, 2, 3])));
+    publish(&args, &events).await;
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+
+    let config = Config::for_tests(args.clone(), 2);
+    let group = config.group.clone();
+    let running = Running::start(config);
+    let got = results.wait_for_ids(&ids).await;
+    running.stop().await.expect("clean shutdown");
+
+    let by_id: HashMap<&str, &stream_core::EventResult> = got.iter().map(|r| (r.event_id.as_str(), r)).collect();
+    for event in &events {
+        let result = by_id[event.id.as_str()];
+        assert_eq!(result.stream_id, event.key, "results are keyed by the event's stream");
+        assert_eq!(result.event_time, event.time);
+        assert!(result.worker_id.unwrap() < 2);
+        assert!(result.processed_at >= event.time);
+    }
+    let text = &by_id[events[300].id.as_str()].output;
+    assert!(text.as_str().unwrap().starts_with('[') && text.as_str().unwrap().ends_with("] hello"), "{text}");
+    let object = &by_id[events[0].id.as_str()].output;
+    assert_eq!(object["seq"], 0);
+    assert!(object["_processed"]["worker"].is_u64(), "{object}");
+    assert_eq!(by_id[events[301].id.as_str()].output["type"], "array");
+    // Records on the results topic are keyed by stream id too.
+    for record in results.records.lock().unwrap().iter() {
+        let result: stream_core::EventResult = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        assert_eq!(record.key().map(|k| String::from_utf8_lossy(k).into_owned()), result.stream_id);
+        assert_eq!(header(record, "ce_type").as_deref(), Some("streamkit.result"));
+    }
+    assert_eq!(got.len(), events.len(), "no duplicates in a clean run");
+
+    // Shutdown committed everything that was finished: all of it.
+    let (committed, end) = committed_and_end(&args, &group, &args.topics.events).await;
+    assert_eq!(committed, end, "committed offsets reach the end of every partition");
+}
+
+#[tokio::test]
+async fn poison_events_go_to_the_dlq_with_headers_and_the_rest_is_processed() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+    let dead = Collector::start(&args, &args.topics.dlq).await;
+
+    let mut events = Vec::new();
+    let mut poison = HashSet::new();
+    for i in 0..120 {
+        let key = Some(format!("stream-{}", i % 4));
+        if i % 12 == 5 {
+            let bad = Event::with_bytes("/test", key, Some("text/plain".into()), format!("not json {i}").into_bytes());
+            poison.insert(bad.id.clone());
+            events.push(bad);
+        } else {
+            events.push(Event::json("/test", key, &json!({ "i": i })));
+        }
+    }
+    publish(&args, &events).await;
+    let good: Vec<String> = events.iter().filter(|e| !poison.contains(&e.id)).map(|e| e.id.clone()).collect();
+
+    let config = Config::for_tests(args.clone(), 1);
+    let running = Running::start(config);
+    let got = results.wait_for_ids(&good).await;
+    dead.wait_for_len(poison.len(), "dead letters").await;
+    running.stop().await.expect("clean shutdown");
+
+    assert!(got.iter().all(|r| !poison.contains(&r.event_id)), "poison events have no result");
+    let letters = dead.records.lock().unwrap().clone();
+    assert_eq!(letters.len(), poison.len());
+    for letter in &letters {
+        let id = header(letter, "ce_id").expect("original ce_id kept");
+        assert!(poison.contains(&id));
+        let original = events.iter().find(|e| e.id == id).unwrap();
+        assert_eq!(letter.payload(), Some(original.data.as_slice()), "payload kept byte for byte");
+        assert_eq!(letter.key(), original.key.as_deref().map(str::as_bytes));
+        assert_eq!(header(letter, "content-type").as_deref(), Some("text/plain"));
+        assert_eq!(header(letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("invalid_json"));
+        assert!(header(letter, consumer::dlq::header::ERROR).unwrap().contains("not valid JSON"));
+        assert_eq!(header(letter, consumer::dlq::header::SOURCE_TOPIC).as_deref(), Some(args.topics.events.as_str()));
+        let partition: i32 = header(letter, consumer::dlq::header::SOURCE_PARTITION).unwrap().parse().unwrap();
+        let offset: i64 = header(letter, consumer::dlq::header::SOURCE_OFFSET).unwrap().parse().unwrap();
+        assert!((0..3).contains(&partition) && offset >= 0);
+        stream_core::schema::Timestamp::parse(&header(letter, consumer::dlq::header::TIME).unwrap()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_per_key_is_kept() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+    let keys = 5;
+    let per_key = 200;
+    let events = json_events(keys * per_key, keys);
+    publish(&args, &events).await;
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+
+    let running = Running::start(Config::for_tests(args.clone(), 3));
+    let got = results.wait_for_ids(&ids).await;
+    running.stop().await.expect("clean shutdown");
+
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
+    for result in &got {
+        seqs.entry(result.stream_id.clone().unwrap()).or_default().push(result.output["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs.len(), keys);
+    for (key, seq) in seqs {
+        let expected: Vec<u64> = (0..per_key as u64).collect();
+        assert_eq!(seq, expected, "results of {key} arrive in the order the events were sent");
+    }
+}
+
+/// Counts what one consumer instance processed.
+struct Counting(Arc<AtomicU64>);
+
+impl Processor for Counting {
+    async fn process(&self, event: &Event, worker: &WorkerInfo) -> Result<Value, ProcessError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        DefaultProcessor.process(event, worker).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_partitions_and_process_everything() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+
+    let first = Config::for_tests(args.clone(), 1);
+    let mut second = Config::for_tests(args.clone(), 1);
+    second.group = first.group.clone();
+    let (count_a, count_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let a = Running::start_with(first, Counting(count_a.clone()));
+    let b = Running::start_with(second, Counting(count_b.clone()));
+
+    // Keep publishing until both instances have been given partitions.
+    let mut ids = Vec::new();
+    eventually(common::DEADLINE, "both instances processing", || {
+        let events = json_events(30, 30);
+        ids.extend(events.iter().map(|e| e.id.clone()));
+        let (args, a, b) = (args.clone(), count_a.clone(), count_b.clone());
+        async move {
+            publish(&args, &events).await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            (a.load(Ordering::Relaxed) > 0 && b.load(Ordering::Relaxed) > 0).then_some(())
+        }
+    })
+    .await;
+    let more = json_events(300, 30);
+    ids.extend(more.iter().map(|e| e.id.clone()));
+    publish(&args, &more).await;
+
+    let got = results.wait_for_ids(&ids).await;
+    a.stop().await.expect("first instance stops cleanly");
+    b.stop().await.expect("second instance stops cleanly");
+    let unique: HashSet<&str> = got.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(unique.len(), ids.len());
+    eprintln!(
+        "instance A processed {}, B {}, results {} for {} events",
+        count_a.load(Ordering::Relaxed),
+        count_b.load(Ordering::Relaxed),
+        got.len(),
+        ids.len()
+    );
+}
+
+#[tokio::test]
+async fn metrics_report_processed_events_latency_and_lag() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config = Config::for_tests(args.clone(), 1);
+    config.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    config.stats_interval = std::time::Duration::from_millis(500);
+    let events = json_events(50, 5);
+    publish(&args, &events).await;
+    let running = Running::start(config);
+
+    let body = eventually(common::DEADLINE, "metrics with lag and processed events", || async move {
+        let body = scrape(port).await?;
+        (body.contains("consumer_events_processed_total")
+            && body.contains("consumer_end_to_end_latency_seconds_bucket")
+            && body.contains("consumer_processing_seconds_bucket")
+            && body.contains("consumer_lag{"))
+        .then_some(body)
+    })
+    .await;
+    running.stop().await.expect("clean shutdown");
+    let processed: f64 = body
+        .lines()
+        .find(|l| l.starts_with("consumer_events_processed_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(processed >= 1.0, "{body}");
+}
+
+async fn scrape(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}

@@ -1,0 +1,70 @@
+//! Start-up failures say what to do; `--create-topics` creates what is missing.
+
+mod common;
+
+use std::time::Duration;
+
+use consumer::Config;
+use stream_core::kafka;
+use stream_core::testing::kafka_args;
+use stream_core::KafkaArgs;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn missing_topics_are_named_with_the_flag_that_creates_them() {
+    let mut config = Config::for_tests(kafka_args(), 1);
+    config.create_topics = false;
+    let events = config.kafka.topics.events.clone();
+    let err = consumer::run(config, CancellationToken::new()).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains(&events) && text.contains("--create-topics"), "{text}");
+}
+
+#[tokio::test]
+async fn create_topics_creates_them_and_the_consumer_runs() {
+    let config = Config::for_tests(kafka_args(), 1);
+    assert!(config.create_topics);
+    let args = config.kafka.clone();
+    let running = common::Running::start(config);
+    let cluster = stream_core::testing::eventually(common::DEADLINE, "topics created", || async {
+        let cluster = kafka::check_cluster(&args).await.ok()?;
+        let t = &args.topics;
+        [&t.events, &t.results, &t.dlq].iter().all(|name| cluster.topics.contains(name)).then_some(cluster)
+    })
+    .await;
+    assert!(cluster.brokers >= 1);
+    running.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_retried_then_reported() {
+    // Port 1 on localhost: nothing listens there.
+    let mut args = KafkaArgs::for_brokers("127.0.0.1:1");
+    args.connect_timeout = Duration::from_millis(300);
+    let mut config = Config::for_tests(args, 1);
+    config.connect_attempts = 2;
+    let err = consumer::run(config, CancellationToken::new()).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("2 connection attempt") && text.contains("no Kafka broker reachable"), "{text}");
+}
+
+#[tokio::test]
+async fn shutdown_during_connection_retries_ends_quietly() {
+    let mut args = KafkaArgs::for_brokers("127.0.0.1:1");
+    args.connect_timeout = Duration::from_millis(200);
+    let mut config = Config::for_tests(args, 1);
+    config.connect_attempts = 100;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(config, shutdown.clone()));
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), task).await.expect("stops").unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_rejected_before_connecting() {
+    let mut config = Config::for_tests(KafkaArgs::for_brokers("127.0.0.1:1"), 0);
+    config.connect_attempts = 1;
+    let err = consumer::run(config, CancellationToken::new()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("--workers"), "{err:#}");
+}
