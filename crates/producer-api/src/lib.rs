@@ -134,6 +134,9 @@ struct Parts {
 
 async fn connect(config: Config) -> anyhow::Result<Parts> {
     config.validate()?;
+    // Install the recorder before anything records: samples taken before
+    // it exists are lost.
+    stream_core::metrics::handle();
     let args = &config.kafka;
     let mut topics = kafka::project_topics(args);
     topics.push(registry::topic_spec(&config.streams_topic, args));

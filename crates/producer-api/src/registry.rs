@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::AppError;
 use crate::publish::Publisher;
-use crate::results::Hub;
+use crate::results::{Hub, ReaderHealth};
 
 /// The value of an ownership record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +86,7 @@ impl Registry {
 
     /// Applies ownership records until `stop` is cancelled.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut health = ReaderHealth::default();
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -93,6 +94,7 @@ impl Registry {
             };
             match message {
                 Ok(msg) => {
+                    health.ok(&self.topic);
                     if let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) {
                         self.apply(key, msg.payload());
                     }
@@ -102,7 +104,7 @@ impl Registry {
                     });
                 }
                 Err(err) => {
-                    tracing::warn!(topic = %self.topic, %err, "ownership reader error; retrying");
+                    health.failed(&self.topic, &err);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }

@@ -212,6 +212,31 @@ impl Drop for Subscription {
     }
 }
 
+/// Logs a reader's first error of an outage as a warning and the repeats
+/// (librdkafka reports one every few hundred ms while a broker is down) at
+/// debug, then says when reading works again.
+#[derive(Default)]
+pub(crate) struct ReaderHealth {
+    failing: bool,
+}
+
+impl ReaderHealth {
+    pub(crate) fn failed(&mut self, topic: &str, err: &rdkafka::error::KafkaError) {
+        if self.failing {
+            tracing::debug!(topic, %err, "reader still failing");
+        } else {
+            tracing::warn!(topic, %err, "reader error; retrying until the broker answers");
+            self.failing = true;
+        }
+    }
+
+    pub(crate) fn ok(&mut self, topic: &str) {
+        if std::mem::take(&mut self.failing) {
+            tracing::info!(topic, "reader recovered");
+        }
+    }
+}
+
 /// The process's one reader of the results topic, positioned at the end
 /// of every partition as of start-up: results written after
 /// [`ResultsReader::start`] returns are all seen.
@@ -251,15 +276,19 @@ impl ResultsReader {
 
     /// Routes results into `hub` until `stop` is cancelled.
     pub async fn run(self, hub: Arc<Hub>, stop: CancellationToken) {
+        let mut health = ReaderHealth::default();
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => return,
                 message = self.consumer.recv() => message,
             };
             let msg = match message {
-                Ok(msg) => msg,
+                Ok(msg) => {
+                    health.ok(&self.topic);
+                    msg
+                }
                 Err(err) => {
-                    tracing::warn!(topic = %self.topic, %err, "results reader error; retrying");
+                    health.failed(&self.topic, &err);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }

@@ -50,6 +50,9 @@ impl Drop for Gauge {
 pub fn upgrade(state: AppState, stream_id: String, subscription: Subscription, upgrade: WebSocketUpgrade) -> Response {
     let max = state.config.max_body_bytes;
     upgrade
+        // tungstenite allocates its read buffer up front (128 KiB by
+        // default); idle sockets are the common case, and frames are small.
+        .read_buffer_size(4 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| run_socket(state, stream_id, subscription, socket))

@@ -65,7 +65,9 @@ impl OwnBroker {
         let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", self.storage.display()))).unwrap();
         let child = Command::new(&binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
-            .arg(format!("sqlite://{}", self.storage.display()))
+            // Nisshi resolves sqlite://PATH against its working directory.
+            .arg(format!("sqlite://{}", self.storage.file_name().unwrap().to_string_lossy()))
+            .current_dir(self.storage.parent().unwrap())
             .env_remove("STORAGE_ENGINE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
