@@ -45,7 +45,10 @@ async fn connect(app: &common::TestApp, key: &str, stream: &str) -> Socket {
 
 /// The next JSON text frame of a given type, skipping others.
 async fn next_frame(socket: &mut Socket, kind: &str) -> Value {
-    let deadline = Duration::from_secs(20);
+    next_frame_within(socket, kind, Duration::from_secs(20)).await
+}
+
+async fn next_frame_within(socket: &mut Socket, kind: &str, deadline: Duration) -> Value {
     tokio::time::timeout(deadline, async {
         loop {
             match socket.next().await.expect("socket open").expect("frame") {
@@ -267,4 +270,27 @@ async fn replicas_share_ownership_and_it_survives_a_restart() {
         assert!(!text.contains(KEY_A) && !text.contains(KEY_B), "raw key stored: {text}");
     }
     c.stop().await;
+}
+
+#[tokio::test]
+async fn results_of_the_real_consumer_reach_the_websocket() {
+    let (kafka, app) = common::spawn_app().await;
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(consumer::run(consumer::Config::for_tests(kafka.clone(), 2), stop.clone()));
+
+    let (status, body) = start_stream(&app, KEY_A, None).await;
+    assert_eq!(status, 201, "{body}");
+    let stream = body["stream_id"].as_str().unwrap().to_owned();
+    let mut socket = connect(&app, KEY_A, &stream).await;
+    socket.send(Message::text(r#"{"data": {"temperature": 21.5}}"#)).await.unwrap();
+    let ack = next_frame(&mut socket, "ack").await;
+    // The group join takes a few seconds before the first result.
+    let result = next_frame_within(&mut socket, "result", Duration::from_secs(60)).await;
+    assert_eq!(result["event_id"], ack["id"]);
+    assert_eq!(result["stream_id"], stream.as_str());
+    assert!(result["worker_id"].is_number(), "{result}");
+
+    stop.cancel();
+    consumer.await.unwrap().unwrap();
+    app.stop().await;
 }
