@@ -1,0 +1,122 @@
+//! Fault injection with librdkafka's mock cluster (in addition to the real
+//! broker tests): produce errors that outlast librdkafka's own retries are
+//! retried by the consumer, not dead-lettered, and every event still gets
+//! its result.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use consumer::{Config, DefaultProcessor};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use stream_core::testing::{eventually, unique_name};
+use stream_core::KafkaArgs;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_produce_errors_are_retried_not_dead_lettered() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let args = mock_topics(&cluster);
+    let events = json_events(200, 10);
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    publish(&args, &events).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+
+    // From now on produce requests fail with a retriable error for a while,
+    // and librdkafka gives up on a record after one second: the delivery
+    // errors reach the consumer, which must retry them itself.
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 40]);
+    let mut config = Config::for_tests(args.clone(), 1);
+    config.create_topics = false; // the mock cluster has no CreateTopics
+    config.kafka.properties.push(("message.timeout.ms".into(), "1000".into()));
+    let stats = Arc::new(consumer::stats::Stats::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(consumer::run_observed(config, DefaultProcessor, stats.clone(), shutdown.clone()));
+
+    let got = results.wait_for_ids(&ids).await;
+    eventually(DEADLINE, "in-flight count back to zero", || async { (stats.snapshot().in_flight == 0).then_some(()) })
+        .await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task).await.expect("stops").unwrap().expect("clean run");
+
+    let s = stats.snapshot();
+    assert!(s.retries > 0, "the injected errors must have reached the consumer: {s:?}");
+    assert_eq!(s.dead_lettered, 0, "transient errors are not dead-lettered: {s:?}");
+    assert_eq!(s.failed, 0);
+    assert!(got.len() >= ids.len());
+}
+
+/// A mock cluster with the three topics of fresh names.
+fn mock_topics(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> KafkaArgs {
+    let mut args = KafkaArgs::for_brokers(cluster.bootstrap_servers());
+    let tag = unique_name("faults");
+    args.topics.events = format!("{tag}.events");
+    args.topics.results = format!("{tag}.results");
+    args.topics.dlq = format!("{tag}.dlq");
+    for topic in [&args.topics.events, &args.topics.results, &args.topics.dlq] {
+        cluster.create_topic(topic, 3, 1).expect("mock topic");
+    }
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_broker_refuses_for_good_dead_letters_its_event() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let args = mock_topics(&cluster);
+    let events = json_events(50, 5);
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    publish(&args, &events).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+    let dead = Collector::start(&args, &args.topics.dlq).await;
+
+    // The first produce request (a batch of results) is refused as too
+    // large: a permanent error for those records.
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+    let mut config = Config::for_tests(args.clone(), 1);
+    config.create_topics = false;
+    let running = Running::start(config);
+
+    eventually(DEADLINE, "every event answered by a result or a dead letter", || async {
+        let answered: std::collections::HashSet<String> = results
+            .results()
+            .into_iter()
+            .map(|r| r.event_id)
+            .chain(dead.records.lock().unwrap().iter().filter_map(|m| header(m, "ce_id")))
+            .collect();
+        ids.iter().all(|id| answered.contains(id)).then_some(())
+    })
+    .await;
+    running.stop().await.expect("clean shutdown");
+    let letters = dead.records.lock().unwrap().clone();
+    assert!(!letters.is_empty(), "the refused results' events are dead-lettered");
+    for letter in &letters {
+        assert_eq!(header(letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("result_undeliverable"));
+        assert!(header(letter, consumer::dlq::header::ERROR).unwrap().contains(&args.topics.results));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_written_stops_the_run_without_committing_it() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let args = mock_topics(&cluster);
+    let poison = stream_core::Event::with_bytes("/test", Some("k".into()), None, b"not json".to_vec());
+    publish(&args, std::slice::from_ref(&poison)).await;
+
+    // Every produce is refused for good: the dead letter cannot be written.
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 50]);
+    let mut config = Config::for_tests(args.clone(), 1);
+    config.create_topics = false;
+    let group = config.group.clone();
+    let shutdown = CancellationToken::new();
+    let err = tokio::time::timeout(DEADLINE, consumer::run(config, shutdown))
+        .await
+        .expect("the run ends by itself")
+        .expect_err("the run fails");
+    let text = format!("{err:#}");
+    assert!(text.contains("cannot write the dead letter") && text.contains(&args.topics.dlq), "{text}");
+    let (committed, _) = committed_and_end(&args, &group, &args.topics.events).await;
+    assert!(committed.values().all(|&o| o <= 0), "nothing committed past the lost event: {committed:?}");
+}
