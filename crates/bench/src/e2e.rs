@@ -127,8 +127,9 @@ pub async fn run(args: &E2eArgs, shutdown: CancellationToken) -> anyhow::Result<
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let step = steps.lock().unwrap().remove(&tag).expect("step registered above");
-        let send_secs = outcome.elapsed().as_secs_f64().max(1e-9);
-        let mut m = Measurement::new(format!("@{rate}/s"), outcome.acked as f64 / send_secs, step.latency);
+        // The rate column is the offered rate achieved by the sender; a
+        // sender that cannot keep up is flagged in the table.
+        let mut m = Measurement::new(format!("@{rate}/s"), outcome.send_rate(), step.latency);
         m.row.target_rate = Some(rate);
         m.row.mb_per_sec = None;
         m.row.errors = outcome.failed + (count - outcome.sent) + outcome.acked.saturating_sub(step.received);

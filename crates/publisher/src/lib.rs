@@ -165,6 +165,8 @@ pub struct Outcome {
     pub ack_latency: Histogram<u64>,
     /// First send attempt.
     pub started: Instant,
+    /// Last message handed to the producer.
+    pub last_sent: Instant,
     /// Last acknowledgement or failure.
     pub finished: Instant,
     pub interrupted: bool,
@@ -174,6 +176,16 @@ impl Outcome {
     /// Seconds from the first send to the last acknowledgement.
     pub fn elapsed(&self) -> Duration {
         self.finished.saturating_duration_since(self.started)
+    }
+
+    /// Messages handed to the producer per second, over the sending span
+    /// only: the offered rate, unaffected by how long the last ack took.
+    pub fn send_rate(&self) -> f64 {
+        let span = self.last_sent.saturating_duration_since(self.started).as_secs_f64();
+        if self.sent < 2 || span <= 0.0 {
+            return 0.0;
+        }
+        (self.sent - 1) as f64 / span
     }
 
     /// The report of this outcome.
@@ -254,6 +266,7 @@ pub async fn publish(
         bytes: 0,
         ack_latency: report::latency_histogram(),
         started: Instant::now(),
+        last_sent: Instant::now(),
         finished: Instant::now(),
         interrupted: false,
     };
@@ -296,6 +309,7 @@ pub async fn publish(
             match kafka::enqueue(producer, topic, &event) {
                 Ok(delivery) => {
                     outcome.sent += 1;
+                    outcome.last_sent = Instant::now();
                     in_flight.push(settle(due, bytes, delivery));
                     break;
                 }
