@@ -32,7 +32,7 @@ use clap::Parser;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::DeliveryFuture;
 use stream_core::config::{parse_duration, LogArgs};
@@ -143,9 +143,12 @@ pub fn progress_bar(count: u64, visible: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(count), target);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} acked  {per_sec}  eta {eta}  {msg}",
+            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} acked  {rate}  eta {eta}  {msg}",
         )
         .expect("static template")
+        .with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} msg/s", state.per_sec());
+        })
         .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));

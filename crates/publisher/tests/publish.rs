@@ -123,3 +123,31 @@ async fn undeliverable_messages_are_reported_and_fail_the_exit_code() {
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
     assert_eq!(report.errors[0].count, 20);
 }
+
+/// Ctrl-C: sending stops, everything in flight is still acknowledged, and
+/// the report says so; the topic holds exactly what was acknowledged.
+#[tokio::test]
+async fn interrupting_flushes_in_flight_messages_and_reports() {
+    let kafka = testing::kafka_args();
+    testing::create_topic(&kafka, &kafka.topics.events, kafka.topics.partitions).await;
+    let shutdown = CancellationToken::new();
+    let publisher_args = args(&kafka, &["--count", "1000000", "--rate", "2000"]);
+    let run = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { publisher::run(&publisher_args, shutdown).await }
+    });
+    let probe = kafka::reader(&kafka, StartFrom::Earliest).unwrap();
+    testing::eventually(Duration::from_secs(30), "the first 200 records", || {
+        let stored: i64 = (0..kafka.topics.partitions)
+            .map(|p| probe.fetch_watermarks(&kafka.topics.events, p, Duration::from_secs(5)).map_or(0, |(l, h)| h - l))
+            .sum();
+        std::future::ready((stored >= 200).then_some(()))
+    })
+    .await;
+    shutdown.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(30), run).await.expect("stops promptly").unwrap().unwrap();
+    assert!(report.interrupted, "{report}");
+    assert!(report.sent >= 200 && report.sent < 1_000_000, "{report}");
+    assert_eq!((report.acked, report.failed), (report.sent, 0), "{report}");
+    read_back(&kafka, report.acked as usize).await;
+}
