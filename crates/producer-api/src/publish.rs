@@ -12,9 +12,10 @@ use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, Producer as _};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use stream_core::kafka::{self, Producer};
-use stream_core::schema::{header as ce, Event};
+use stream_core::schema::{header as ce, Event, JSON};
 use tokio::time::Instant as TokioInstant;
 
 use crate::auth::Caller;
@@ -123,10 +124,10 @@ fn delivery_error(err: &KafkaError) -> AppError {
 }
 
 /// `POST /publish` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct PublishRequest {
-    /// Any JSON value; it becomes the record value as is.
-    pub message: Value,
+    /// Any JSON value; its bytes become the record value exactly as sent.
+    pub message: Box<RawValue>,
     /// Record key (e.g. a stream or entity id): same key, same partition.
     #[serde(default)]
     pub key: Option<String>,
@@ -145,7 +146,8 @@ impl PublishRequest {
                 )));
             }
         }
-        let mut event = Event::json(SOURCE, self.key, &self.message);
+        let data = self.message.get().as_bytes().to_vec();
+        let mut event = Event::with_bytes(SOURCE, self.key, Some(JSON.into()), data);
         event.extensions.extend(self.headers);
         add_traceparent(&mut event, traceparent);
         Ok(event)
@@ -202,6 +204,14 @@ impl ItemResult {
     }
 }
 
+/// `POST /publish/batch` reply.
+#[derive(Debug, Serialize)]
+struct BatchReply {
+    results: Vec<ItemResult>,
+    succeeded: usize,
+    failed: usize,
+}
+
 /// How the batch body is framed.
 enum Framing {
     Array,
@@ -228,16 +238,21 @@ fn parse_batch(framing: Framing, body: &[u8], max: usize) -> Result<Vec<Result<P
     let too_many = |n: usize| AppError::TooLarge(format!("{n} records in one batch; the limit is {max}"));
     match framing {
         Framing::Array => {
-            let value: Value = serde_json::from_slice(body).map_err(|e| AppError::MalformedJson(e.to_string()))?;
-            let Value::Array(items) = value else {
-                return Err(AppError::Unprocessable("expected a JSON array of {\"message\": ...} objects".into()));
-            };
+            // Borrowed raw elements: the array is checked once, and each
+            // record is parsed on its own, so one bad record fails alone.
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+                if e.is_data() {
+                    AppError::Unprocessable("expected a JSON array of {\"message\": ...} objects".into())
+                } else {
+                    AppError::MalformedJson(e.to_string())
+                }
+            })?;
             if items.len() > max {
                 return Err(too_many(items.len()));
             }
             Ok(items
                 .into_iter()
-                .map(|item| serde_json::from_value(item).map_err(|e| AppError::Unprocessable(e.to_string())))
+                .map(|item| serde_json::from_str(item.get()).map_err(|e| AppError::Unprocessable(e.to_string())))
                 .collect())
         }
         Framing::Ndjson => {
@@ -321,8 +336,7 @@ pub async fn publish_batch(
         return Err(AppError::unavailable(format!("none of the {total} records was acknowledged")));
     }
     let results: Vec<ItemResult> = results.into_iter().map(|r| r.expect("every record has a result")).collect();
-    let body = serde_json::json!({ "results": results, "succeeded": succeeded, "failed": total - succeeded });
-    Ok(Json(body).into_response())
+    Ok(Json(BatchReply { results, succeeded, failed: total - succeeded }).into_response())
 }
 
 #[cfg(test)]
@@ -333,10 +347,10 @@ mod tests {
 
     #[test]
     fn reserved_headers_are_refused() {
-        let request: PublishRequest = serde_json::from_value(json!({"message": 1, "headers": {"ce_id": "x"}})).unwrap();
+        let request: PublishRequest = serde_json::from_str(r#"{"message": 1, "headers": {"ce_id": "x"}}"#).unwrap();
         assert_eq!(request.into_event(None).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
         let request: PublishRequest =
-            serde_json::from_value(json!({"message": {"a": 1}, "key": "k", "headers": {"tenant": "t"}})).unwrap();
+            serde_json::from_str(r#"{"message": {"a": 1}, "key": "k", "headers": {"tenant": "t"}}"#).unwrap();
         let event = request.into_event(Some("00-1-2-01")).unwrap();
         assert_eq!(event.key.as_deref(), Some("k"));
         assert_eq!(event.extension("tenant"), Some("t"));
@@ -346,8 +360,9 @@ mod tests {
 
     #[test]
     fn a_missing_message_is_a_shape_error() {
-        assert!(serde_json::from_value::<PublishRequest>(json!({"key": "k"})).is_err());
-        assert!(serde_json::from_value::<PublishRequest>(json!({"message": null})).is_ok());
+        assert!(serde_json::from_str::<PublishRequest>(r#"{"key": "k"}"#).is_err());
+        let null = serde_json::from_str::<PublishRequest>(r#"{"message": null}"#).unwrap();
+        assert_eq!(null.into_event(None).unwrap().data, b"null");
     }
 
     #[test]

@@ -149,3 +149,27 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains(r#"route="/publish""#), "{text}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_limit_get_429() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.max_in_flight = 2;
+    let app = common::start(config).await;
+    let router = producer_api::app(app.state.clone());
+    let calls = (0..200).map(|n| {
+        let router = router.clone();
+        async move {
+            let body = format!(r#"{{"message": {n}}}"#);
+            let response = router.oneshot(post("/publish", Some(KEY_A), JSON, body)).await.unwrap();
+            (response.status(), response.headers().get(header::RETRY_AFTER).cloned())
+        }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let refused: Vec<_> = outcomes.iter().filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS).collect();
+    let accepted = outcomes.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!(refused.len() + accepted, outcomes.len(), "only 200 or 429: {outcomes:?}");
+    assert!(!refused.is_empty() && accepted >= 2, "{} refused, {accepted} accepted", refused.len());
+    assert!(refused.iter().all(|(_, retry)| retry.is_some()), "429 without Retry-After");
+    app.stop().await;
+}
