@@ -126,13 +126,23 @@ pub struct KafkaBench {
     #[arg(long, env = "BENCH_LINGER", value_parser = parse_duration, default_value = "5ms")]
     pub linger: Duration,
 
+    /// Messages librdkafka may hold unacknowledged before sends wait for acks
+    /// (see publisher --queue-capacity).
+    #[arg(long, env = "BENCH_QUEUE_CAPACITY", default_value_t = 20_000)]
+    pub queue_capacity: u32,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
 
 impl KafkaBench {
     fn producer_options(&self) -> ProducerOptions {
-        ProducerOptions { acks: self.acks, linger: self.linger, ..ProducerOptions::default() }
+        ProducerOptions {
+            acks: self.acks,
+            linger: self.linger,
+            queue_capacity: self.queue_capacity,
+            ..ProducerOptions::default()
+        }
     }
 
     /// Validates the flags and creates the benchmark topic if missing.

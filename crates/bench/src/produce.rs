@@ -24,6 +24,10 @@ pub struct ProduceArgs {
     #[arg(short = 'r', long, env = "BENCH_RATE")]
     pub rate: Option<f64>,
 
+    /// Send bare records (no CloudEvents headers), as rdkafka_performance does.
+    #[arg(long, env = "BENCH_NO_HEADERS")]
+    pub no_headers: bool,
+
     #[command(flatten)]
     pub load: KafkaBench,
 
@@ -36,7 +40,10 @@ pub async fn run(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Res
     let load = &args.load;
     load.prepare().await?;
     let producer = kafka::producer(&load.kafka, &load.producer_options())?;
-    let payloads = Payloads::generated(load.size, load.keys);
+    let mut payloads = Payloads::generated(load.size, load.keys);
+    if args.no_headers {
+        payloads = payloads.without_headers();
+    }
     let progress = publisher::progress_bar(args.count, false);
     tracing::info!(count = args.count, size = load.size, topic = %load.bench_topic, "producing");
     let outcome = publisher::publish(

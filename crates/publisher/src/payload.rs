@@ -15,6 +15,10 @@ pub const SOURCE: &str = "/publisher";
 pub struct Payloads {
     body: Body,
     keys: u64,
+    /// Send CloudEvents headers (the default). Without them a record is the
+    /// bare key and payload, as `rdkafka_performance` sends: the way to
+    /// compare the pipeline itself with librdkafka's own benchmark.
+    headers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -28,7 +32,7 @@ enum Body {
 impl Payloads {
     /// Generated JSON payloads of `size` bytes over `keys` keys (0: no key).
     pub fn generated(size: usize, keys: u64) -> Self {
-        Self { body: Body::Generated(size), keys }
+        Self { body: Body::Generated(size), keys, headers: true }
     }
 
     /// The non-empty lines of an NDJSON file, each checked to be JSON so a
@@ -48,7 +52,18 @@ impl Payloads {
         if lines.is_empty() {
             bail!("{} has no events (one JSON value per line expected)", path.display());
         }
-        Ok(Self { body: Body::Lines(lines), keys })
+        Ok(Self { body: Body::Lines(lines), keys, headers: true })
+    }
+
+    /// The same payloads sent without CloudEvents headers.
+    pub fn without_headers(mut self) -> Self {
+        self.headers = false;
+        self
+    }
+
+    /// Whether records carry CloudEvents headers.
+    pub fn has_headers(&self) -> bool {
+        self.headers
     }
 
     /// How many distinct payloads the source has (`None`: unbounded).

@@ -151,3 +151,16 @@ async fn interrupting_flushes_in_flight_messages_and_reports() {
     assert_eq!((report.acked, report.failed), (report.sent, 0), "{report}");
     read_back(&kafka, report.acked as usize).await;
 }
+
+#[tokio::test]
+async fn no_headers_sends_bare_records() {
+    let kafka = testing::kafka_args();
+    let report =
+        publisher::run(&args(&kafka, &["--count", "50", "--no-headers", "--keys", "0"]), CancellationToken::new())
+            .await
+            .unwrap();
+    assert_eq!(report.acked, 50, "{report}");
+    let events = read_back(&kafka, 50).await;
+    // Without ce_* headers the decoder falls back to record metadata.
+    assert!(events.iter().all(|e| e.source.starts_with("kafka:") && e.key.is_none() && e.data.len() == 100));
+}
