@@ -82,7 +82,7 @@ async fn preload(args: &KafkaArgs, count: usize, keys: usize) -> anyhow::Result<
     for i in 0..count {
         // 100 to 200 bytes of JSON: a sequence number and some text whose
         // length varies with i.
-        let text = &filler[..40 + (i * 7919) % 100];
+        let text = &filler[..75 + (i * 7919) % 100];
         let event =
             Event::json("/bench", Some(format!("stream-{}", i % keys)), &serde_json::json!({"seq": i, "text": text}));
         bytes += event.data.len();

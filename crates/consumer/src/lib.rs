@@ -210,6 +210,7 @@ pub async fn run_observed<P: Processor>(
         runtime: tokio::runtime::Handle::current(),
         stop: stop.clone(),
         failure: Mutex::new(None),
+        meters: worker::Meters::new(),
     });
 
     if let Some(addr) = config.metrics_addr {

@@ -284,8 +284,10 @@ impl EventResult {
     /// The result as a CloudEvent for the results topic: JSON payload,
     /// keyed by the stream id, trace context carried over from the source.
     pub fn to_event(&self, source: &str, origin: &Event) -> Event {
-        let mut event =
-            Event::json(source, self.stream_id.clone(), &serde_json::to_value(self).expect("results serialise"));
+        // Serialised straight to bytes: going through a `serde_json::Value`
+        // first would build and drop a copy of the whole output per result.
+        let data = serde_json::to_vec(self).expect("results serialise");
+        let mut event = Event::with_bytes(source, self.stream_id.clone(), Some(JSON.into()), data);
         event.event_type = RESULT_TYPE.into();
         if let Some(trace) = origin.extension(header::TRACEPARENT) {
             event.extensions.push((header::TRACEPARENT.into(), trace.into()));
