@@ -6,13 +6,23 @@ set dotenv-load := true
 default:
     @just --list
 
-# Start a broker on 127.0.0.1:19092: Redpanda + Console with Docker, else the local Nisshi broker.
-up:
+# Start a broker on 127.0.0.1:19092: Redpanda + Console with Docker (`just up cluster`: 3 nodes,
+# `just up monitoring`: Prometheus + Grafana), else the local Nisshi broker.
+up WHAT="single":
     #!/usr/bin/env bash
     set -euo pipefail
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        docker compose -f compose/redpanda.yml up -d --wait
-        echo "Redpanda on 127.0.0.1:19092, Console on http://localhost:8080"
+        case "{{WHAT}}" in
+            single) docker compose -f compose/redpanda.yml up -d --wait
+                    echo "Redpanda on 127.0.0.1:19092, Console on http://localhost:8080" ;;
+            cluster) docker compose -f compose/cluster.yml up -d --wait
+                    echo "3-node Redpanda on 127.0.0.1:19092,29092,39092; create topics with TOPIC_REPLICATION_FACTOR=3" ;;
+            monitoring) docker compose -f compose/monitoring.yml up -d
+                    echo "Grafana on http://localhost:3000 (dashboard streamkit), Prometheus on http://localhost:9090" ;;
+            *) echo "just up [single|cluster|monitoring]"; exit 2 ;;
+        esac
+    elif [[ "{{WHAT}}" != single ]]; then
+        echo "No Docker engine reachable: '{{WHAT}}' needs Docker. Plain 'just up' starts the local broker."; exit 1
     else
         echo "No Docker engine reachable: starting the local Nisshi broker instead (scripts/broker.sh)."
         scripts/broker.sh install
@@ -24,7 +34,7 @@ down:
     #!/usr/bin/env bash
     set -euo pipefail
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        docker compose -f compose/redpanda.yml down
+        for f in compose/monitoring.yml compose/cluster.yml compose/redpanda.yml; do docker compose -f "$f" down; done
     fi
     scripts/broker.sh stop
 
