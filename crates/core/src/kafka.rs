@@ -204,6 +204,18 @@ impl Default for ProducerOptions {
 
 /// An idempotent producer (unless `acks` is lowered), with logs in `tracing`.
 pub fn producer(args: &KafkaArgs, options: &ProducerOptions) -> Result<Producer> {
+    producer_with_context(args, options, TracingContext)
+}
+
+/// The same producer settings for any producer type and context. A bulk
+/// sender (publisher, bench) uses a `ThreadedProducer` whose context takes
+/// delivery reports as callbacks: at hundreds of thousands of records a
+/// second, a future and a channel per record cost more than the send.
+pub fn producer_with_context<T, C>(args: &KafkaArgs, options: &ProducerOptions, context: C) -> Result<T>
+where
+    T: rdkafka::config::FromClientConfigAndContext<C>,
+    C: ClientContext,
+{
     let mut config = base_config(args);
     let idempotent = options.acks == Acks::All;
     config
@@ -227,7 +239,7 @@ pub fn producer(args: &KafkaArgs, options: &ProducerOptions) -> Result<Producer>
         // Same key -> same partition as the Java client and Redpanda's tools
         // (murmur2), so a stream keeps its partition whoever produces to it.
         .set("partitioner", "murmur2_random");
-    create(&finish(config, args), TracingContext)
+    create(&finish(config, args), context)
 }
 
 /// Where a group starts when it has no committed offset.

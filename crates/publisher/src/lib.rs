@@ -12,13 +12,15 @@
 //! - [`pacer`]: the open-loop send schedule behind `--rate`.
 //! - [`payload`]: generated JSON of `--size` bytes, or `--from-file` lines.
 //! - [`report`]: latency histograms, percentiles and the final [`Report`].
+//! - [`delivery`]: the producer, whose delivery reports are callbacks.
 //! - [`publish`] (here): the pipelined send loop, shared with `bench`.
 //!
-//! Sends are pipelined: each event is handed to librdkafka without waiting
-//! (`kafka::enqueue`), and acknowledgements are collected as they arrive.
+//! Sends are pipelined: each event is handed to librdkafka without waiting,
+//! and delivery reports are tallied by a callback as they arrive.
 //! When librdkafka's queue is full the loop waits for some in-flight
 //! deliveries instead of failing or spinning.
 
+pub mod delivery;
 pub mod pacer;
 pub mod payload;
 pub mod report;
@@ -29,18 +31,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::producer::{BaseRecord, Producer as _};
 use stream_core::config::{parse_duration, LogArgs};
-use stream_core::kafka::{self, Acks, Producer, ProducerOptions, TopicSpec};
+use stream_core::kafka::{self, Acks, ProducerOptions, TopicSpec};
 use stream_core::schema::Timestamp;
 use stream_core::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
+pub use delivery::{producer, BulkProducer};
 pub use pacer::Pacer;
 pub use payload::Payloads;
 pub use report::{Percentiles, Report};
@@ -148,7 +149,7 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Rep
             .await
             .with_context(|| format!("creating topic {topic}"))?;
     }
-    let producer = kafka::producer(&args.kafka, &args.producer_options()).context("creating the producer")?;
+    let producer = producer(&args.kafka, &args.producer_options()).context("creating the producer")?;
     let show = !args.json && std::io::stderr().is_terminal();
     let progress = progress_bar(count, show);
     let outcome =
@@ -229,35 +230,6 @@ impl Outcome {
             interrupted: self.interrupted,
         }
     }
-
-    fn settle(&mut self, (due, bytes, result): Settled, progress: &ProgressBar) {
-        let now = Instant::now();
-        self.finished = now;
-        match result {
-            Ok(()) => {
-                self.acked += 1;
-                self.bytes += bytes as u64;
-                report::record(&mut self.ack_latency, now.saturating_duration_since(due));
-            }
-            Err(error) => self.fail(error),
-        }
-        // Every 64 settles: the bar redraws a few times a second anyway,
-        // and each update reads the clock.
-        if (self.acked + self.failed) % 64 == 0 {
-            progress.set_position(self.acked);
-        }
-    }
-
-    fn fail(&mut self, error: KafkaError) {
-        self.failed += 1;
-        report::count_error(&mut self.errors, error.to_string());
-    }
-}
-
-type Settled = (Instant, usize, Result<(), KafkaError>);
-
-async fn settle(due: Instant, bytes: usize, delivery: DeliveryFuture) -> Settled {
-    (due, bytes, kafka::delivered(delivery).await.map(|_| ()).map_err(|(e, _)| e))
 }
 
 /// Sends `count` events from `payloads` to `topic` on `pacer`'s schedule,
@@ -270,9 +242,10 @@ async fn settle(due: Instant, bytes: usize, delivery: DeliveryFuture) -> Settled
 /// adjust each event (the bench tags them).
 ///
 /// On `shutdown`, sending stops and the in-flight messages are awaited.
+/// Calls on one producer must not overlap: each starts a fresh tally.
 #[allow(clippy::too_many_arguments)]
 pub async fn publish(
-    producer: &Producer,
+    producer: &BulkProducer,
     topic: &str,
     payloads: &Payloads,
     count: u64,
@@ -281,39 +254,25 @@ pub async fn publish(
     progress: &ProgressBar,
     customize: impl Fn(&mut stream_core::Event),
 ) -> Outcome {
+    let deliveries = producer.context().clone();
+    let started = Instant::now();
+    deliveries.reset(pacer.start().min(started));
     // The schedule's start in wall-clock time, so a due Instant maps to the
     // ce_time written into the event.
     let wall_start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut outcome = Outcome {
-        sent: 0,
-        acked: 0,
-        failed: 0,
-        errors: Vec::new(),
-        bytes: 0,
-        ack_latency: report::latency_histogram(),
-        started: Instant::now(),
-        last_sent: Instant::now(),
-        finished: Instant::now(),
-        interrupted: false,
-    };
-    let mut in_flight = FuturesUnordered::new();
+    let (mut sent, mut refused) = (0u64, 0u64);
+    let mut refusals = Vec::new();
+    let mut last_sent = started;
+    let mut interrupted = false;
 
-    'send: for seq in 0..count {
-        // Wait for the slot, collecting acknowledgements in the meantime.
+    for seq in 0..count {
         let due = match pacer.due(seq) {
             Some(due) => {
-                loop {
-                    if Instant::now() >= due {
-                        break;
-                    }
+                if due > Instant::now() {
                     tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => {
-                            outcome.interrupted = true;
-                            break 'send;
-                        }
-                        Some(settled) = in_flight.next() => outcome.settle(settled, progress),
-                        _ = tokio::time::sleep_until(due.into()) => break,
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep_until(due.into()) => {}
                     }
                 }
                 due
@@ -321,7 +280,7 @@ pub async fn publish(
             None => Instant::now(),
         };
         if shutdown.is_cancelled() {
-            outcome.interrupted = true;
+            interrupted = true;
             break;
         }
         // A bare record (no CloudEvents headers) skips building the event.
@@ -338,57 +297,82 @@ pub async fn publish(
             Some(_) => (None, Vec::new()),
             None => (payloads.key(seq), payloads.data(seq)),
         };
-        let bytes = event.as_ref().map_or(data.len(), |e| e.data.len());
-        loop {
-            let enqueued = match &event {
-                Some(event) => kafka::enqueue(producer, topic, event),
-                None => {
-                    let record = FutureRecord::<str, [u8]>::to(topic).payload(data.as_slice());
-                    let record = match &key {
-                        Some(key) => record.key(key.as_str()),
-                        None => record,
-                    };
-                    producer.send_result(record).map_err(|(error, _)| error)
+        let opaque = deliveries.tally().opaque(due);
+        let mut record = match &event {
+            Some(event) => {
+                let record =
+                    BaseRecord::with_opaque_to(topic, opaque).payload(event.data.as_slice()).headers(event.headers());
+                match &event.key {
+                    Some(key) => record.key(key.as_str()),
+                    None => record,
                 }
-            };
-            match enqueued {
-                Ok(delivery) => {
-                    outcome.sent += 1;
-                    outcome.last_sent = if pacer.rate().is_some() { Instant::now() } else { due };
-                    in_flight.push(settle(due, bytes, delivery));
+            }
+            None => {
+                let record = BaseRecord::<str, [u8], usize>::with_opaque_to(topic, opaque).payload(data.as_slice());
+                match &key {
+                    Some(key) => record.key(key.as_str()),
+                    None => record,
+                }
+            }
+        };
+        loop {
+            match producer.send(record) {
+                Ok(()) => {
+                    sent += 1;
+                    last_sent = if pacer.rate().is_some() { Instant::now() } else { due };
                     break;
                 }
-                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // Backpressure: librdkafka's queue is full, so wait for
                     // deliveries to make room rather than fail or spin.
-                    match in_flight.next().await {
-                        Some(settled) => outcome.settle(settled, progress),
-                        // Full with nothing of ours in flight: another user
-                        // of this producer fills it; give it a moment.
-                        None => tokio::time::sleep(Duration::from_millis(1)).await,
-                    }
+                    record = back;
+                    deliveries.settled(Duration::from_millis(10)).await;
                 }
-                Err(error) => {
-                    outcome.fail(error);
+                Err((error, _)) => {
+                    refused += 1;
+                    report::count_error(&mut refusals, error.to_string());
                     break;
                 }
             }
         }
-        // Collect whatever has been acknowledged, without waiting.
-        while let Some(Some(settled)) = in_flight.next().now_or_never() {
-            outcome.settle(settled, progress);
+        if seq % 256 == 0 {
+            progress.set_position(deliveries.tally().acked);
         }
     }
 
-    if outcome.interrupted {
-        progress.set_message(format!("interrupted: flushing {} in flight", in_flight.len()));
-        tracing::info!(in_flight = in_flight.len(), "stopping: waiting for in-flight messages");
+    if interrupted {
+        let in_flight = sent - deliveries.tally().settled();
+        progress.set_message(format!("interrupted: flushing {in_flight} in flight"));
+        tracing::info!(in_flight, "stopping: waiting for in-flight messages");
     }
-    // Every delivery future resolves within the producer's delivery timeout,
-    // so this drain is bounded; a second signal exits at once.
-    while let Some(settled) = in_flight.next().await {
-        outcome.settle(settled, progress);
+    // Every record gets a report within the producer's delivery timeout,
+    // so this wait is bounded; a second signal exits at once.
+    loop {
+        let settled = deliveries.tally().settled();
+        if settled >= sent {
+            break;
+        }
+        deliveries.settled(Duration::from_millis(100)).await;
+        progress.set_position(deliveries.tally().acked);
     }
-    progress.set_position(outcome.acked);
-    outcome
+    let tally = deliveries.tally().clone();
+    progress.set_position(tally.acked);
+    let mut errors = refusals;
+    for e in tally.errors {
+        for _ in 0..e.count {
+            report::count_error(&mut errors, e.error.clone());
+        }
+    }
+    Outcome {
+        sent,
+        acked: tally.acked,
+        failed: tally.failed + refused,
+        errors,
+        bytes: tally.bytes,
+        ack_latency: tally.ack_latency,
+        started,
+        last_sent,
+        finished: tally.last.unwrap_or(last_sent).max(last_sent),
+        interrupted,
+    }
 }

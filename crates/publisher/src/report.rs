@@ -67,7 +67,9 @@ impl Percentiles {
 
 /// A latency in milliseconds, printed with sensible precision.
 pub fn fmt_ms(ms: f64) -> String {
-    if ms < 10.0 {
+    if ms < 1.0 {
+        format!("{:.0} µs", ms * 1000.0)
+    } else if ms < 10.0 {
         format!("{ms:.2} ms")
     } else if ms < 1000.0 {
         format!("{ms:.1} ms")
@@ -166,6 +168,13 @@ mod tests {
         assert!((p.p99_ms - 99.0).abs() < 0.1, "{p:?}");
         assert!((p.max_ms - 100.0).abs() < 0.1, "{p:?}");
         assert_eq!(Percentiles::of(&latency_histogram()).count, 0);
+    }
+
+    #[test]
+    fn small_latencies_are_shown_in_microseconds() {
+        assert_eq!(fmt_ms(0.004), "4 µs");
+        assert_eq!(fmt_ms(2.5), "2.50 ms");
+        assert_eq!(fmt_ms(1500.0), "1.50 s");
     }
 
     #[test]
