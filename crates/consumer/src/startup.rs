@@ -62,9 +62,10 @@ async fn connect(config: &Config, shutdown: &CancellationToken) -> anyhow::Resul
                 }
                 pause = (pause * 2).min(MAX_PAUSE);
             }
-            Err(error) => {
+            Err(error @ stream_core::Error::Unreachable { .. }) => {
                 return Err(error).with_context(|| format!("giving up after {attempt} connection attempt(s)"));
             }
+            Err(error) => return Err(error.into()),
         }
     }
     unreachable!("the loop returns")

@@ -68,3 +68,12 @@ async fn invalid_configuration_is_rejected_before_connecting() {
     let err = consumer::run(config, CancellationToken::new()).await.unwrap_err();
     assert!(format!("{err:#}").contains("--workers"), "{err:#}");
 }
+
+#[tokio::test]
+async fn a_bad_librdkafka_property_is_named() {
+    let mut args = kafka_args();
+    args.properties.push(("fetch.wait.max.ms".into(), "soon".into()));
+    let err = consumer::run(Config::for_tests(args, 1), CancellationToken::new()).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("fetch.wait.max.ms") && !text.contains("connection attempt"), "{text}");
+}
