@@ -8,10 +8,8 @@ use stream_core::config::{parse_duration, KafkaArgs};
 
 /// Everything the gateway needs to run; flatten it into a clap parser.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Gateway")]
 pub struct Config {
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-
     /// Address the HTTP server listens on (port 0 picks a free port).
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8082")]
     pub listen_addr: SocketAddr,
@@ -75,6 +73,10 @@ pub struct Config {
     /// Time given to in-flight requests and the producer flush at shutdown.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_timeout: Duration,
+
+    // Last, so the gateway's own flags are listed first in --help.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 impl Config {

@@ -12,7 +12,11 @@ const EXAMPLES: &str = "Examples:
   API_KEYS=devkey producer-api
   producer-api --api-keys k1,k2 --listen-addr 127.0.0.1:8082 -b broker:9092
   curl -H 'X-API-Key: devkey' -H 'Content-Type: application/json' \\
-       -d '{\"message\": {\"hello\": \"world\"}}' localhost:8082/publish";
+       -d '{\"message\": {\"hello\": \"world\"}}' localhost:8082/publish
+  curl -X POST -H 'X-API-Key: devkey' localhost:8082/stream/start     # -> {\"stream_id\": ...}
+  curl -N -H 'X-API-Key: devkey' -H 'Accept: text/event-stream' localhost:8082/stream/ID/results
+
+Routes are described at /openapi.json.";
 
 #[derive(Parser)]
 #[command(version, about = "HTTP and WebSocket gateway to Kafka", after_help = EXAMPLES)]

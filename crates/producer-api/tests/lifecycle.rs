@@ -130,11 +130,11 @@ async fn broker_down_means_503_within_the_timeout_then_recovery() {
     assert_eq!(first.headers()["retry-after"], "1");
     let body: Value = first.json().await.unwrap();
     assert!(body["error"].is_string() && body["detail"].is_string(), "{body}");
-    assert!(waited < Duration::from_secs(4), "answered after {waited:?} with a 2 s timeout");
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?} with a 2 s timeout");
     let (second, second_took) = second;
     assert_eq!(second.status(), 503);
     assert!(second.headers().contains_key("retry-after"));
-    assert!(second_took < Duration::from_secs(1), "queue-full answered after {second_took:?}");
+    assert!(second_took < Duration::from_millis(1500), "queue-full answered after {second_took:?}");
     let ready = common::client().get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
 
