@@ -98,10 +98,11 @@ pub struct Args {
     pub no_headers: bool,
 
     /// Messages librdkafka may hold unacknowledged; when full, sending waits
-    /// for acks. Enough to fill batches (rate x round trip) but far below
-    /// the shared producer default (500k): a deep queue only adds memory churn and
-    /// queueing delay (measured: 20k sends faster than 500k).
-    #[arg(long, env = "PUBLISH_QUEUE_CAPACITY", default_value_t = 20_000)]
+    /// for acks. Deep queues let batches fill during start-up (the idempotent
+    /// producer waits ~0.5 s for its producer id) at the price of queueing
+    /// delay in the ack latency at full speed; lower it (e.g. 20000) for
+    /// lower ack latency.
+    #[arg(long, env = "PUBLISH_QUEUE_CAPACITY", default_value_t = 500_000)]
     pub queue_capacity: u32,
 
     /// Do not create the events topic if it is missing (for clusters where this client may not).
