@@ -306,7 +306,11 @@ impl ResultsReader {
                 Some(key) => key.to_owned(),
                 None => match &result.stream_id {
                     Some(id) => id.clone(),
-                    None => continue,
+                    // Results of keyless events belong to no stream.
+                    None => {
+                        metrics::counter!("results_unrouted_total").increment(1);
+                        continue;
+                    }
                 },
             };
             let lag = result.event_time.until(Timestamp::now());
