@@ -212,7 +212,16 @@ impl Registry {
         self.wait_applied(&[(partition, offset + 1)], deadline).await?;
         match self.owner_of(stream) {
             Some(current) if current == *owner => Ok(Claimed::Created),
-            Some(_) => Err(AppError::Forbidden),
+            Some(winner) => {
+                // We lost a race, and our claim is now the latest record of
+                // this key: compaction would keep it and hand the stream to
+                // us after the next restart. Restating the winner's claim
+                // makes the latest record agree with what every reader applied.
+                let restated = Claim { owner: winner.to_string(), created_at: Timestamp::now() };
+                let value = serde_json::to_vec(&restated).expect("claims serialise");
+                self.write(publisher, stream, Some(&value), deadline).await?;
+                Err(AppError::Forbidden)
+            }
             // Deleted between our claim and now: the caller may start again.
             None => Err(AppError::unavailable("the stream was deleted while starting; retry")),
         }

@@ -294,3 +294,25 @@ async fn results_of_the_real_consumer_reach_the_websocket() {
     consumer.await.unwrap().unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_starts_on_two_replicas_have_exactly_one_winner() {
+    let kafka = stream_core::testing::kafka_args();
+    let a = common::start(common::config(kafka.clone())).await;
+    let b = common::start(common::config(kafka.clone())).await;
+    for n in 0..10 {
+        let id = format!("race-{n}");
+        let body = json!({ "stream_id": id });
+        let ((on_a, _), (on_b, _)) =
+            tokio::join!(start_stream(&a, KEY_A, Some(body.clone())), start_stream(&b, KEY_B, Some(body)));
+        let mut outcome = [on_a, on_b];
+        outcome.sort();
+        assert_eq!(outcome, [201, 403], "{id}: A got {on_a}, B got {on_b}");
+        let winner = if on_a == 201 { &a } else { &b };
+        let owner = winner.state.registry.owner_of(&id).expect("winner knows the stream");
+        let other = if on_a == 201 { &b } else { &a };
+        assert_eq!(other.state.registry.owner_of(&id), Some(owner), "{id}: replicas disagree");
+    }
+    a.stop().await;
+    b.stop().await;
+}
