@@ -192,6 +192,16 @@ pub async fn run_observed<P: Processor>(
     let Some(_cluster) = startup::prepare(&config, &shutdown).await? else {
         return Ok(());
     };
+    let partitions = startup::event_partitions(&config).await;
+    if let Some(p) = partitions.filter(|p| *p < config.workers) {
+        tracing::warn!(
+            "{} has {p} partition(s) but --workers is {}: {} worker(s) will stay idle; \
+             add partitions or lower --workers",
+            config.kafka.topics.events,
+            config.workers,
+            config.workers - p
+        );
+    }
     // Installing the recorder first makes every metric handle below real;
     // without a listener it only costs the bookkeeping.
     let _ = stream_core::metrics::handle();
@@ -257,6 +267,7 @@ pub async fn run_observed<P: Processor>(
     }
     tracing::info!(
         workers = config.workers,
+        partitions = partitions.map_or_else(|| "?".to_string(), |p| p.to_string()),
         group = %config.group,
         events = %config.kafka.topics.events,
         results = %config.kafka.topics.results,
