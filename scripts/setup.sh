@@ -8,7 +8,8 @@ say() { echo "setup: $*" >&2; }
 
 # librdkafka (vendored by rdkafka-sys) is compiled with make and a C compiler;
 # TLS/SASL-SCRAM support links OpenSSL, compression links zlib.
-packages=(build-essential pkg-config libssl-dev zlib1g-dev python3 curl)
+# Chromium drives the live page's browser test headless.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev python3 curl chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

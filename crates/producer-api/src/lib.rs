@@ -25,6 +25,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod ops;
+pub mod page;
 pub mod publish;
 pub mod registry;
 pub mod results;
@@ -93,6 +94,7 @@ pub fn routes(config: &Config) -> Vec<Route> {
         route(Method::GET, "/openapi.json", get(openapi::serve)),
         route(Method::GET, "/noop", get(ops::noop)),
     ]
+        route(Method::GET, "/", get(page::serve)),
 }
 
 /// The HTTP application over `state`.

@@ -171,6 +171,10 @@ pub fn document() -> Value {
             "/metrics": { "get": {
                 "summary": "Prometheus metrics", "security": [],
                 "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": {} } } }
+            "/": { "get": {
+                "summary": "Live page: start a stream, send events, watch results arrive", "security": [],
+                "responses": { "200": { "description": "HTML page", "content": { "text/html": {} } } }
+            }},
             }},
             "/openapi.json": { "get": {
                 "summary": "This document", "security": [],

@@ -1,0 +1,174 @@
+//! The live page at `GET /`, driven in a real headless Chromium (Debian's
+//! `chromium`, installed by `scripts/setup.sh`) through the DevTools protocol:
+//! a person's key, a click on "Start stream", a click on "Send event", and
+//! the processed result appearing in the page's table.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A headless browser page controlled over the DevTools protocol.
+struct Browser {
+    _process: tokio::process::Child,
+    socket: Socket,
+    next_id: u64,
+}
+
+impl Browser {
+    async fn launch() -> Self {
+        let binary = ["chromium", "chromium-browser", "google-chrome"]
+            .into_iter()
+            .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+            .expect("no Chromium found: install Debian's `chromium` package (scripts/setup.sh does)");
+        let profile = std::env::temp_dir().join(stream_core::testing::unique_name("chromium-profile"));
+        // The flags keep a headless Chromium from reaching out to the network
+        // (this machine has none) and from needing a sandbox as root.
+        let mut process = tokio::process::Command::new(binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromium");
+        let mut lines = BufReader::new(process.stderr.take().unwrap()).lines();
+        let browser_url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    return url.trim().to_owned();
+                }
+            }
+            panic!("chromium exited before opening its DevTools port");
+        })
+        .await
+        .expect("chromium did not open its DevTools port within 30 s");
+        // Keep draining stderr so Chromium never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+        let http = browser_url.trim_start_matches("ws://").split('/').next().unwrap().to_owned();
+        let targets: Value =
+            reqwest::get(format!("http://{http}/json/list")).await.unwrap().json().await.expect("target list");
+        let page = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .expect("a page target")
+            .to_owned();
+        let (socket, _) = tokio_tungstenite::connect_async(page).await.expect("connect to the page");
+        Self { _process: process, socket, next_id: 0 }
+    }
+
+    /// Sends one DevTools command and returns its result.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let command = json!({ "id": id, "method": method, "params": params });
+        self.socket.send(Message::text(command.to_string())).await.unwrap();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method} within 30 s"))
+                .expect("DevTools socket closed")
+                .unwrap();
+            let Message::Text(text) = frame else { continue };
+            let reply: Value = serde_json::from_str(&text).unwrap();
+            if reply["id"] == id {
+                assert!(reply.get("error").is_none(), "{method} failed: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates JavaScript in the page and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }))
+            .await;
+        assert!(result.get("exceptionDetails").is_none(), "{expression} threw: {result}");
+        result["result"]["value"].clone()
+    }
+
+    /// Polls `expression` until it is truthy.
+    async fn wait_for(&mut self, expression: &str, deadline: Duration) -> Value {
+        let start = Instant::now();
+        let mut poll = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            poll.tick().await;
+            let value = self.eval(expression).await;
+            if !(value.is_null() || value == false || value == "" || value == 0) {
+                return value;
+            }
+            let page_status = self.eval("document.getElementById('status')?.textContent").await;
+            assert!(
+                start.elapsed() < deadline,
+                "page never reached `{expression}`; its status line says {page_status}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_person_starts_a_stream_sends_an_event_and_sees_the_result() {
+    let (kafka, app) = common::spawn_app().await;
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(consumer::run(consumer::Config::for_tests(kafka.clone(), 1), stop.clone()));
+
+    let mut browser = Browser::launch().await;
+    browser.call("Page.navigate", json!({ "url": app.url("/") })).await;
+    browser
+        .wait_for("document.readyState === 'complete' && !!document.getElementById('start')", Duration::from_secs(30))
+        .await;
+
+    browser
+        .eval(&format!(
+            "document.getElementById('key').value = '{}'; document.getElementById('start').click(); true",
+            common::KEY_A
+        ))
+        .await;
+    let stream = browser
+        .wait_for(
+            "!document.getElementById('send').disabled && document.getElementById('stream').textContent",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(app.state.registry.owner_of(stream.as_str().unwrap()).is_some(), "the page's stream {stream} is unknown");
+
+    browser
+        .eval(r#"document.getElementById('payload').value = '{"temperature": 30.5}'; document.getElementById('send').click(); true"#)
+        .await;
+    // The first result waits for the consumer's group join (a few seconds).
+    let row = browser.wait_for("document.querySelector('#results tr')?.innerText", Duration::from_secs(60)).await;
+    let row = row.as_str().unwrap();
+    assert!(row.contains("temperature") && row.contains("30.5"), "unexpected result row: {row}");
+    let event_id = browser.eval("document.querySelector('#results tr').dataset.eventId").await;
+    let sent = common::read_all(&kafka, &kafka.topics.events).await;
+    assert!(sent.iter().any(|e| e.id == event_id.as_str().unwrap()), "row {event_id} is not an event that was sent");
+
+    stop.cancel();
+    consumer.await.unwrap().unwrap();
+    app.stop().await;
+}
