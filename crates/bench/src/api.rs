@@ -7,7 +7,9 @@
 //!
 //! Clocks, all on this host's monotonic clock:
 //! - request latency: just before the POST is written -> its response is
-//!   read (with `--rate`: from the time the message was due instead).
+//!   read; with `--via ws`, just before the `{"data": ..}` frame is written
+//!   -> its ack frame is read (with `--rate`: from the time the message was
+//!   due instead).
 //! - end-to-end latency: the same start -> the `{"type":"result"}` frame for
 //!   that event id is read from the WebSocket, i.e. HTTP in, Kafka, consumer
 //!   processing, results topic, API, WebSocket out.
@@ -66,12 +68,26 @@ pub struct ApiArgs {
     #[arg(short = 'r', long, env = "BENCH_RATE")]
     pub rate: Option<f64>,
 
+    /// How each stream sends: `http` (POST /stream/{id}/send, as the seed did)
+    /// or `ws` (a `{"data": ..}` frame on the stream's own WebSocket, acked there).
+    #[arg(long, env = "BENCH_API_VIA", value_enum, default_value_t = Via::Http)]
+    pub via: Via,
+
     /// After the last send, how long to wait for the remaining results.
     #[arg(long, env = "BENCH_RESULT_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
     pub result_timeout: Duration,
 
     #[command(flatten)]
     pub common: Common,
+}
+
+/// The path events take into the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// One HTTP request per event.
+    Http,
+    /// Text frames on the stream's WebSocket, each answered by an ack frame.
+    Ws,
 }
 
 /// What one stream measured.
@@ -99,9 +115,16 @@ struct Sent {
 struct Frame {
     #[serde(rename = "type")]
     kind: String,
+    /// Result frames: the event answered.
     #[serde(default)]
     event_id: Option<String>,
+    /// Ack frames: the event published.
+    #[serde(default)]
+    id: Option<String>,
 }
+
+/// An ack frame's event id and arrival, or an error frame's text.
+type Ack = Result<(String, Instant), String>;
 
 /// Runs `bench api`.
 pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
@@ -155,6 +178,7 @@ pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<
             rate: args.rate.map(|r| r / args.streams as f64),
             offset: args.rate.map(|r| Duration::from_secs_f64(i as f64 / r)).unwrap_or_default(),
             result_timeout: args.result_timeout,
+            via: args.via,
             shutdown: shutdown.clone(),
         };
         seq_start += count;
@@ -249,6 +273,7 @@ struct StreamTask {
     rate: Option<f64>,
     offset: Duration,
     result_timeout: Duration,
+    via: Via,
     shutdown: CancellationToken,
 }
 
@@ -262,19 +287,27 @@ impl StreamTask {
         // with send times at the end.
         let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let notify = Arc::new(tokio::sync::Notify::new());
+        let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<Ack>();
         let reader = {
             let arrivals = arrivals.clone();
             let notify = notify.clone();
             tokio::spawn(async move {
                 while let Some(Ok(frame)) = frames.next().await {
                     let now = Instant::now();
-                    if let WsMessage::Text(text) = frame {
-                        if let Ok(Frame { kind, event_id: Some(id) }) = serde_json::from_str::<Frame>(&text) {
-                            if kind == "result" {
-                                arrivals.lock().unwrap().insert(id, now);
-                                notify.notify_one();
-                            }
+                    let WsMessage::Text(text) = frame else { continue };
+                    let Ok(frame) = serde_json::from_str::<Frame>(&text) else { continue };
+                    match (frame.kind.as_str(), frame.event_id, frame.id) {
+                        ("result", Some(id), _) => {
+                            arrivals.lock().unwrap().insert(id, now);
+                            notify.notify_one();
                         }
+                        ("ack", _, Some(id)) => {
+                            let _ = ack_tx.send(Ok((id, now)));
+                        }
+                        ("error", _, _) => {
+                            let _ = ack_tx.send(Err(text.to_string()));
+                        }
+                        _ => {}
                     }
                 }
             })
@@ -302,35 +335,19 @@ impl StreamTask {
             body.extend_from_slice(b"{\"data\":");
             body.extend_from_slice(&data);
             body.push(b'}');
-            let result = self
-                .http
-                .post(&self.url)
-                .header("X-API-Key", &self.key)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            match result {
-                Ok(response) if response.status().is_success() => match response.json::<Sent>().await {
-                    Ok(Sent { id }) => {
-                        record(&mut stats.request, begin.elapsed());
-                        stats.sent += 1;
-                        started.push((id, begin));
-                    }
-                    Err(e) => {
-                        stats.failed += 1;
-                        count_error(&mut stats.errors, format!("bad send response: {e}"));
-                    }
-                },
-                Ok(response) => {
-                    stats.failed += 1;
-                    let status = response.status();
-                    let text = response.text().await.unwrap_or_default();
-                    count_error(&mut stats.errors, format!("{status}: {}", text.chars().take(200).collect::<String>()));
+            let sent = match self.via {
+                Via::Http => self.send_http(body).await,
+                Via::Ws => send_ws(&mut sink, &mut acks, body).await,
+            };
+            match sent {
+                Ok((id, acked_at)) => {
+                    record(&mut stats.request, acked_at.saturating_duration_since(begin));
+                    stats.sent += 1;
+                    started.push((id, begin));
                 }
-                Err(e) => {
+                Err(error) => {
                     stats.failed += 1;
-                    count_error(&mut stats.errors, format!("{e}"));
+                    count_error(&mut stats.errors, error);
                 }
             }
         }
@@ -363,5 +380,43 @@ impl StreamTask {
             }
         }
         (stats, sends_finished)
+    }
+}
+
+impl StreamTask {
+    /// `POST /stream/{id}/send`; the event id and when the response was read.
+    async fn send_http(&self, body: Vec<u8>) -> Result<(String, Instant), String> {
+        let response = self
+            .http
+            .post(&self.url)
+            .header("X-API-Key", &self.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("{status}: {}", text.chars().take(200).collect::<String>()));
+        }
+        let Sent { id } = response.json().await.map_err(|e| format!("bad send response: {e}"))?;
+        Ok((id, Instant::now()))
+    }
+}
+
+/// One `{"data": ..}` frame on the socket, then its ack frame.
+async fn send_ws(
+    sink: &mut futures::stream::SplitSink<Socket, WsMessage>,
+    acks: &mut tokio::sync::mpsc::UnboundedReceiver<Ack>,
+    body: Vec<u8>,
+) -> Result<(String, Instant), String> {
+    let text = String::from_utf8(body).map_err(|e| e.to_string())?;
+    sink.send(WsMessage::Text(text.into())).await.map_err(|e| format!("WebSocket send: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(30), acks.recv()).await {
+        Ok(Some(Ok(ack))) => Ok(ack),
+        Ok(Some(Err(frame))) => Err(format!("error frame: {}", frame.chars().take(200).collect::<String>())),
+        Ok(None) => Err("WebSocket closed before the ack".into()),
+        Err(_) => Err("no ack within 30 s".into()),
     }
 }

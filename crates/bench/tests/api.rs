@@ -42,6 +42,12 @@ async fn every_stream_gets_every_result() {
     assert_eq!(d.total_count, 53);
     assert!(std::fs::read_to_string(out.join("api.svg")).unwrap().contains("end-to-end"));
 
+    // The same through the streams' own WebSockets instead of HTTP sends.
+    let cli = api_cli(&url, "bench-key", &out, &["--streams", "4", "--messages", "30", "--via", "ws"]);
+    let report = bench::run(&cli, CancellationToken::new()).await.unwrap();
+    let [request, e2e] = &report.rows[..] else { panic!("two rows expected: {report}") };
+    assert_eq!((request.latency.count, request.errors, e2e.latency.count, e2e.errors), (30, 0, 30, 0), "{report}");
+
     stop.cancel();
     api.await.unwrap().unwrap();
     consumer.await.unwrap().unwrap();
