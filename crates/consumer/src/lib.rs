@@ -86,7 +86,7 @@ pub struct Config {
 
     /// Records per partition whose results may await their ack at once.
     /// Higher pipelines more; each is replayed after a crash.
-    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 5_000)]
+    #[arg(long, env = "CONSUMER_MAX_IN_FLIGHT", default_value_t = 5_000)]
     pub max_in_flight: usize,
 
     /// How long the group waits for a silent worker before moving its
@@ -148,7 +148,7 @@ impl Config {
             return invalid("--group (CONSUMER_GROUP) is empty".into());
         }
         if self.max_in_flight == 0 {
-            return invalid("--max-in-flight (MAX_IN_FLIGHT) must be at least 1".into());
+            return invalid("--max-in-flight (CONSUMER_MAX_IN_FLIGHT) must be at least 1".into());
         }
         if self.connect_attempts == 0 {
             return invalid("--connect-attempts (CONNECT_ATTEMPTS) must be at least 1".into());
