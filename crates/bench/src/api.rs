@@ -234,7 +234,10 @@ pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<
     output::write(
         &args.common.out_dir,
         "api",
-        "request: POST /stream/{id}/send written -> response read; end-to-end: same start -> result frame on the stream's WebSocket",
+        match args.via {
+            Via::Http => "request: POST /stream/{id}/send written -> response read; end-to-end: same start -> result frame on the stream's WebSocket",
+            Via::Ws => "request: {\"data\"} frame written -> its ack frame read; end-to-end: same start -> result frame on the same WebSocket",
+        },
         measurements,
         vec![("api".into(), plot)],
     )
