@@ -77,6 +77,11 @@ pub(crate) struct Meters {
 impl Meters {
     /// Handles on the installed recorder; call after installing it.
     pub fn new() -> Self {
+        // Counters that only move on rare events are registered up front, so
+        // they are exported as 0 from the start and `rate()` over them works
+        // before the first failure.
+        metrics::counter!("consumer_poll_errors_total").absolute(0);
+        metrics::counter!("consumer_rebalances_total").absolute(0);
         Self {
             processed: metrics::counter!("consumer_events_processed_total"),
             dead_lettered: metrics::counter!("consumer_events_dead_lettered_total"),
