@@ -61,6 +61,17 @@ pub struct Config {
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 10_000)]
     pub max_in_flight: usize,
 
+    /// Streams one API key may have open at once; a start beyond it gets
+    /// 429 with Retry-After. Bounds the memory one client can take.
+    #[arg(long, env = "MAX_STREAMS_PER_KEY", default_value_t = 1000)]
+    pub max_streams_per_key: usize,
+
+    /// Origins allowed to call the API from a browser (CORS), comma-separated,
+    /// e.g. `https://app.example.com`; `*` allows any origin. Empty (the
+    /// default): no CORS headers, so browsers refuse cross-origin calls.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// Records the producer may hold unsent; beyond it publishes get 503.
     #[arg(long, env = "PRODUCER_QUEUE", default_value_t = 200_000)]
     pub producer_queue: u32,
@@ -97,6 +108,8 @@ impl Config {
             ws_buffer: 256,
             recent_results: 100,
             max_in_flight: 10_000,
+            max_streams_per_key: 1000,
+            cors_origins: Vec::new(),
             producer_queue: 200_000,
             linger: Duration::from_millis(1),
             shutdown_timeout: Duration::from_secs(10),
@@ -116,6 +129,11 @@ impl Config {
         keys
     }
 
+    /// Configured CORS origins, blanks removed.
+    pub fn cors_origins(&self) -> Vec<String> {
+        self.cors_origins.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect()
+    }
+
     /// Checks what clap cannot, naming the flag at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.kafka.validate()?;
@@ -128,11 +146,17 @@ impl Config {
             ("--max-batch-records", self.max_batch_records),
             ("--ws-buffer", self.ws_buffer),
             ("--max-in-flight", self.max_in_flight),
+            ("--max-streams-per-key", self.max_streams_per_key),
             ("--max-body-bytes", self.max_body_bytes),
             ("--max-batch-bytes", self.max_batch_bytes),
         ] {
             if value == 0 {
                 anyhow::bail!("{flag} must be at least 1");
+            }
+        }
+        for origin in self.cors_origins() {
+            if origin != "*" && axum::http::HeaderValue::from_str(&origin).is_err() {
+                anyhow::bail!("--cors-origins: {origin:?} is not a valid origin");
             }
         }
         if self.request_timeout.is_zero() {

@@ -45,6 +45,9 @@ pub enum AppError {
     /// 429: the server is already handling as many requests as allowed.
     #[error("too many requests in flight")]
     TooManyRequests,
+    /// 429: the caller's key already owns as many streams as allowed.
+    #[error("stream quota exceeded")]
+    QuotaExceeded { detail: String, retry_after: Duration },
     /// 503: the broker is unreachable, slow, or the producer queue is full.
     #[error("broker unavailable, retry later")]
     Unavailable { detail: String, retry_after: Duration },
@@ -70,7 +73,7 @@ impl AppError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -83,6 +86,7 @@ impl AppError {
             | Self::TooLarge(d)
             | Self::UnsupportedMediaType(d)
             | Self::Unprocessable(d)
+            | Self::QuotaExceeded { detail: d, .. }
             | Self::Unavailable { detail: d, .. } => Some(Value::String(d.clone())),
             Self::UnknownStream(id) => Some(json!({ "stream_id": id })),
             _ => None,
@@ -110,7 +114,9 @@ impl IntoResponse for AppError {
         metrics::counter!("http_errors_total", "status" => status.as_str().to_owned()).increment(1);
         let mut response = (status, Json(self.body())).into_response();
         let retry_after = match &self {
-            Self::Unavailable { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            Self::Unavailable { retry_after, .. } | Self::QuotaExceeded { retry_after, .. } => {
+                Some(retry_after.as_secs().max(1))
+            }
             Self::TooManyRequests => Some(1),
             _ => None,
         };

@@ -33,20 +33,23 @@ pub mod streams;
 pub mod ws;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::Method;
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
+use futures::FutureExt;
 use stream_core::kafka::{self, ProducerOptions};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use crate::config::Config;
 pub use crate::error::AppError;
@@ -65,6 +68,9 @@ pub struct AppState {
     /// Cancelled when the server starts shutting down: long-lived
     /// connections (WebSocket, SSE) watch it and end themselves.
     pub shutdown: CancellationToken,
+    /// Handlers that panicked (each was answered 500). Zero in a healthy
+    /// server; the bad-input tests assert it stays so.
+    pub panics: Arc<AtomicU64>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -88,23 +94,69 @@ pub fn routes(config: &Config) -> Vec<Route> {
         route(Method::POST, "/stream/{id}/send", post(streams::send).layer(single)),
         route(Method::GET, "/stream/{id}/results", get(streams::results)),
         route(Method::DELETE, "/stream/{id}", delete(streams::delete)),
+        route(Method::GET, "/", get(page::serve)),
         route(Method::GET, "/healthz", get(ops::healthz)),
         route(Method::GET, "/readyz", get(ops::readyz)),
         route(Method::GET, "/metrics", get(ops::metrics)),
         route(Method::GET, "/openapi.json", get(openapi::serve)),
         route(Method::GET, "/noop", get(ops::noop)),
     ]
-        route(Method::GET, "/", get(page::serve)),
 }
 
 /// The HTTP application over `state`.
 pub fn app(state: AppState) -> Router {
     let router = routes(&state.config).into_iter().fold(Router::new(), |router, r| router.route(r.path, r.handler));
-    router
+    let router = router
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.panics.clone(), catch_panic))
+        .layer(middleware::from_fn_with_state(state.clone(), observe));
+    let router = match cors(&state.config) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// CORS for the configured origins; none configured, no CORS headers at all
+/// (browsers then refuse cross-origin calls, the safe default).
+pub fn cors(config: &Config) -> Option<CorsLayer> {
+    let origins = config.cors_origins();
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("x-api-key")])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Turns a handler panic into a 500 in the API's error format, and counts
+/// it, instead of dropping the connection: a panic is a bug, and it must be
+/// visible (`http_panics_total`, [`AppState::panics`]) rather than silent.
+pub async fn catch_panic(State(panics): State<Arc<AtomicU64>>, request: Request, next: Next) -> Response {
+    match std::panic::AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            panics.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("http_panics_total").increment(1);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic".into());
+            AppError::Internal(format!("handler panicked: {what}")).into_response()
+        }
+    }
 }
 
 /// Per-request metrics, and the in-flight limit that sheds load with 429
@@ -164,6 +216,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         registry: registry.clone(),
         hub,
         shutdown: CancellationToken::new(),
+        panics: Arc::new(AtomicU64::new(0)),
     };
     Ok(Parts { state, registry_reader: registry, results_reader })
 }
@@ -245,5 +298,31 @@ impl Application {
         }
         tracing::info!("producer-api stopped");
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_and_counted() {
+        let panics = Arc::new(AtomicU64::new(0));
+        let router = Router::new()
+            .route("/boom", get(|| async { panic!("boom") as &'static str }))
+            .route("/fine", get(|| async { "ok" }))
+            .layer(middleware::from_fn_with_state(panics.clone(), catch_panic));
+        let response = router.clone().oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), 500);
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body, serde_json::json!({"error": "internal error"}));
+        assert_eq!(panics.load(Ordering::Relaxed), 1);
+        let response = router.oneshot(Request::get("/fine").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(panics.load(Ordering::Relaxed), 1);
     }
 }

@@ -41,10 +41,20 @@ fn json_body(schema: &str) -> Value {
     })
 }
 
+fn too_many(description: &str) -> Value {
+    json!({
+        "description": description,
+        "headers": { "Retry-After": { "schema": { "type": "integer" }, "description": "Seconds to wait" } },
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
 /// The responses every authenticated JSON route can give.
 fn authed(mut responses: serde_json::Map<String, Value>) -> Value {
     responses.insert("401".into(), error("Missing or invalid API key"));
-    responses.insert("429".into(), error("Too many requests in flight; retry after a second"));
+    responses
+        .entry("429")
+        .or_insert_with(|| too_many("Too many requests in flight (--max-in-flight); retry after a second"));
     Value::Object(responses)
 }
 
@@ -111,6 +121,7 @@ pub fn document() -> Value {
                     "413": error("Body too large"),
                     "415": error("Content-Type is not application/json"),
                     "422": error("Invalid stream_id"),
+                    "429": too_many("The key already owns --max-streams-per-key streams (MAX_STREAMS_PER_KEY, default 1000), or too many requests in flight"),
                     "503": unavailable()
                 })))
             }},
@@ -160,6 +171,10 @@ pub fn document() -> Value {
                     "503": unavailable()
                 })))
             }},
+            "/": { "get": {
+                "summary": "Live page: start a stream, send events, watch results arrive", "security": [],
+                "responses": { "200": { "description": "HTML page", "content": { "text/html": {} } } }
+            }},
             "/healthz": { "get": {
                 "summary": "Liveness", "security": [],
                 "responses": { "200": { "description": "Up" } }
@@ -171,10 +186,6 @@ pub fn document() -> Value {
             "/metrics": { "get": {
                 "summary": "Prometheus metrics", "security": [],
                 "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": {} } } }
-            "/": { "get": {
-                "summary": "Live page: start a stream, send events, watch results arrive", "security": [],
-                "responses": { "200": { "description": "HTML page", "content": { "text/html": {} } } }
-            }},
             }},
             "/openapi.json": { "get": {
                 "summary": "This document", "security": [],

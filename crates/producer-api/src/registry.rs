@@ -63,6 +63,9 @@ pub fn topic_spec(name: &str, args: &KafkaArgs) -> TopicSpec {
 pub struct Registry {
     topic: String,
     streams: RwLock<HashMap<String, Arc<str>>>,
+    /// Streams open per owner, for the per-key quota; changed under the
+    /// `streams` write lock so the two agree.
+    per_owner: RwLock<HashMap<Arc<str>, usize>>,
     /// Next offset to apply, per partition; waiters watch it.
     applied: watch::Sender<BTreeMap<i32, i64>>,
     consumer: Arc<StreamConsumer<TracingContext>>,
@@ -78,6 +81,7 @@ impl Registry {
         Ok(Arc::new(Self {
             topic: topic.to_owned(),
             streams: RwLock::new(HashMap::new()),
+            per_owner: RwLock::new(HashMap::new()),
             applied: watch::Sender::new(BTreeMap::new()),
             consumer: Arc::new(consumer),
             hub,
@@ -113,7 +117,16 @@ impl Registry {
 
     fn apply(&self, stream: &str, value: Option<&[u8]>) {
         let Some(value) = value else {
-            if self.streams.write().expect("registry lock").remove(stream).is_some() {
+            let mut streams = self.streams.write().expect("registry lock");
+            if let Some(owner) = streams.remove(stream) {
+                let mut per_owner = self.per_owner.write().expect("registry lock");
+                if let Some(count) = per_owner.get_mut(&owner) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        per_owner.remove(&owner);
+                    }
+                }
+                drop((per_owner, streams));
                 self.hub.close(stream, "stream deleted");
                 tracing::debug!(stream, "stream deleted");
             }
@@ -130,7 +143,9 @@ impl Registry {
         // First claim wins: a later claim of an open stream lost a race (or
         // is a retried start by the owner) and changes nothing.
         if !streams.contains_key(stream) {
-            streams.insert(stream.to_owned(), claim.owner.into());
+            let owner: Arc<str> = claim.owner.into();
+            *self.per_owner.write().expect("registry lock").entry(owner.clone()).or_default() += 1;
+            streams.insert(stream.to_owned(), owner);
             self.hub.open(stream);
         }
     }
@@ -138,6 +153,11 @@ impl Registry {
     /// The owner of `stream` as this process knows it now.
     pub fn owner_of(&self, stream: &str) -> Option<Arc<str>> {
         self.streams.read().expect("registry lock").get(stream).cloned()
+    }
+
+    /// Streams `owner` has open, as this process knows it now.
+    pub fn owned_by(&self, owner: &str) -> usize {
+        self.per_owner.read().expect("registry lock").get(owner).copied().unwrap_or(0)
     }
 
     /// Streams currently open.

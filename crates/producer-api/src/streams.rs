@@ -3,7 +3,7 @@
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::error::AppError;
-use crate::extract::AppJson;
+use crate::extract::{AppJson, StreamPath};
 use crate::publish::{add_traceparent, traceparent, SOURCE};
 use crate::registry::Claimed;
 use crate::{ws, AppState};
@@ -80,6 +80,7 @@ pub async fn start(
     let stream_id = request.stream_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     validate_stream_id(&stream_id)?;
     let deadline = state.publisher.deadline();
+    check_quota(&state, &caller, &stream_id)?;
     let outcome = state.registry.claim(&state.publisher, &stream_id, &caller.owner, deadline).await?;
     let status = match outcome {
         Claimed::Created => {
@@ -90,6 +91,25 @@ pub async fn start(
     };
     Ok((status, Json(StreamRef { stream_id })).into_response())
 }
+
+/// One key may own at most `--max-streams-per-key` streams, so a single
+/// client cannot fill every replica's memory with stream slots. A retried
+/// start of a stream the caller already owns is never refused.
+fn check_quota(state: &AppState, caller: &Caller, stream_id: &str) -> Result<(), AppError> {
+    let max = state.config.max_streams_per_key;
+    if state.registry.owner_of(stream_id).is_some() || state.registry.owned_by(&caller.owner) < max {
+        return Ok(());
+    }
+    metrics::counter!("stream_quota_refusals_total").increment(1);
+    Err(AppError::QuotaExceeded {
+        detail: format!("this key already owns {max} streams (the limit); delete some before starting more"),
+        retry_after: QUOTA_RETRY_AFTER,
+    })
+}
+
+/// Retry-After of a quota refusal: streams are freed by deletes, which a
+/// client does on its own schedule, so this is a polite pause, not a promise.
+pub const QUOTA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn is_json(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).is_some_and(
@@ -137,7 +157,7 @@ pub struct SendAck {
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
-    Path(stream_id): Path<String>,
+    StreamPath(stream_id): StreamPath,
     headers: HeaderMap,
     AppJson(body): AppJson<Value>,
 ) -> Result<Json<SendAck>, AppError> {
@@ -157,7 +177,7 @@ pub async fn send(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(stream_id): Path<String>,
+    StreamPath(stream_id): StreamPath,
 ) -> Result<Json<Value>, AppError> {
     if validate_stream_id(&stream_id).is_err() {
         return Err(AppError::UnknownStream(stream_id));
@@ -174,7 +194,7 @@ pub async fn delete(
 pub async fn results(
     State(state): State<AppState>,
     caller: Caller,
-    Path(stream_id): Path<String>,
+    StreamPath(stream_id): StreamPath,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {

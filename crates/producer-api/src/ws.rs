@@ -133,8 +133,22 @@ async fn run_socket(state: AppState, stream_id: String, subscription: Subscripti
                     error_frame(&AppError::UnsupportedMediaType("send events as JSON text frames".into()))
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                // A message over the size limit, or a frame that breaks the
+                // protocol: say why in a close frame (best effort; the
+                // connection may already be unusable) and end the socket.
+                Some(Err(err)) => {
+                    let text = err.to_string();
+                    let (code, reason) = if text.contains("too long") || text.contains("too big") {
+                        (1009, "message larger than the limit")
+                    } else {
+                        (1002, "protocol error")
+                    };
+                    tracing::debug!(%err, code, "closing a WebSocket after a bad frame");
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
                 // The client closed or vanished; nothing more can be sent.
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(Message::Close(_))) | None => break,
             },
         };
         if sink.send(Message::Text(outgoing)).await.is_err() {
