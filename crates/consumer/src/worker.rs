@@ -28,7 +28,7 @@ use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use stream_core::kafka::{self, GroupContext, Producer};
-use stream_core::schema::Timestamp;
+use stream_core::schema::{header, trace, Timestamp};
 use stream_core::{Event, EventResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -444,7 +444,17 @@ impl<P: Processor> PartitionTask<P> {
                     worker_id: Some(self.worker.worker_id),
                     latency_us: event.time.until(processed_at).as_micros() as u64,
                     output,
+                    traceparent: event.extension(header::TRACEPARENT).map(str::to_owned),
                 };
+                if let Some(trace) = result.traceparent.as_deref() {
+                    tracing::debug!(
+                        worker = self.worker.worker_id,
+                        event_id = %result.event_id,
+                        trace_id = trace::trace_id(trace).unwrap_or(trace),
+                        latency_us = result.latency_us,
+                        "event processed"
+                    );
+                }
                 let out = result.to_event(RESULT_SOURCE, &event);
                 (send(&shared.producer, out.record(&shared.results_topic)).await, Kind::Result(event.time))
             }
@@ -468,8 +478,13 @@ impl<P: Processor> PartitionTask<P> {
 }
 
 async fn dead_letter<P>(shared: &Shared<P>, record: &OwnedMessage, failure: &dlq::Failure, worker_id: u32) -> Sent {
+    let traceparent = record
+        .headers()
+        .and_then(|h| rdkafka::message::Headers::iter(h).find(|h| h.key == header::TRACEPARENT).and_then(|h| h.value))
+        .and_then(|v| std::str::from_utf8(v).ok());
     tracing::warn!(
         worker = worker_id,
+        trace_id = traceparent.and_then(trace::trace_id),
         topic = record.topic(),
         partition = record.partition(),
         offset = record.offset(),

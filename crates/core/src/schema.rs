@@ -256,6 +256,34 @@ impl Event {
     }
 }
 
+/// W3C trace context (`traceparent`: `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`).
+pub mod trace {
+    /// Whether `value` is a well-formed version-00 `traceparent`.
+    pub fn is_valid(value: &str) -> bool {
+        let parts: Vec<&str> = value.split('-').collect();
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        parts.len() == 4
+            && parts[0] == "00"
+            && hex(parts[1], 32)
+            && hex(parts[2], 16)
+            && hex(parts[3], 2)
+            && parts[1].bytes().any(|b| b != b'0')
+            && parts[2].bytes().any(|b| b != b'0')
+    }
+
+    /// A new sampled trace: fresh trace id and span id.
+    pub fn new_traceparent() -> String {
+        let trace = uuid::Uuid::new_v4().simple().to_string();
+        let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+        format!("00-{trace}-{span}-01")
+    }
+
+    /// The trace id part of a `traceparent`, for log fields.
+    pub fn trace_id(traceparent: &str) -> Option<&str> {
+        traceparent.split('-').nth(1)
+    }
+}
+
 fn static_name(key: &str) -> &'static str {
     header::RESERVED.iter().copied().find(|h| *h == key).unwrap_or("extension")
 }
@@ -278,6 +306,10 @@ pub struct EventResult {
     pub latency_us: u64,
     /// The processed payload.
     pub output: serde_json::Value,
+    /// W3C trace context of the source event, so one request can be followed
+    /// from the HTTP call through the consumer's logs to this result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl EventResult {
@@ -374,6 +406,25 @@ mod tests {
     }
 
     #[test]
+    fn traceparents_are_generated_valid_and_checked() {
+        let fresh = trace::new_traceparent();
+        assert!(trace::is_valid(&fresh), "{fresh}");
+        assert_ne!(fresh, trace::new_traceparent());
+        assert_eq!(
+            trace::trace_id("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        for bad in [
+            "",
+            "00-abc-def-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        ] {
+            assert!(!trace::is_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn timestamps_keep_microseconds() {
         let t = Timestamp::from_micros(1_763_892_000_123_456);
         assert_eq!(t.to_string(), "2025-11-23T10:00:00.123456Z");
@@ -392,6 +443,7 @@ mod tests {
             worker_id: Some(2),
             latency_us: 10,
             output: json!({"ok": true}),
+            traceparent: None,
         };
         let event = result.to_event("/consumer", &origin);
         assert_eq!(event.event_type, RESULT_TYPE);

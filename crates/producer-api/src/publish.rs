@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use stream_core::kafka::{self, Producer};
-use stream_core::schema::{header as ce, Event, JSON};
+use stream_core::schema::{header as ce, trace, Event, JSON};
 use tokio::time::Instant as TokioInstant;
 
 use crate::auth::Caller;
@@ -155,13 +155,18 @@ impl PublishRequest {
 }
 
 /// Carries the caller's W3C trace context into the record, unless the
-/// caller set it as a header explicitly.
+/// caller set it as a header explicitly. A request without a valid one starts
+/// a new trace, so every event can be followed through the consumer's logs to
+/// its result.
 pub fn add_traceparent(event: &mut Event, traceparent: Option<&str>) {
-    if let Some(trace) = traceparent {
-        if event.extension(ce::TRACEPARENT).is_none() {
-            event.extensions.push((ce::TRACEPARENT.into(), trace.into()));
-        }
+    if event.extension(ce::TRACEPARENT).is_some() {
+        return;
     }
+    let trace = match traceparent {
+        Some(given) if trace::is_valid(given) => given.to_owned(),
+        _ => trace::new_traceparent(),
+    };
+    event.extensions.push((ce::TRACEPARENT.into(), trace));
 }
 
 pub fn traceparent(headers: &HeaderMap) -> Option<&str> {

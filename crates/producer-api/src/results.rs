@@ -339,6 +339,7 @@ mod tests {
             worker_id: Some(0),
             latency_us: n,
             output: json!({"n": n}),
+            traceparent: None,
         }))
     }
 

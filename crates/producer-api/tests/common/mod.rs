@@ -91,6 +91,7 @@ pub fn spawn_processor(kafka: &KafkaArgs, stop: CancellationToken) -> JoinHandle
                 worker_id: Some(7),
                 latency_us: event.time.until(processed_at).as_micros() as u64,
                 output: json!({ "echo": event.json_data().ok() }),
+                traceparent: event.extension("traceparent").map(str::to_owned),
             };
             let out = result.to_event("/test-processor", &event);
             let future = kafka::enqueue(&producer, &results, &out).expect("enqueue result");

@@ -1,0 +1,90 @@
+//! W3C trace context travels from the HTTP request into the event's headers,
+//! through the consumer, into the result the client receives.
+
+mod common;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use stream_core::schema::{header, trace};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test]
+async fn a_request_without_trace_context_starts_a_new_trace() {
+    let (kafka, app) = common::spawn_app().await;
+    let http = common::client();
+    for given in [None, Some("not-a-traceparent")] {
+        let mut request = http.post(app.url("/publish")).header("X-API-Key", common::KEY_A);
+        if let Some(value) = given {
+            request = request.header("traceparent", value);
+        }
+        let reply = request.json(&json!({ "message": {"n": 1} })).send().await.unwrap();
+        assert_eq!(reply.status(), 200);
+    }
+    let events = common::read_all(&kafka, &kafka.topics.events).await;
+    assert_eq!(events.len(), 2);
+    let traces: Vec<&str> =
+        events.iter().map(|e| e.extension(header::TRACEPARENT).expect("traceparent header")).collect();
+    for t in &traces {
+        assert!(trace::is_valid(t), "generated traceparent {t} is malformed");
+    }
+    assert_ne!(traces[0], traces[1], "each request starts its own trace");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_callers_trace_reaches_the_result_on_the_websocket() {
+    let (kafka, app) = common::spawn_app().await;
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(consumer::run(consumer::Config::for_tests(kafka.clone(), 1), stop.clone()));
+    let http = common::client();
+    let started: Value = http
+        .post(app.url("/stream/start"))
+        .header("X-API-Key", common::KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stream = started["stream_id"].as_str().unwrap().to_owned();
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(app.ws_url(&format!("/stream/{stream}/results?api_key={}", common::KEY_A)))
+            .await
+            .unwrap();
+    let sent = http
+        .post(app.url(&format!("/stream/{stream}/send")))
+        .header("X-API-Key", common::KEY_A)
+        .header("traceparent", TRACE)
+        .json(&json!({ "data": "traced" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let ack: Value = sent.json().await.unwrap();
+
+    // The first result waits for the consumer's group join.
+    let result = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(frame) = socket.next().await {
+            if let Message::Text(text) = frame.unwrap() {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "result" {
+                    return frame;
+                }
+            }
+        }
+        panic!("socket closed before the result arrived");
+    })
+    .await
+    .expect("a result within 60 s");
+    assert_eq!(result["event_id"], ack["id"]);
+    assert_eq!(result["traceparent"], TRACE, "{result}");
+
+    stop.cancel();
+    consumer.await.unwrap().unwrap();
+    app.stop().await;
+}
