@@ -15,10 +15,12 @@ use subtle::ConstantTimeEq;
 use crate::error::AppError;
 use crate::AppState;
 
-/// The configured keys.
+/// The configured keys, held as SHA-256 digests: every comparison is of
+/// 32 bytes, so neither the content nor the length of a key shows in the
+/// time a check takes.
 #[derive(Clone)]
 pub struct ApiKeys {
-    keys: Arc<Vec<(Vec<u8>, Arc<str>)>>,
+    keys: Arc<Vec<([u8; 32], Arc<str>)>>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -35,19 +37,20 @@ impl ApiKeys {
             .filter(|k| !k.is_empty())
             .map(|k| {
                 let fingerprint: Arc<str> = fingerprint(&k).into();
-                (k.into_bytes(), fingerprint)
+                (digest(&k), fingerprint)
             })
             .collect();
         Self { keys: Arc::new(keys) }
     }
 
     /// The fingerprint of `presented` if it is a configured key. Every
-    /// configured key is compared, so the time taken does not tell which
-    /// key (or how much of one) matched.
+    /// configured key is compared, in constant time, so the time taken does
+    /// not tell which key (or how much of one) matched.
     pub fn check(&self, presented: &str) -> Option<Arc<str>> {
+        let presented = digest(presented);
         let mut found = None;
         for (key, fingerprint) in self.keys.iter() {
-            if bool::from(key.as_slice().ct_eq(presented.as_bytes())) {
+            if bool::from(key.ct_eq(&presented)) {
                 found = Some(fingerprint.clone());
             }
         }
@@ -55,11 +58,14 @@ impl ApiKeys {
     }
 }
 
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::new().chain_update(b"streamkit-api-key:").chain_update(key.as_bytes()).finalize().into()
+}
+
 /// Hex SHA-256 of an API key, domain-separated so the value is useless as a
 /// generic hash lookup.
 pub fn fingerprint(key: &str) -> String {
-    let digest = Sha256::new().chain_update(b"streamkit-api-key:").chain_update(key.as_bytes()).finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    digest(key).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An authenticated caller: the handler argument that enforces auth.
