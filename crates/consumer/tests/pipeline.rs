@@ -164,7 +164,6 @@ async fn two_instances_share_the_partitions_and_process_everything() {
         let (args, a, b) = (args.clone(), count_a.clone(), count_b.clone());
         async move {
             publish(&args, &events).await;
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             (a.load(Ordering::Relaxed) > 0 && b.load(Ordering::Relaxed) > 0).then_some(())
         }
     })

@@ -121,7 +121,11 @@ async fn broker_down_means_503_within_the_timeout_then_recovery() {
     // queue (one record) is full, so a second is refused at once.
     let started = Instant::now();
     let (first, second) = tokio::join!(publish(&app, 1), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The second request goes out once the first one's record fills the queue.
+        stream_core::testing::eventually(Duration::from_secs(2), "the first record to be queued", || async {
+            (app.state.publisher.queue_depth() >= 1).then_some(())
+        })
+        .await;
         let started = Instant::now();
         (publish(&app, 2).await, started.elapsed())
     });

@@ -31,7 +31,12 @@ pub async fn publish(args: &KafkaArgs, events: &[Event]) {
                     pending.push(kafka::delivered(delivery));
                     break;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                // Queue full: let what is in flight be acknowledged first.
+                Err(_) => {
+                    for result in join_all(pending.drain(..)).await {
+                        result.map_err(|(e, _)| e).expect("event published");
+                    }
+                }
             }
         }
     }
