@@ -155,8 +155,18 @@ pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<
         .collect::<Vec<_>>()
         .await;
     let mut streams = Vec::with_capacity(args.streams);
+    let mut failure = None;
     for stream in opened {
-        streams.push(stream?);
+        match stream {
+            Ok(stream) => streams.push(stream),
+            Err(error) => failure = failure.or(Some(error)),
+        }
+    }
+    let stream_ids: Vec<String> = streams.iter().map(|(id, _)| id.clone()).collect();
+    if let Some(error) = failure {
+        // Leave nothing behind: the key's stream quota would remember them.
+        close_streams(&http, &base, &key, stream_ids).await;
+        return Err(error);
     }
 
     let barrier = Arc::new(Barrier::new(args.streams + 1));
@@ -212,6 +222,7 @@ pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<
     for e in &errors {
         tracing::warn!(count = e.count, error = %e.error, "failed requests");
     }
+    close_streams(&http, &base, &key, stream_ids).await;
     let send_secs = sends_done.duration_since(start).as_secs_f64().max(1e-9);
     let total_secs = last_result.duration_since(start).as_secs_f64().max(1e-9);
     let mut request_row = Measurement::new("request", sent as f64 / send_secs, request);
@@ -241,6 +252,23 @@ pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<
         measurements,
         vec![("api".into(), plot)],
     )
+}
+
+/// Deletes the benchmark's streams, so repeated runs stay within the key's
+/// stream quota. Failures are logged, not fatal: the numbers are already in.
+async fn close_streams(http: &reqwest::Client, base: &str, key: &str, ids: Vec<String>) {
+    let failed = futures::stream::iter(ids)
+        .map(|id| async move {
+            let response = http.delete(format!("{base}/stream/{id}")).header("X-API-Key", key).send().await;
+            response.map(|r| r.status().is_success()).unwrap_or(false)
+        })
+        .buffer_unordered(64)
+        .filter(|ok| futures::future::ready(!ok))
+        .count()
+        .await;
+    if failed > 0 {
+        tracing::warn!(failed, "could not delete every benchmark stream");
+    }
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

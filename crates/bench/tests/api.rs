@@ -23,6 +23,7 @@ async fn every_stream_gets_every_result() {
             .await
             .unwrap();
     let url = format!("http://{}", app.local_addr());
+    let registry = app.state().registry.clone();
     let api = tokio::spawn(app.run_until_stopped(stop.clone()));
     let consumer = tokio::spawn(consumer::run(consumer::Config::for_tests(kafka.clone(), 2), stop.clone()));
 
@@ -41,6 +42,8 @@ async fn every_stream_gets_every_result() {
     let d = hgrm::parse(&std::fs::read_to_string(out.join("api-end-to-end.hgrm")).unwrap()).unwrap();
     assert_eq!(d.total_count, 53);
     assert!(std::fs::read_to_string(out.join("api.svg")).unwrap().contains("end-to-end"));
+    // The benchmark deletes its streams, so runs can repeat within the key's quota.
+    assert_eq!(registry.len(), 0, "bench api left streams open");
 
     // The same through the streams' own WebSockets instead of HTTP sends.
     let cli = api_cli(&url, "bench-key", &out, &["--streams", "4", "--messages", "30", "--via", "ws"]);
