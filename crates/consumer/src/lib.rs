@@ -44,8 +44,8 @@ Examples:
   # Four workers on the default topics (events -> events.results, events.dlq)
   consumer --workers 4
 
-  # Create missing topics first, serve Prometheus metrics on :9091
-  consumer --create-topics --metrics-addr 0.0.0.0:9091
+  # Create missing topics first, serve Prometheus metrics on :9464
+  consumer --create-topics --metrics-addr 0.0.0.0:9464
 
   # Another topic and group, against a remote cluster
   KAFKA_BROKERS=broker1:9092,broker2:9092 consumer --topic orders --group orders-processor
@@ -79,7 +79,7 @@ pub struct Config {
     #[arg(long, env = "CREATE_TOPICS")]
     pub create_topics: bool,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9091.
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9464.
     /// Off unless set.
     #[arg(long, env = "METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
