@@ -58,8 +58,13 @@ fn authed(mut responses: serde_json::Map<String, Value>) -> Value {
     Value::Object(responses)
 }
 
+/// What `validate_stream_id` accepts.
+fn stream_id_schema() -> Value {
+    json!({ "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$" })
+}
+
 fn stream_id_param() -> Value {
-    json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "maxLength": 128 } })
+    json!({ "name": "id", "in": "path", "required": true, "schema": stream_id_schema() })
 }
 
 /// The whole document.
@@ -96,7 +101,9 @@ pub fn document() -> Value {
                 "requestBody": {
                     "required": true,
                     "content": {
-                        "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/PublishRequest" } } },
+                        "application/json": { "schema": { "type": "array", "minItems": 1, "items": {
+                            "description": "A PublishRequest. Records are checked one by one: one that is not a PublishRequest gets status 422 (or 400) in results, and the others are still written"
+                        } } },
                         "application/x-ndjson": { "schema": { "$ref": "#/components/schemas/PublishRequest" } }
                     }
                 },
@@ -211,7 +218,12 @@ pub fn document() -> Value {
                     "properties": {
                         "message": { "description": "Any JSON value; it becomes the record value" },
                         "key": { "type": "string" },
-                        "headers": { "type": "object", "additionalProperties": { "type": "string" } }
+                        "headers": {
+                            "type": "object",
+                            "description": "Extra record headers; CloudEvents' names (ce_*, content-type) are set by the server",
+                            "propertyNames": { "minLength": 1, "not": { "pattern": "^(ce_|content-type$)" } },
+                            "additionalProperties": { "type": "string" }
+                        }
                     }
                 },
                 "Ack": {
@@ -231,10 +243,17 @@ pub fn document() -> Value {
                         "results": { "type": "array", "items": { "type": "object", "description": "{index, id, topic, partition, offset} or {index, status, error, detail?}" } }
                     }
                 },
-                "StartRequest": { "type": "object", "properties": { "stream_id": { "type": "string", "maxLength": 128 } } },
+                "StartRequest": {
+                    "type": "object", "additionalProperties": false,
+                    "properties": { "stream_id": {
+                        "type": ["string", "null"], "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$",
+                        "description": "Omitted or null: the server picks a UUID"
+                    } }
+                },
                 "StreamRef": { "type": "object", "required": ["stream_id"], "properties": { "stream_id": { "type": "string" } } },
                 "SendRequest": {
                     "type": "object",
+                    "anyOf": [{ "required": ["data"] }, { "required": ["message"] }],
                     "properties": { "data": { "description": "Any JSON value" }, "message": { "description": "Alias of data" } }
                 },
                 "SendAck": {

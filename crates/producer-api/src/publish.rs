@@ -124,8 +124,38 @@ fn delivery_error(err: &KafkaError) -> AppError {
 }
 
 /// `POST /publish` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct PublishRequest {
+    /// Any JSON value; its bytes become the record value exactly as sent.
+    pub message: Box<RawValue>,
+    /// Record key (e.g. a stream or entity id): same key, same partition.
+    pub key: Option<String>,
+    /// Extra record headers. CloudEvents' own names are reserved.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Only a JSON object is a request: serde's derived impl would also take
+/// an array of the fields in order (`[message, key]`), which the API does
+/// not document and no client means.
+impl<'de> Deserialize<'de> for PublishRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PublishRequest;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object {\"message\": <any JSON>, \"key\"?: string, \"headers\"?: {string: string}}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<PublishRequest, A::Error> {
+                let fields = PublishFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(PublishRequest { message: fields.message, key: fields.key, headers: fields.headers })
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishFields {
     /// Any JSON value; its bytes become the record value exactly as sent.
     pub message: Box<RawValue>,
     /// Record key (e.g. a stream or entity id): same key, same partition.
@@ -356,16 +386,18 @@ mod tests {
         assert_eq!(request.into_event(None).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
         let request: PublishRequest =
             serde_json::from_str(r#"{"message": {"a": 1}, "key": "k", "headers": {"tenant": "t"}}"#).unwrap();
-        let event = request.into_event(Some("00-1-2-01")).unwrap();
+        let event = request.into_event(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")).unwrap();
         assert_eq!(event.key.as_deref(), Some("k"));
         assert_eq!(event.extension("tenant"), Some("t"));
-        assert_eq!(event.extension("traceparent"), Some("00-1-2-01"));
+        assert_eq!(event.extension("traceparent"), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
         assert_eq!(event.json_data().unwrap(), json!({"a": 1}));
     }
 
     #[test]
     fn a_missing_message_is_a_shape_error() {
         assert!(serde_json::from_str::<PublishRequest>(r#"{"key": "k"}"#).is_err());
+        let array = serde_json::from_str::<PublishRequest>(r#"[1, "k"]"#).unwrap_err();
+        assert!(array.is_data(), "{array}");
         let null = serde_json::from_str::<PublishRequest>(r#"{"message": null}"#).unwrap();
         assert_eq!(null.into_event(None).unwrap().data, b"null");
     }

@@ -69,13 +69,20 @@ pub async fn start(
                 "send the body with Content-Type: application/json (or send no body)".into(),
             ));
         }
-        serde_json::from_slice::<StartRequest>(&body).map_err(|e| {
+        let shape_error = |e: serde_json::Error| {
             if e.is_data() {
                 AppError::Unprocessable(e.to_string())
             } else {
                 AppError::MalformedJson(e.to_string())
             }
-        })?
+        };
+        // serde would take `[]` or `["id"]` for the struct too; only an
+        // object is the documented shape.
+        let value: Value = serde_json::from_slice(&body).map_err(shape_error)?;
+        if !value.is_object() {
+            return Err(AppError::Unprocessable("expected a JSON object {\"stream_id\"?: string}".into()));
+        }
+        serde_json::from_value::<StartRequest>(value).map_err(shape_error)?
     };
     let stream_id = request.stream_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     validate_stream_id(&stream_id)?;
