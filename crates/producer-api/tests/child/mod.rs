@@ -77,3 +77,67 @@ impl Drop for Gateway {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// A Nisshi broker on SQLite storage that a test can stop (SIGKILL) and
+/// start again on the same address, keeping its data.
+pub struct SqliteBroker {
+    pub address: String,
+    storage: PathBuf,
+    child: Option<Child>,
+}
+
+impl SqliteBroker {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let storage = std::env::temp_dir().join(format!("producer-api-outage-{port}.db"));
+        let _ = std::fs::remove_file(&storage);
+        let mut broker = Self { address: format!("127.0.0.1:{port}"), storage, child: None };
+        broker.resume();
+        broker
+    }
+
+    pub fn resume(&mut self) {
+        let binary = std::env::var_os("NISSHI_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            let installed = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cargo/bin/nisshi");
+            if installed.is_file() {
+                installed
+            } else {
+                PathBuf::from("nisshi")
+            }
+        });
+        let url = format!("tcp://{}", self.address);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("{}.log", self.storage.display())))
+            .unwrap();
+        let child = Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--group-initial-rebalance-delay", "500ms", "--storage-engine"])
+            // Nisshi resolves sqlite://PATH against its working directory.
+            .arg(format!("sqlite://{}", self.storage.file_name().unwrap().to_string_lossy()))
+            .current_dir(self.storage.parent().unwrap())
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} (scripts/broker.sh install): {e}", binary.display()));
+        self.child = Some(child);
+        stream_core::testing::wait_until_answering(&self.address, Duration::from_secs(30)).expect("broker answers");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for SqliteBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.storage);
+    }
+}
