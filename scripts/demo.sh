@@ -35,7 +35,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-target/release/consumer --workers 2 --create-topics >"$LOGS/consumer.log" 2>&1 &
+RUST_LOG="${RUST_LOG:-info}" target/release/consumer --workers 2 --create-topics >"$LOGS/consumer.log" 2>&1 &
 pids+=($!)
 target/release/producer-api >"$LOGS/producer-api.log" 2>&1 &
 pids+=($!)
@@ -52,6 +52,8 @@ wait_for() { # name url
 }
 wait_for consumer "http://$METRICS_ADDR/metrics"
 wait_for producer-api "$API/readyz"
+# The first result would otherwise include the consumer group's join.
+for _ in $(seq 1 300); do grep -q "partitions assigned" "$LOGS/consumer.log" && break; sleep 0.1; done
 
 echo
 echo "== walk-through ================================================================"
