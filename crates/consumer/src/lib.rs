@@ -75,8 +75,19 @@ pub struct Config {
     pub start_from: StartFrom,
 
     /// Create the events, results and DLQ topics if they do not exist
-    /// (with --partitions and --replication-factor).
-    #[arg(long, env = "CREATE_TOPICS")]
+    /// (with --partitions and --replication-factor). On by default, so a
+    /// consumer started first on a fresh broker works; existing topics are
+    /// never changed. `--create-topics false` instead fails at start-up when
+    /// a topic is missing (a typo in a topic name, say).
+    #[arg(
+        long,
+        env = "CREATE_TOPICS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
     pub create_topics: bool,
 
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9464.
@@ -317,7 +328,16 @@ mod tests {
         assert_eq!(cli.config.group, "events-processor");
         assert_eq!(cli.config.workers, 2);
         assert!(cli.config.metrics_addr.is_none());
+        assert!(cli.config.create_topics, "a fresh broker needs no extra flag");
         cli.config.validate().unwrap();
+    }
+
+    #[test]
+    fn create_topics_can_be_switched_off() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().config.create_topics;
+        assert!(parse(&["consumer", "--create-topics"]));
+        assert!(!parse(&["consumer", "--create-topics", "false"]));
+        assert!(!parse(&["consumer", "--create-topics=false", "--workers", "3"]));
     }
 
     #[test]

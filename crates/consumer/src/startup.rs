@@ -35,8 +35,8 @@ pub(crate) async fn prepare(config: &Config, shutdown: &CancellationToken) -> an
     .collect();
     if !missing.is_empty() {
         anyhow::bail!(
-            "topic(s) not found on {}: {}. Create them with `consumer --create-topics` (CREATE_TOPICS=true; uses \
-             --partitions and --replication-factor), or point the flags at existing topics",
+            "topic(s) not found on {}: {}. Let the consumer create them (the default; drop `--create-topics false` or \
+             CREATE_TOPICS=false; uses --partitions and --replication-factor), or point the flags at existing topics",
             args.brokers,
             missing.join(", ")
         );
