@@ -66,6 +66,9 @@ pub struct Registry {
     /// Streams open per owner, for the per-key quota; changed under the
     /// `streams` write lock so the two agree.
     per_owner: RwLock<HashMap<Arc<str>, usize>>,
+    /// Starts in progress per owner, not yet applied: counted against the
+    /// quota too, so concurrent starts cannot all slip under it.
+    starting: std::sync::Mutex<HashMap<Arc<str>, usize>>,
     /// Next offset to apply, per partition; waiters watch it.
     applied: watch::Sender<BTreeMap<i32, i64>>,
     consumer: Arc<StreamConsumer<TracingContext>>,
@@ -82,6 +85,7 @@ impl Registry {
             topic: topic.to_owned(),
             streams: RwLock::new(HashMap::new()),
             per_owner: RwLock::new(HashMap::new()),
+            starting: std::sync::Mutex::new(HashMap::new()),
             applied: watch::Sender::new(BTreeMap::new()),
             consumer: Arc::new(consumer),
             hub,
@@ -158,6 +162,19 @@ impl Registry {
     /// Streams `owner` has open, as this process knows it now.
     pub fn owned_by(&self, owner: &str) -> usize {
         self.per_owner.read().expect("registry lock").get(owner).copied().unwrap_or(0)
+    }
+
+    /// A place for one more stream of `owner` if it owns (or is starting)
+    /// fewer than `max`; held until the start is done, so this process
+    /// never lets concurrent starts of one key exceed the quota.
+    pub fn reserve(self: &Arc<Self>, owner: &Arc<str>, max: usize) -> Option<StartSlot> {
+        let mut starting = self.starting.lock().expect("registry lock");
+        let pending = starting.get(owner).copied().unwrap_or(0);
+        if self.owned_by(owner) + pending >= max {
+            return None;
+        }
+        *starting.entry(owner.clone()).or_default() += 1;
+        Some(StartSlot { registry: self.clone(), owner: owner.clone() })
     }
 
     /// Streams currently open.
@@ -281,5 +298,23 @@ impl Registry {
             .map_err(|(err, _)| AppError::unavailable(format!("cannot queue the ownership record: {err}")))?;
         let ack = publisher.acked(String::new(), &self.topic, future, deadline).await?;
         Ok((ack.partition, ack.offset))
+    }
+}
+
+/// A reserved place under the per-key stream quota; released on drop.
+pub struct StartSlot {
+    registry: Arc<Registry>,
+    owner: Arc<str>,
+}
+
+impl Drop for StartSlot {
+    fn drop(&mut self) {
+        let mut starting = self.registry.starting.lock().expect("registry lock");
+        if let Some(count) = starting.get_mut(&self.owner) {
+            *count -= 1;
+            if *count == 0 {
+                starting.remove(&self.owner);
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::auth::Caller;
 use crate::error::AppError;
 use crate::extract::{AppJson, StreamPath};
 use crate::publish::{add_traceparent, traceparent, SOURCE};
-use crate::registry::Claimed;
+use crate::registry::{Claimed, StartSlot};
 use crate::{ws, AppState};
 
 /// Longest stream id accepted.
@@ -87,7 +87,7 @@ pub async fn start(
     let stream_id = request.stream_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     validate_stream_id(&stream_id)?;
     let deadline = state.publisher.deadline();
-    check_quota(&state, &caller, &stream_id)?;
+    let _slot = reserve_quota(&state, &caller, &stream_id)?;
     let outcome = state.registry.claim(&state.publisher, &stream_id, &caller.owner, deadline).await?;
     let status = match outcome {
         Claimed::Created => {
@@ -101,17 +101,24 @@ pub async fn start(
 
 /// One key may own at most `--max-streams-per-key` streams, so a single
 /// client cannot fill every replica's memory with stream slots. A retried
-/// start of a stream the caller already owns is never refused.
-fn check_quota(state: &AppState, caller: &Caller, stream_id: &str) -> Result<(), AppError> {
-    let max = state.config.max_streams_per_key;
-    if state.registry.owner_of(stream_id).is_some() || state.registry.owned_by(&caller.owner) < max {
-        return Ok(());
+/// start of a stream the caller already owns is never refused. Within one
+/// process the limit is exact even for concurrent starts; across replicas
+/// each counts the others' streams once their claims are applied.
+fn reserve_quota(state: &AppState, caller: &Caller, stream_id: &str) -> Result<Option<StartSlot>, AppError> {
+    if state.registry.owner_of(stream_id).is_some() {
+        return Ok(None);
     }
-    metrics::counter!("stream_quota_refusals_total").increment(1);
-    Err(AppError::QuotaExceeded {
-        detail: format!("this key already owns {max} streams (the limit); delete some before starting more"),
-        retry_after: QUOTA_RETRY_AFTER,
-    })
+    let max = state.config.max_streams_per_key;
+    match state.registry.reserve(&caller.owner, max) {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            metrics::counter!("stream_quota_refusals_total").increment(1);
+            Err(AppError::QuotaExceeded {
+                detail: format!("this key already owns {max} streams (the limit); delete some before starting more"),
+                retry_after: QUOTA_RETRY_AFTER,
+            })
+        }
+    }
 }
 
 /// Retry-After of a quota refusal: streams are freed by deletes, which a

@@ -525,3 +525,45 @@ async fn websocket_bad_frames_are_answered_and_other_sockets_carry_on() {
     drop(socket);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn one_key_starting_ten_thousand_streams_at_once_gets_exactly_its_quota() {
+    const QUOTA: usize = 25;
+    const STARTS: usize = 10_000;
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = config(kafka);
+    config.max_streams_per_key = QUOTA;
+    let app = common::start(config).await;
+    let client = common::client();
+    let url = app.url("/stream/start");
+    // 64 connections' worth of concurrency, 10,000 distinct ids.
+    let statuses: Vec<u16> = futures::stream::iter(0..STARTS)
+        .map(|n| {
+            let request =
+                client.post(&url).header("X-API-Key", KEY_A).json(&json!({"stream_id": format!("flood-{n}")}));
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                if status == 429 {
+                    assert_eq!(response.headers()["retry-after"], "30");
+                }
+                status
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((created, refused), (QUOTA, STARTS - QUOTA), "statuses other than 201/429: {:?}", {
+        let mut other: Vec<u16> = statuses.iter().copied().filter(|s| *s != 201 && *s != 429).collect();
+        other.dedup();
+        other
+    });
+    assert_eq!(app.state.registry.owned_by(&producer_api::auth::fingerprint(KEY_A)), QUOTA);
+    // Another key is unaffected.
+    let other = client.post(&url).header("X-API-Key", KEY_B).send().await.unwrap();
+    assert_eq!(other.status(), 201);
+    assert_no_panic(&app).await;
+    app.stop().await;
+}
