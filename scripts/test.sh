@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The full test suite, from a fresh machine: installs prerequisites, starts
 # the local broker (unless one already answers on KAFKA_BROKERS' port),
-# checks formatting and lints, and runs every test against the real broker.
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p consumer`).
+# checks formatting and lints, runs every test against the real broker, then
+# schemathesis against producer-api's own OpenAPI document.
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p consumer`) and
+# skip schemathesis.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,4 +16,15 @@ export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$BROKER_PORT}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --no-fail-fast "$@"
+
+log="$(mktemp -t cargo-test.XXXXXX.log)"
+status=0
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+if [[ $# -eq 0 ]]; then
+  scripts/schemathesis.sh || status=1
+fi
+
+# One closing line for the whole suite, summed over cargo's per-binary lines.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
