@@ -1,0 +1,95 @@
+//! The real binary SIGKILLed five times at random points of one run of
+//! 100,000 events, restarted each time: every event gets a result, and the
+//! duplicates (work done but not committed when a process died) are
+//! counted and reported.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Instant;
+
+use common::*;
+use stream_core::testing::{create_project_topics, kafka_args, unique_name};
+use stream_core::KafkaArgs;
+use tokio::process::{Child, Command};
+
+const EVENTS: usize = 100_000;
+const KILLS: usize = 5;
+
+fn start_binary(args: &KafkaArgs, group: &str, log: &str) -> Child {
+    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .env("KAFKA_BROKERS", &args.brokers)
+        .env("EVENTS_TOPIC", &args.topics.events)
+        .env("RESULTS_TOPIC", &args.topics.results)
+        .env("DLQ_TOPIC", &args.topics.dlq)
+        .env("CONSUMER_GROUP", group)
+        .env("WORKERS", "2")
+        // A killed process's partitions move on after this; short, so five
+        // kills fit in one test.
+        .env("SESSION_TIMEOUT", "6s")
+        .env_remove("METRICS_ADDR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the consumer binary")
+}
+
+/// A kill point in `(low, high)`, different on every run.
+fn random_between(low: usize, high: usize) -> usize {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as usize;
+    low + nanos % (high - low).max(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_sigkills_in_one_run_lose_nothing_and_duplicates_are_counted() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+    let events = json_events(EVENTS, 100);
+    publish(&args, &events).await;
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let group = unique_name("kill5");
+    let started = Instant::now();
+
+    // Kill points spread over the run: the i-th lands somewhere in the i-th
+    // of KILLS + 1 equal slices of the results, never at the same place.
+    let slice = EVENTS / (KILLS + 1);
+    let mut kills = Vec::new();
+    for n in 0..KILLS {
+        let mut process = start_binary(&args, &group, &format!("{group}-{n}.log"));
+        let target = random_between(n * slice + slice / 4, (n + 1) * slice);
+        let target = target.max(results.len() + 100);
+        results.wait_for_len(target, &format!("results before kill {}", n + 1)).await;
+        process.kill().await.expect("SIGKILL");
+        kills.push(results.len());
+    }
+    let last = start_binary(&args, &group, &format!("{group}-last.log"));
+    let got = results.wait_for_ids(&ids).await;
+    drop(last);
+
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for r in &got {
+        *per_id.entry(r.event_id.as_str()).or_default() += 1;
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    let lost = ids.iter().filter(|id| !per_id.contains_key(id.as_str())).count();
+    eprintln!(
+        "consumer killed {KILLS} times (results seen at each kill: {kills:?}): {} events, {} results, \
+         {duplicates} duplicates, {lost} lost, in {:?}",
+        ids.len(),
+        got.len(),
+        started.elapsed()
+    );
+    assert_eq!(lost, 0);
+    assert!(kills.windows(2).all(|w| w[0] < w[1]), "every kill landed mid-run: {kills:?}");
+    assert!(*kills.last().unwrap() < ids.len(), "the last kill landed before the end");
+    // Each kill replays what was processed but not yet committed (up to an
+    // auto-commit interval of work). A consumer that never committed would
+    // replay everything processed before each kill: more than the whole
+    // run again (the kill points above sum to well over EVENTS).
+    assert!(duplicates < ids.len(), "{duplicates} duplicates");
+}
