@@ -169,3 +169,66 @@ pub fn wait_until_answering(address: &str, deadline: Duration) -> Result<(), Str
         }
     }
 }
+
+/// A Nisshi broker on durable SQLite storage that a test can stop (SIGKILL)
+/// and start again on the same address with its data intact: for outage
+/// tests, where memory storage would forget everything on restart.
+pub struct DurableBroker {
+    /// `host:port` to bootstrap from; stays the same across restarts.
+    pub address: String,
+    storage: PathBuf,
+    child: Option<Child>,
+}
+
+impl DurableBroker {
+    /// Starts a broker with an empty database on a free port.
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let storage = std::env::temp_dir().join(format!("streamkit-durable-broker-{port}.db"));
+        let _ = std::fs::remove_file(&storage);
+        let mut broker = Self { address: format!("127.0.0.1:{port}"), storage, child: None };
+        broker.resume();
+        broker
+    }
+
+    /// Starts the broker again (after [`stop`](Self::stop)) on the same
+    /// database and waits until it answers.
+    pub fn resume(&mut self) {
+        let binary = nisshi_binary().expect("the nisshi broker is not installed: run scripts/broker.sh install");
+        let url = format!("tcp://{}", self.address);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("{}.log", self.storage.display())))
+            .expect("broker log file");
+        let child = Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--group-initial-rebalance-delay", "500ms", "--storage-engine"])
+            // Nisshi resolves sqlite://PATH against its working directory.
+            .arg(format!("sqlite://{}", self.storage.file_name().unwrap().to_string_lossy()))
+            .current_dir(self.storage.parent().unwrap())
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("broker log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        self.child = Some(child);
+        wait_until_answering(&self.address, Duration::from_secs(30)).expect("the durable broker answers");
+    }
+
+    /// Kills the broker at once, as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for DurableBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.storage);
+    }
+}

@@ -4,9 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,67 +31,6 @@ async fn a_configuration_without_keys_is_refused() {
     assert!(format!("{err:#}").contains("API_KEYS"), "{err:#}");
 }
 
-/// A broker this test can stop and restart, keeping its data on disk.
-struct OwnBroker {
-    address: String,
-    storage: PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnBroker {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let storage = std::env::temp_dir().join(format!("producer-api-test-{port}.db"));
-        let _ = std::fs::remove_file(&storage);
-        let mut broker = Self { address: format!("127.0.0.1:{port}"), storage, child: None };
-        broker.resume();
-        broker
-    }
-
-    fn resume(&mut self) {
-        let binary = std::env::var_os("NISSHI_BIN").map(PathBuf::from).unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-            let installed = home.join(".cargo/bin/nisshi");
-            if installed.is_file() {
-                installed
-            } else {
-                PathBuf::from("nisshi")
-            }
-        });
-        let url = format!("tcp://{}", self.address);
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", self.storage.display()))).unwrap();
-        let child = Command::new(&binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
-            // Nisshi resolves sqlite://PATH against its working directory.
-            .arg(format!("sqlite://{}", self.storage.file_name().unwrap().to_string_lossy()))
-            .current_dir(self.storage.parent().unwrap())
-            .env_remove("STORAGE_ENGINE")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("starting {} (install it with scripts/broker.sh install): {e}", binary.display())
-            });
-        self.child = Some(child);
-        stream_core::testing::wait_until_answering(&self.address, Duration::from_secs(30)).expect("broker answers");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_file(&self.storage);
-    }
-}
-
 async fn publish(app: &common::TestApp, n: u64) -> reqwest::Response {
     common::client()
         .post(app.url("/publish"))
@@ -107,7 +43,7 @@ async fn publish(app: &common::TestApp, n: u64) -> reqwest::Response {
 
 #[tokio::test]
 async fn broker_down_means_503_within_the_timeout_then_recovery() {
-    let mut broker = OwnBroker::start();
+    let mut broker = stream_core::testing::DurableBroker::start();
     let mut kafka = stream_core::testing::kafka_args();
     kafka.brokers = broker.address.clone();
     let mut config = common::config(kafka);

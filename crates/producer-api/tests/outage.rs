@@ -33,7 +33,7 @@ struct Load {
 
 #[tokio::test]
 async fn broker_down_ten_seconds_loses_no_acknowledged_event_and_all_get_results() {
-    let mut broker = child::SqliteBroker::start();
+    let mut broker = stream_core::testing::DurableBroker::start();
     let mut kafka = stream_core::testing::kafka_args();
     kafka.brokers = broker.address.clone();
     let mut config = common::config(kafka.clone());
