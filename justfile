@@ -75,6 +75,14 @@ api *ARGS:
 bench *ARGS:
     cargo run --release -p bench -- {{ARGS}}
 
+# Ten minutes at a steady rate through API -> consumer -> WebSocket, reporting RSS, fds and p99.
+soak:
+    KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:19092} scripts/soak.sh
+
+# Every number in the README's Performance section, in one run.
+perf *ARGS:
+    scripts/perf.sh {{ARGS}}
+
 # Format and lint.
 lint:
     cargo fmt --all -- --check
