@@ -6,30 +6,8 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
-use std::process::Stdio;
 use stream_core::testing::{create_project_topics, kafka_args, unique_name};
-use stream_core::KafkaArgs;
-use tokio::process::{Child, Command};
-
-fn start_binary(args: &KafkaArgs, group: &str, log: &str) -> Child {
-    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .env("KAFKA_BROKERS", &args.brokers)
-        .env("EVENTS_TOPIC", &args.topics.events)
-        .env("RESULTS_TOPIC", &args.topics.results)
-        .env("DLQ_TOPIC", &args.topics.dlq)
-        .env("CONSUMER_GROUP", group)
-        .env("WORKERS", "2")
-        .env("SESSION_TIMEOUT", "6s")
-        .env("STATS_INTERVAL", "1s")
-        .env_remove("METRICS_ADDR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the consumer binary")
-}
+use tokio::process::Child;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {

@@ -6,37 +6,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Instant;
 
 use common::*;
 use stream_core::testing::{create_project_topics, kafka_args, unique_name};
-use stream_core::KafkaArgs;
-use tokio::process::{Child, Command};
 
 const EVENTS: usize = 100_000;
 const KILLS: usize = 5;
-
-fn start_binary(args: &KafkaArgs, group: &str, log: &str) -> Child {
-    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .env("KAFKA_BROKERS", &args.brokers)
-        .env("EVENTS_TOPIC", &args.topics.events)
-        .env("RESULTS_TOPIC", &args.topics.results)
-        .env("DLQ_TOPIC", &args.topics.dlq)
-        .env("CONSUMER_GROUP", group)
-        .env("WORKERS", "2")
-        // A killed process's partitions move on after this; short, so five
-        // kills fit in one test.
-        .env("SESSION_TIMEOUT", "6s")
-        .env_remove("METRICS_ADDR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the consumer binary")
-}
 
 /// A kill point in `(low, high)`, different on every run.
 fn random_between(low: usize, high: usize) -> usize {

@@ -180,3 +180,26 @@ pub async fn committed_and_end(args: &KafkaArgs, group: &str, topic: &str) -> (H
     .await
     .unwrap()
 }
+
+/// Starts the real `consumer` binary as a child process (two workers, a
+/// short session timeout so a killed process's partitions move on quickly),
+/// its stderr in `log` under the temp directory. Killed when dropped.
+pub fn start_binary(args: &KafkaArgs, group: &str, log: &str) -> tokio::process::Child {
+    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .env("KAFKA_BROKERS", &args.brokers)
+        .env("EVENTS_TOPIC", &args.topics.events)
+        .env("RESULTS_TOPIC", &args.topics.results)
+        .env("DLQ_TOPIC", &args.topics.dlq)
+        .env("CONSUMER_GROUP", group)
+        .env("WORKERS", "2")
+        .env("SESSION_TIMEOUT", "6s")
+        .env("STATS_INTERVAL", "1s")
+        .env_remove("METRICS_ADDR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the consumer binary")
+}
