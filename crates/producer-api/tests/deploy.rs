@@ -245,20 +245,10 @@ async fn every_dashboard_query_names_a_metric_the_services_export() {
     consumer_config.stats_interval = Duration::from_millis(500);
     let consumer = tokio::spawn(consumer::run(consumer_config, stop.clone()));
     let http = common::client();
-    let started: Value = http
-        .post(app.url("/stream/start"))
-        .header("X-API-Key", common::KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, started) = common::start_stream(&app, common::KEY_A, None).await;
+    assert_eq!(status, 201, "{started}");
     let stream = started["stream_id"].as_str().unwrap();
-    let (_socket, _) =
-        tokio_tungstenite::connect_async(app.ws_url(&format!("/stream/{stream}/results?api_key={}", common::KEY_A)))
-            .await
-            .expect("open a WebSocket");
+    let _socket = common::connect(&app, common::KEY_A, stream).await;
     let sent = http
         .post(app.url(&format!("/stream/{stream}/send")))
         .header("X-API-Key", common::KEY_A)

@@ -9,63 +9,10 @@ use common::{KEY_A, KEY_B};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use stream_core::testing::eventually;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn start_stream(app: &common::TestApp, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = common::client().post(app.url("/stream/start")).header("X-API-Key", key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn send(app: &common::TestApp, key: &str, stream: &str, body: Value) -> (u16, Value) {
-    let response = common::client()
-        .post(app.url(&format!("/stream/{stream}/send")))
-        .header("X-API-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn connect(app: &common::TestApp, key: &str, stream: &str) -> Socket {
-    let mut request = app.ws_url(&format!("/stream/{stream}/results")).into_client_request().unwrap();
-    request.headers_mut().insert("X-API-Key", key.parse().unwrap());
-    tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade").0
-}
-
-/// The next JSON text frame of a given type, skipping others.
-async fn next_frame(socket: &mut Socket, kind: &str) -> Value {
-    next_frame_within(socket, kind, Duration::from_secs(20)).await
-}
-
-async fn next_frame_within(socket: &mut Socket, kind: &str, deadline: Duration) -> Value {
-    tokio::time::timeout(deadline, async {
-        loop {
-            match socket.next().await.expect("socket open").expect("frame") {
-                Message::Text(text) => {
-                    let frame: Value = serde_json::from_str(text.as_str()).unwrap();
-                    if frame["type"] == kind {
-                        return frame;
-                    }
-                }
-                Message::Close(frame) => panic!("closed while waiting for {kind}: {frame:?}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {kind} frame within {deadline:?}"))
-}
+use common::{connect, next_frame, next_frame_within, send, start_stream};
 
 #[tokio::test]
 async fn websocket_round_trip_through_a_processor() {

@@ -5,10 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::{json, Value};
 use stream_core::schema::{header, trace};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -42,20 +40,10 @@ async fn the_callers_trace_reaches_the_result_on_the_websocket() {
     let stop = CancellationToken::new();
     let consumer = tokio::spawn(consumer::run(consumer::Config::for_tests(kafka.clone(), 1), stop.clone()));
     let http = common::client();
-    let started: Value = http
-        .post(app.url("/stream/start"))
-        .header("X-API-Key", common::KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, started) = common::start_stream(&app, common::KEY_A, None).await;
+    assert_eq!(status, 201, "{started}");
     let stream = started["stream_id"].as_str().unwrap().to_owned();
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(app.ws_url(&format!("/stream/{stream}/results?api_key={}", common::KEY_A)))
-            .await
-            .unwrap();
+    let mut socket = common::connect(&app, common::KEY_A, &stream).await;
     let sent = http
         .post(app.url(&format!("/stream/{stream}/send")))
         .header("X-API-Key", common::KEY_A)
@@ -68,19 +56,7 @@ async fn the_callers_trace_reaches_the_result_on_the_websocket() {
     let ack: Value = sent.json().await.unwrap();
 
     // The first result waits for the consumer's group join.
-    let result = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(frame) = socket.next().await {
-            if let Message::Text(text) = frame.unwrap() {
-                let frame: Value = serde_json::from_str(&text).unwrap();
-                if frame["type"] == "result" {
-                    return frame;
-                }
-            }
-        }
-        panic!("socket closed before the result arrived");
-    })
-    .await
-    .expect("a result within 60 s");
+    let result = common::next_frame_within(&mut socket, "result", Duration::from_secs(60)).await;
     assert_eq!(result["event_id"], ack["id"]);
     assert_eq!(result["traceparent"], TRACE, "{result}");
 

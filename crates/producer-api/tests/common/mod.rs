@@ -6,14 +6,17 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::StreamExt;
 use producer_api::{AppState, Application, Config};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::json;
+use serde_json::{json, Value};
 use stream_core::kafka::{self, ProducerOptions, StartFrom, TracingContext};
 use stream_core::schema::{Event, EventResult, Timestamp};
 use stream_core::KafkaArgs;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 pub const KEY_A: &str = "key-a";
@@ -135,4 +138,63 @@ pub async fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<Event> {
         remaining -= 1;
     }
     events
+}
+
+/// A client WebSocket to the gateway.
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `POST /stream/start` with `key` (and a body if given): status and JSON reply.
+pub async fn start_stream(app: &TestApp, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = client().post(app.url("/stream/start")).header("X-API-Key", key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `POST /stream/{stream}/send`: status and JSON reply.
+pub async fn send(app: &TestApp, key: &str, stream: &str, body: Value) -> (u16, Value) {
+    let response = client()
+        .post(app.url(&format!("/stream/{stream}/send")))
+        .header("X-API-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Opens the stream's results WebSocket with `key`.
+pub async fn connect(app: &TestApp, key: &str, stream: &str) -> Socket {
+    let mut request = app.ws_url(&format!("/stream/{stream}/results")).into_client_request().unwrap();
+    request.headers_mut().insert("X-API-Key", key.parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade").0
+}
+
+/// The next JSON text frame of a given type, skipping others.
+pub async fn next_frame(socket: &mut Socket, kind: &str) -> Value {
+    next_frame_within(socket, kind, Duration::from_secs(20)).await
+}
+
+/// The next JSON text frame of type `kind` within `deadline`, skipping others.
+pub async fn next_frame_within(socket: &mut Socket, kind: &str, deadline: Duration) -> Value {
+    tokio::time::timeout(deadline, async {
+        loop {
+            match socket.next().await.expect("socket open").expect("frame") {
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if frame["type"] == kind {
+                        return frame;
+                    }
+                }
+                Message::Close(frame) => panic!("closed while waiting for {kind}: {frame:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind} frame within {deadline:?}"))
 }
