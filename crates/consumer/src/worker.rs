@@ -435,17 +435,7 @@ impl<P: Processor> PartitionTask<P> {
         shared.meters.processing.record(started.elapsed().as_secs_f64());
         let (sent, kind) = match processed {
             Ok((event, output)) => {
-                let processed_at = Timestamp::now();
-                let result = EventResult {
-                    event_id: event.id.clone(),
-                    stream_id: event.key.clone(),
-                    event_time: event.time,
-                    processed_at,
-                    worker_id: Some(self.worker.worker_id),
-                    latency_us: event.time.until(processed_at).as_micros() as u64,
-                    output,
-                    traceparent: event.extension(header::TRACEPARENT).map(str::to_owned),
-                };
+                let result = EventResult::answering(&event, Some(self.worker.worker_id), output);
                 if let Some(trace) = result.traceparent.as_deref() {
                     tracing::debug!(
                         worker = self.worker.worker_id,

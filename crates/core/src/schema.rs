@@ -313,6 +313,23 @@ pub struct EventResult {
 }
 
 impl EventResult {
+    /// The result of processing `event` into `output`, finished now: it
+    /// carries the event's id, stream, send time and trace context, and the
+    /// latency from the send time to now.
+    pub fn answering(event: &Event, worker_id: Option<u32>, output: serde_json::Value) -> Self {
+        let processed_at = Timestamp::now();
+        Self {
+            event_id: event.id.clone(),
+            stream_id: event.key.clone(),
+            event_time: event.time,
+            processed_at,
+            worker_id,
+            latency_us: event.time.until(processed_at).as_micros() as u64,
+            output,
+            traceparent: event.extension(header::TRACEPARENT).map(str::to_owned),
+        }
+    }
+
     /// The result as a CloudEvent for the results topic: JSON payload,
     /// keyed by the stream id, trace context carried over from the source.
     pub fn to_event(&self, source: &str, origin: &Event) -> Event {
@@ -430,6 +447,23 @@ mod tests {
         assert_eq!(t.to_string(), "2025-11-23T10:00:00.123456Z");
         assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
         assert_eq!(Timestamp::parse("2025-11-23T10:00:00Z").unwrap().as_micros(), 1_763_892_000_000_000);
+    }
+
+    #[test]
+    fn a_result_answers_its_event() {
+        let mut origin = Event::json("/t", Some("s".into()), &json!("x"));
+        origin.time = Timestamp::from_micros(origin.time.as_micros() - 1_500);
+        origin
+            .extensions
+            .push((header::TRACEPARENT.into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()));
+        let result = EventResult::answering(&origin, Some(3), json!({"ok": true}));
+        assert_eq!(result.event_id, origin.id);
+        assert_eq!(result.stream_id.as_deref(), Some("s"));
+        assert_eq!(result.event_time, origin.time);
+        assert_eq!(result.worker_id, Some(3));
+        assert!(result.latency_us >= 1_500, "{}", result.latency_us);
+        assert_eq!(result.latency_us, origin.time.until(result.processed_at).as_micros() as u64);
+        assert_eq!(result.traceparent.as_deref(), origin.extension(header::TRACEPARENT));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use stream_core::kafka::{self, ProducerOptions, StartFrom, TracingContext};
-use stream_core::schema::{Event, EventResult, Timestamp};
+use stream_core::schema::{Event, EventResult};
 use stream_core::KafkaArgs;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -85,17 +85,7 @@ pub fn spawn_processor(kafka: &KafkaArgs, stop: CancellationToken) -> JoinHandle
                 msg = reader.recv() => msg.expect("processor reads events"),
             };
             let event = Event::from_message(&msg).expect("events decode");
-            let processed_at = Timestamp::now();
-            let result = EventResult {
-                event_id: event.id.clone(),
-                stream_id: event.key.clone(),
-                event_time: event.time,
-                processed_at,
-                worker_id: Some(7),
-                latency_us: event.time.until(processed_at).as_micros() as u64,
-                output: json!({ "echo": event.json_data().ok() }),
-                traceparent: event.extension("traceparent").map(str::to_owned),
-            };
+            let result = EventResult::answering(&event, Some(7), json!({ "echo": event.json_data().ok() }));
             let out = result.to_event("/test-processor", &event);
             let future = kafka::enqueue(&producer, &results, &out).expect("enqueue result");
             kafka::delivered(future).await.expect("result delivered");
