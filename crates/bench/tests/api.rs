@@ -1,6 +1,8 @@
 //! `bench api` end to end: the real gateway and consumer in this process,
 //! on a real broker, with a few streams and messages.
 
+mod common;
+
 use std::path::Path;
 
 use bench::{hgrm, BenchReport, Cli};
@@ -38,7 +40,7 @@ async fn every_stream_gets_every_result() {
     // median) before the request that produced it returned.
     assert!(e2e.latency.p50_ms >= request.latency.p50_ms * 0.5, "{report}");
     let parsed: BenchReport = serde_json::from_str(&std::fs::read_to_string(out.join("api.json")).unwrap()).unwrap();
-    assert_same_rows(&parsed.rows, &report.rows);
+    common::assert_same_rows(&parsed.rows, &report.rows);
     let d = hgrm::parse(&std::fs::read_to_string(out.join("api-end-to-end.hgrm")).unwrap()).unwrap();
     assert_eq!(d.total_count, 53);
     assert!(std::fs::read_to_string(out.join("api.svg")).unwrap().contains("end-to-end"));
@@ -73,14 +75,4 @@ async fn a_wrong_key_is_reported_with_the_status() {
     assert!(err.contains("/stream/start") && err.contains("401"), "{err}");
     stop.cancel();
     api.await.unwrap().unwrap();
-}
-
-/// Rows equal up to float parsing (serde_json may be one ulp off).
-fn assert_same_rows(a: &[bench::output::Row], b: &[bench::output::Row]) {
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!((&x.name, x.errors, x.latency.count, &x.hgrm), (&y.name, y.errors, y.latency.count, &y.hgrm));
-        let close = |p: f64, q: f64| (p - q).abs() <= 1e-9 * p.abs().max(1.0);
-        assert!(close(x.rate, y.rate) && close(x.latency.p99_ms, y.latency.p99_ms), "{x:?} != {y:?}");
-    }
 }

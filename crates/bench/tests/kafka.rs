@@ -1,6 +1,8 @@
 //! The Kafka benchmarks end to end on small counts against a real broker:
 //! each runs, counts what it should, and writes outputs that parse.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -36,7 +38,7 @@ fn cli(kafka: &KafkaArgs, out: &Path, flags: &[&str]) -> Cli {
 fn check_outputs(report: &BenchReport) {
     let json = std::fs::read_to_string(report.json.as_ref().unwrap()).unwrap();
     let parsed: BenchReport = serde_json::from_str(&json).unwrap();
-    assert_same_rows(&parsed.rows, &report.rows);
+    common::assert_same_rows(&parsed.rows, &report.rows);
     for row in &report.rows {
         let text = std::fs::read_to_string(row.hgrm.as_ref().unwrap()).unwrap();
         let distribution = hgrm::parse(&text).unwrap();
@@ -125,14 +127,4 @@ async fn the_binary_prints_json_and_writes_files() {
     let report: BenchReport = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(report.rows[0].latency.count, 100);
     check_outputs(&report);
-}
-
-/// Rows equal up to float parsing (serde_json may be one ulp off).
-fn assert_same_rows(a: &[bench::output::Row], b: &[bench::output::Row]) {
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!((&x.name, x.errors, x.latency.count, &x.hgrm), (&y.name, y.errors, y.latency.count, &y.hgrm));
-        let close = |p: f64, q: f64| (p - q).abs() <= 1e-9 * p.abs().max(1.0);
-        assert!(close(x.rate, y.rate) && close(x.latency.p99_ms, y.latency.p99_ms), "{x:?} != {y:?}");
-    }
 }
