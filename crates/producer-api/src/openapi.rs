@@ -217,7 +217,7 @@ pub fn document() -> Value {
                     "type": "object", "required": ["message"],
                     "properties": {
                         "message": { "description": "Any JSON value; it becomes the record value" },
-                        "key": { "type": "string" },
+                        "key": { "type": ["string", "null"], "description": "Record key: same key, same partition. Omitted or null: no key" },
                         "headers": {
                             "type": "object",
                             "description": "Extra record headers; CloudEvents' names (ce_*, content-type) are set by the server",

@@ -44,15 +44,20 @@ async fn publish_is_acknowledged_and_the_record_carries_cloudevents_headers() {
     assert_eq!(header_value(&record, "tenant").as_deref(), Some("acme"));
     assert!(header_value(&record, "traceparent").unwrap().starts_with("00-0af7"));
 
-    // Bearer works as well as X-API-Key, and null is a valid message.
+    // Bearer works as well as X-API-Key, null is a valid message, and a
+    // null key (as the OpenAPI schema allows) means a record without a key.
     let response = common::client()
         .post(app.url("/publish"))
         .bearer_auth(KEY_B)
-        .json(&json!({"message": null}))
+        .json(&json!({"message": null, "key": null}))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    let ack: Ack = response.json().await.unwrap();
+    let record = common::read_record(&kafka, &ack.topic, ack.partition, ack.offset).await;
+    assert_eq!(record.payload(), Some(&b"null"[..]));
+    assert_eq!(record.key(), None);
     app.stop().await;
 }
 
