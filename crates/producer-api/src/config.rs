@@ -16,6 +16,8 @@ pub struct Config {
 
     /// API keys accepted in `X-API-Key` or `Authorization: Bearer`,
     /// comma-separated. A stream belongs to the key that started it.
+    /// With no key configured, the gateway makes up one random key for the
+    /// run and logs it at startup: it never runs open.
     #[arg(long = "api-keys", env = "API_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub api_keys: Vec<String>,
 
@@ -129,6 +131,17 @@ impl Config {
         keys
     }
 
+    /// With no key configured, adds one random key for this run and returns
+    /// it, so the gateway starts with no flags but is never open.
+    pub fn generate_key_if_none(&mut self) -> Option<String> {
+        if !self.keys().is_empty() {
+            return None;
+        }
+        let key = format!("dev-{}", uuid::Uuid::new_v4().simple());
+        self.api_keys = vec![key.clone()];
+        Some(key)
+    }
+
     /// Configured CORS origins, blanks removed.
     pub fn cors_origins(&self) -> Vec<String> {
         self.cors_origins.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect()
@@ -187,10 +200,27 @@ mod tests {
     }
 
     #[test]
-    fn no_key_is_a_configuration_error() {
-        let cli = Cli::try_parse_from(["x"]).unwrap();
+    fn no_key_is_a_configuration_error_until_one_is_generated() {
+        let mut cli = Cli::try_parse_from(["x", "--api-keys", " ,"]).unwrap();
         let err = cli.config.validate().unwrap_err().to_string();
         assert!(err.contains("API_KEYS"), "{err}");
+
+        let key = cli.config.generate_key_if_none().expect("a generated key");
+        assert!(key.len() > 30, "{key}");
+        assert_eq!(cli.config.keys(), std::slice::from_ref(&key));
+        cli.config.validate().unwrap();
+        assert_eq!(cli.config.generate_key_if_none(), None, "one key is enough");
+        assert_eq!(cli.config.keys(), [key]);
+
+        let mut other = Cli::try_parse_from(["x"]).unwrap();
+        assert_ne!(other.config.generate_key_if_none(), Some(cli.config.keys()[0].clone()));
+    }
+
+    #[test]
+    fn a_configured_key_is_never_replaced() {
+        let mut cli = Cli::try_parse_from(["x", "--api-key", "mine"]).unwrap();
+        assert_eq!(cli.config.generate_key_if_none(), None);
+        assert_eq!(cli.config.keys(), ["mine"]);
     }
 
     #[test]

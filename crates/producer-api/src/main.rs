@@ -3,12 +3,14 @@
 //!
 //! Run: `API_KEYS=devkey producer-api` (Kafka at 127.0.0.1:19092, HTTP on
 //! 0.0.0.0:8082); `producer-api --help` lists every flag and variable.
+//! Without `API_KEYS` it makes up a key for the run and logs it.
 
 use clap::Parser;
 use producer_api::{Application, Config};
 use stream_core::LogArgs;
 
 const EXAMPLES: &str = "Examples:
+  producer-api                       # no API_KEYS: a random key for this run, printed at startup
   API_KEYS=devkey producer-api
   producer-api --api-keys k1,k2 --listen-addr 127.0.0.1:8082 -b broker:9092
   curl -H 'X-API-Key: devkey' -H 'Content-Type: application/json' \\
@@ -30,8 +32,17 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     stream_core::config::load_dotenv();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     stream_core::telemetry::init(cli.log.log_format);
+    if let Some(key) = cli.config.generate_key_if_none() {
+        // The one key that is ever logged: made up for this run only, and
+        // useless once the process stops.
+        tracing::warn!(
+            api_key = %key,
+            "no API key configured (API_KEYS): generated one for this run; send it as X-API-Key, \
+             or set API_KEYS=key1,key2 to choose your own"
+        );
+    }
     let shutdown = stream_core::shutdown::on_signal();
     let outcome = async { Application::build(cli.config).await?.run_until_stopped(shutdown).await }.await;
     match outcome {

@@ -80,6 +80,35 @@ async fn keys_never_appear_in_logs_or_metric_labels() {
     }
 }
 
+/// With no flags the gateway starts, but never open: it makes up one key for
+/// the run, logs it once, and refuses every other key.
+#[tokio::test]
+async fn without_configured_keys_the_gateway_generates_one_and_requires_it() {
+    let kafka = stream_core::testing::kafka_args();
+    let gateway = child::Gateway::start(&kafka, "", &[]).await;
+    let log = gateway.log_text();
+    let key = log
+        .split("api_key=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no generated key in the startup log:\n{log}"))
+        .to_string();
+    assert!(key.starts_with("dev-") && key.len() > 30, "{key}");
+
+    let client = common::client();
+    let publish = |key: Option<&str>| {
+        let mut request = client.post(gateway.url("/publish")).json(&json!({"message": {"n": 1}}));
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        request.send()
+    };
+    assert_eq!(publish(None).await.unwrap().status(), 401);
+    assert_eq!(publish(Some("")).await.unwrap().status(), 401);
+    assert_eq!(publish(Some("dev-")).await.unwrap().status(), 401);
+    assert_eq!(publish(Some(&key)).await.unwrap().status(), 200);
+}
+
 #[tokio::test]
 async fn cors_is_off_by_default() {
     let kafka = stream_core::testing::kafka_args();
