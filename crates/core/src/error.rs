@@ -16,14 +16,15 @@ pub enum Error {
     Config(String),
 
     /// No broker answered a metadata request in time.
-    #[error("no Kafka broker reachable at {brokers} within {timeout:?} ({source}); start one with `just broker` (or `just up` with Docker), or point KAFKA_BROKERS at a running cluster")]
+    #[error("no Kafka broker reachable at {brokers} within {timeout:?} ({reason}); start one with `just broker` (or `just up` with Docker), or point KAFKA_BROKERS at a running cluster")]
     Unreachable {
         /// The bootstrap list that was tried.
         brokers: String,
         /// How long we waited.
         timeout: Duration,
-        /// librdkafka's own reason.
-        source: KafkaError,
+        /// librdkafka's own reason: part of the message, and deliberately
+        /// not an error source, so `{:#}` does not print it twice more.
+        reason: KafkaError,
     },
 
     /// Creating a topic failed for a reason other than "already exists".

@@ -440,9 +440,9 @@ pub async fn ensure_topics(args: &KafkaArgs, specs: &[TopicSpec]) -> Result<()> 
         .collect();
     let options =
         AdminOptions::new().operation_timeout(Some(args.connect_timeout)).request_timeout(Some(args.connect_timeout));
-    let results = admin.create_topics(&new_topics, &options).await.map_err(|source| match source {
+    let results = admin.create_topics(&new_topics, &options).await.map_err(|reason| match reason {
         KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut) => {
-            Error::Unreachable { brokers: args.brokers.clone(), timeout: args.connect_timeout, source }
+            Error::Unreachable { brokers: args.brokers.clone(), timeout: args.connect_timeout, reason }
         }
         other => Error::Kafka(other),
     })?;
@@ -468,10 +468,10 @@ pub struct ClusterInfo {
 /// Asks the cluster for metadata through an existing client (blocking; call
 /// from `spawn_blocking` in async code).
 pub fn cluster_info<C: ClientContext>(client: &Client<C>, brokers: &str, timeout: Duration) -> Result<ClusterInfo> {
-    let metadata = client.fetch_metadata(None, timeout).map_err(|source| Error::Unreachable {
+    let metadata = client.fetch_metadata(None, timeout).map_err(|reason| Error::Unreachable {
         brokers: brokers.to_string(),
         timeout,
-        source,
+        reason,
     })?;
     Ok(ClusterInfo {
         brokers: metadata.brokers().len(),

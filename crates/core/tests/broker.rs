@@ -114,4 +114,8 @@ async fn an_unreachable_cluster_is_reported_with_what_to_do() {
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains(&args.brokers) && text.contains("KAFKA_BROKERS"), "{text}");
+    // As a binary prints it (`{:#}` of the whole chain): librdkafka's reason
+    // appears once, not once per layer.
+    let printed = format!("{:#}", anyhow::Error::from(err).context("giving up"));
+    assert_eq!(printed.matches("Local: ").count(), 1, "{printed}");
 }
