@@ -1,6 +1,9 @@
 //! The gateway's command-line and environment configuration.
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -17,7 +20,8 @@ pub struct Config {
     /// API keys accepted in `X-API-Key` or `Authorization: Bearer`,
     /// comma-separated. A stream belongs to the key that started it.
     /// With no key configured, the gateway makes up one random key for the
-    /// run and logs it at startup: it never runs open.
+    /// run and writes it to a file only its user can read (the log names the
+    /// file, never the key): it never runs open.
     #[arg(long = "api-keys", env = "API_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub api_keys: Vec<String>,
 
@@ -132,7 +136,8 @@ impl Config {
     }
 
     /// With no key configured, adds one random key for this run and returns
-    /// it, so the gateway starts with no flags but is never open.
+    /// it, so the gateway starts with no flags but is never open. Hand it to
+    /// the user with [`write_key_file`], not the log.
     pub fn generate_key_if_none(&mut self) -> Option<String> {
         if !self.keys().is_empty() {
             return None;
@@ -179,6 +184,30 @@ impl Config {
     }
 }
 
+/// Where a generated key is written for a gateway on `port`:
+/// `$XDG_RUNTIME_DIR` (private to the user) when set, else the temp dir.
+pub fn key_file_path(port: u16) -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("producer-api-{port}.key"))
+}
+
+/// Writes a generated key to [`key_file_path`], readable by its owner only
+/// (mode 0600). A file left by an earlier run on the same port is replaced;
+/// the new file is created exclusively, so a planted symlink is refused
+/// rather than followed.
+pub fn write_key_file(key: &str, port: u16) -> std::io::Result<PathBuf> {
+    let path = key_file_path(port);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    file.write_all(key.as_bytes())?;
+    file.write_all(b"\n")?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -214,6 +243,20 @@ mod tests {
 
         let mut other = Cli::try_parse_from(["x"]).unwrap();
         assert_ne!(other.config.generate_key_if_none(), Some(cli.config.keys()[0].clone()));
+    }
+
+    #[test]
+    fn the_key_file_is_private_and_replaces_an_old_one() {
+        use std::os::unix::fs::PermissionsExt;
+        // A port no test server gets (they bind port 0, so the kernel picks
+        // from the ephemeral range, above 32768).
+        let port = 1;
+        let path = write_key_file("dev-first", port).unwrap();
+        let path_again = write_key_file("dev-second", port).unwrap();
+        assert_eq!(path, path_again);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "dev-second\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -3,14 +3,17 @@
 //!
 //! Run: `API_KEYS=devkey producer-api` (Kafka at 127.0.0.1:19092, HTTP on
 //! 0.0.0.0:8082); `producer-api --help` lists every flag and variable.
-//! Without `API_KEYS` it makes up a key for the run and logs it.
+//! Without `API_KEYS` it makes up a key for the run and writes it to a file
+//! only the user can read; the log says where.
 
+use anyhow::Context;
 use clap::Parser;
 use producer_api::{Application, Config};
 use stream_core::LogArgs;
 
 const EXAMPLES: &str = "Examples:
-  producer-api                       # no API_KEYS: a random key for this run, printed at startup
+  producer-api        # no API_KEYS: a random key for this run, in /tmp/producer-api-8082.key
+                      # (or $XDG_RUNTIME_DIR/...); the log names the file
   API_KEYS=devkey producer-api
   producer-api --api-keys k1,k2 --listen-addr 127.0.0.1:8082 -b broker:9092
   curl -H 'X-API-Key: devkey' -H 'Content-Type: application/json' \\
@@ -34,17 +37,23 @@ async fn main() -> std::process::ExitCode {
     stream_core::config::load_dotenv();
     let mut cli = Cli::parse();
     stream_core::telemetry::init(cli.log.log_format);
-    if let Some(key) = cli.config.generate_key_if_none() {
-        // The one key that is ever logged: made up for this run only, and
-        // useless once the process stops.
-        tracing::warn!(
-            api_key = %key,
-            "no API key configured (API_KEYS): generated one for this run; send it as X-API-Key, \
-             or set API_KEYS=key1,key2 to choose your own"
-        );
-    }
+    let generated = cli.config.generate_key_if_none();
     let shutdown = stream_core::shutdown::on_signal();
-    let outcome = async { Application::build(cli.config).await?.run_until_stopped(shutdown).await }.await;
+    let outcome = async {
+        let app = Application::build(cli.config).await?;
+        // Keys never go to the log, not even a generated one: it goes to a
+        // file only this user can read, removed again at a clean exit.
+        let key_file = match &generated {
+            Some(key) => Some(announce_key_file(key, app.local_addr().port())?),
+            None => None,
+        };
+        let outcome = app.run_until_stopped(shutdown).await;
+        if let Some(path) = key_file {
+            let _ = std::fs::remove_file(path);
+        }
+        outcome
+    }
+    .await;
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -52,4 +61,21 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Writes the generated key to its private file and logs where it is.
+fn announce_key_file(key: &str, port: u16) -> anyhow::Result<std::path::PathBuf> {
+    let path = producer_api::config::write_key_file(key, port).with_context(|| {
+        format!(
+            "no API key configured, and the generated one could not be written to {}; set API_KEYS=key1,key2",
+            producer_api::config::key_file_path(port).display()
+        )
+    })?;
+    tracing::warn!(
+        key_file = %path.display(),
+        "no API key configured (API_KEYS): generated one for this run, readable only by this user; \
+         send it as X-API-Key: $(cat {}), or set API_KEYS=key1,key2 to choose your own",
+        path.display()
+    );
+    Ok(path)
 }

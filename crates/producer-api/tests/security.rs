@@ -81,19 +81,24 @@ async fn keys_never_appear_in_logs_or_metric_labels() {
 }
 
 /// With no flags the gateway starts, but never open: it makes up one key for
-/// the run, logs it once, and refuses every other key.
+/// the run, writes it to a file only its user can read, names the file (not
+/// the key) in the log, and refuses every other key.
 #[tokio::test]
 async fn without_configured_keys_the_gateway_generates_one_and_requires_it() {
+    use std::os::unix::fs::PermissionsExt;
     let kafka = stream_core::testing::kafka_args();
-    let gateway = child::Gateway::start(&kafka, "", &[]).await;
+    let gateway = child::Gateway::start(&kafka, "", &[("RUST_LOG", "trace")]).await;
     let log = gateway.log_text();
-    let key = log
-        .split("api_key=")
+    let path = log
+        .split("key_file=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no generated key in the startup log:\n{log}"))
+        .unwrap_or_else(|| panic!("the startup log names no key file:\n{log}"))
         .to_string();
+    let key = std::fs::read_to_string(&path).unwrap().trim().to_string();
     assert!(key.starts_with("dev-") && key.len() > 30, "{key}");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(path.ends_with(&format!("producer-api-{}.key", gateway.addr.rsplit(':').next().unwrap())), "{path}");
 
     let client = common::client();
     let publish = |key: Option<&str>| {
@@ -107,6 +112,19 @@ async fn without_configured_keys_the_gateway_generates_one_and_requires_it() {
     assert_eq!(publish(Some("")).await.unwrap().status(), 401);
     assert_eq!(publish(Some("dev-")).await.unwrap().status(), 401);
     assert_eq!(publish(Some(&key)).await.unwrap().status(), 200);
+    let log = gateway.log_text();
+    assert!(!log.contains(&key), "the generated key reached the log:\n{log}");
+
+    // A clean stop removes the file: the key dies with the process.
+    let mut gateway = gateway;
+    let pid = gateway.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    stream_core::testing::eventually(std::time::Duration::from_secs(30), "producer-api to exit on SIGTERM", || {
+        let exited = gateway.child.try_wait().unwrap().is_some();
+        async move { exited.then_some(()) }
+    })
+    .await;
+    assert!(!std::path::Path::new(&path).exists(), "{path} outlived the process");
 }
 
 #[tokio::test]
