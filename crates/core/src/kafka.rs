@@ -367,6 +367,69 @@ pub fn assign_all<C: ConsumerContext + 'static>(
     Ok(partitions)
 }
 
+/// How often group-less readers look for partitions added to their topic:
+/// one small metadata request per reader.
+pub const PARTITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Partitions of `topic` a group-less reader was not given yet: Kafka and
+/// Redpanda let an operator add partitions to a live topic
+/// (`rpk topic add-partitions`), and librdkafka assigns nothing by itself to
+/// a consumer that uses `assign`. [`PartitionWatch::refresh`] assigns every
+/// partition numbered at or above the ones known, from its beginning:
+/// partitions only ever grow, and one found after the reader started holds
+/// only records written after that, so none is missed or read twice.
+///
+/// Readers call it every [`PARTITION_CHECK_INTERVAL`].
+#[derive(Debug)]
+pub struct PartitionWatch {
+    topic: String,
+    /// Partitions assigned; held while assigning, so two refreshes never
+    /// assign the same partition twice.
+    known: std::sync::Mutex<usize>,
+}
+
+impl PartitionWatch {
+    /// A watch over `topic`, whose first `known` partitions are assigned.
+    pub fn new(topic: &str, known: usize) -> Self {
+        Self { topic: topic.to_owned(), known: std::sync::Mutex::new(known) }
+    }
+
+    /// Partitions assigned so far.
+    pub fn known(&self) -> usize {
+        *self.known.lock().expect("partition watch lock")
+    }
+
+    /// Asks the cluster for the topic's partitions and adds the new ones to
+    /// `consumer`'s assignment (blocking: call from `spawn_blocking`).
+    /// Returns how many partitions are assigned now.
+    pub fn refresh<C: ConsumerContext + 'static>(
+        &self,
+        consumer: &StreamConsumer<C>,
+        timeout: Duration,
+    ) -> Result<usize> {
+        let metadata = consumer.fetch_metadata(Some(&self.topic), timeout)?;
+        let now = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        // Locked only to compare and assign, so concurrent looks (one per
+        // registry catch-up) do not queue behind each other's request.
+        let mut known = self.known.lock().expect("partition watch lock");
+        if now > *known {
+            let mut tpl = TopicPartitionList::new();
+            for p in *known as i32..now as i32 {
+                tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Beginning)?;
+            }
+            consumer.incremental_assign(&tpl)?;
+            tracing::info!(topic = %self.topic, from = *known, to = now, "partitions added to the topic; reading them too");
+            *known = now;
+        }
+        Ok(*known)
+    }
+}
+
 /// Enqueues an event without waiting. A full queue is returned at once as
 /// `QueueFull` (never retried here), so callers decide about backpressure.
 pub fn enqueue(producer: &Producer, topic: &str, event: &Event) -> std::result::Result<DeliveryFuture, KafkaError> {

@@ -119,3 +119,49 @@ async fn an_unreachable_cluster_is_reported_with_what_to_do() {
     let printed = format!("{:#}", anyhow::Error::from(err).context("giving up"));
     assert_eq!(printed.matches("Local: ").count(), 1, "{printed}");
 }
+
+/// A reader assigned fewer partitions than its topic has (as after
+/// `rpk topic add-partitions` on a live topic) reads the others once its
+/// `PartitionWatch` looks, each exactly once, and a second look adds none.
+/// The local broker has no CreatePartitions, so the reader starts out
+/// knowing only partition 0 of a 3-partition topic.
+#[tokio::test]
+async fn a_partition_watch_reads_partitions_added_after_the_reader_started() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    let args = testing::kafka_args();
+    let topic = testing::unique_name("grown");
+    testing::create_topic(&args, &topic, 3).await;
+    let reader = kafka::reader(&args, StartFrom::Earliest).unwrap();
+    let mut first = rdkafka::TopicPartitionList::new();
+    first.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
+    reader.assign(&first).unwrap();
+    let reader = Arc::new(reader);
+    let watch = Arc::new(kafka::PartitionWatch::new(&topic, 1));
+
+    let producer = kafka::producer(&args, &ProducerOptions::default()).unwrap();
+    for partition in 0..3 {
+        let event = Event::json("/test", None, &json!({ "partition": partition }));
+        let record = event.record(&topic).partition(partition);
+        producer.send(record, Duration::from_secs(10)).await.expect("produced");
+    }
+
+    let look = |reader: Arc<_>, watch: Arc<kafka::PartitionWatch>| {
+        tokio::task::spawn_blocking(move || watch.refresh(&reader, Duration::from_secs(10)))
+    };
+    assert_eq!(look(reader.clone(), watch.clone()).await.unwrap().unwrap(), 3);
+    assert_eq!(look(reader.clone(), watch.clone()).await.unwrap().unwrap(), 3, "a second look changes nothing");
+    assert_eq!(watch.known(), 3);
+
+    let mut per_partition = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while per_partition.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "records arrived from partitions {per_partition:?} only");
+        if let Ok(Ok(msg)) = tokio::time::timeout(left, reader.recv()).await {
+            *per_partition.entry(msg.partition()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(per_partition, BTreeMap::from([(0, 1), (1, 1), (2, 1)]));
+}

@@ -20,7 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
-use stream_core::kafka::{self, StartFrom, TopicSpec, TracingContext};
+use stream_core::kafka::{self, PartitionWatch, StartFrom, TopicSpec, TracingContext};
 use stream_core::schema::Timestamp;
 use stream_core::KafkaArgs;
 use tokio::sync::watch;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::AppError;
 use crate::publish::Publisher;
-use crate::results::{Hub, ReaderHealth};
+use crate::results::{partition_check, watch_partitions, Hub, ReaderHealth};
 
 /// The value of an ownership record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +72,8 @@ pub struct Registry {
     /// Next offset to apply, per partition; waiters watch it.
     applied: watch::Sender<BTreeMap<i32, i64>>,
     consumer: Arc<StreamConsumer<TracingContext>>,
+    partitions: Arc<PartitionWatch>,
+    timeout: Duration,
     hub: Arc<Hub>,
 }
 
@@ -80,7 +82,7 @@ impl Registry {
     /// to apply records and [`Self::catch_up`] to wait for the backlog.
     pub fn start(args: &KafkaArgs, topic: &str, hub: Arc<Hub>) -> anyhow::Result<Arc<Self>> {
         let consumer = kafka::reader(args, StartFrom::Earliest)?;
-        kafka::assign_all(&consumer, topic, Offset::Beginning, args.connect_timeout)?;
+        let assigned = kafka::assign_all(&consumer, topic, Offset::Beginning, args.connect_timeout)?;
         Ok(Arc::new(Self {
             topic: topic.to_owned(),
             streams: RwLock::new(HashMap::new()),
@@ -88,6 +90,8 @@ impl Registry {
             starting: std::sync::Mutex::new(HashMap::new()),
             applied: watch::Sender::new(BTreeMap::new()),
             consumer: Arc::new(consumer),
+            partitions: Arc::new(PartitionWatch::new(topic, assigned)),
+            timeout: args.connect_timeout,
             hub,
         }))
     }
@@ -95,9 +99,14 @@ impl Registry {
     /// Applies ownership records until `stop` is cancelled.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut health = ReaderHealth::default();
+        let mut partition_check = partition_check();
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = partition_check.tick() => {
+                    watch_partitions(&self.consumer, &self.partitions, self.timeout).await;
+                    continue;
+                }
                 message = self.consumer.recv() => message,
             };
             match message {
@@ -201,13 +210,16 @@ impl Registry {
     pub async fn catch_up(&self, deadline: Instant) -> Result<(), AppError> {
         let consumer = self.consumer.clone();
         let topic = self.topic.clone();
+        let watch = self.partitions.clone();
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let ends = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, rdkafka::error::KafkaError> {
-            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-            let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
-            (0..partitions as i32)
+        let ends = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, stream_core::Error> {
+            // Partitions added since the last look are assigned first, so
+            // the wait below never waits on a partition nobody reads.
+            let partitions = watch.refresh(&consumer, timeout)?;
+            let ends = (0..partitions as i32)
                 .map(|p| consumer.fetch_watermarks(&topic, p, timeout).map(|(_, high)| (p, high)))
-                .collect()
+                .collect::<Result<_, _>>()?;
+            Ok(ends)
         })
         .await
         .map_err(|e| AppError::Internal(format!("watermark task: {e}")))?

@@ -18,7 +18,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use stream_core::kafka::{self, StartFrom, TracingContext};
+use stream_core::kafka::{self, PartitionWatch, StartFrom, TracingContext};
 use stream_core::schema::{EventResult, Timestamp};
 use stream_core::KafkaArgs;
 use tokio::sync::Notify;
@@ -237,12 +237,36 @@ impl ReaderHealth {
     }
 }
 
+/// The pace of a reader's looks for new partitions; a slow look delays the
+/// next one rather than bunching them up.
+pub(crate) fn partition_check() -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(kafka::PARTITION_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// Assigns partitions added to a reader's topic since the last look; a
+/// failed look is retried at the next one.
+pub(crate) async fn watch_partitions(
+    consumer: &Arc<StreamConsumer<TracingContext>>,
+    partitions: &Arc<PartitionWatch>,
+    timeout: Duration,
+) {
+    let (consumer, partitions) = (consumer.clone(), partitions.clone());
+    let outcome = tokio::task::spawn_blocking(move || partitions.refresh(&consumer, timeout)).await;
+    if let Ok(Err(err)) = outcome {
+        tracing::debug!(%err, "could not look for new partitions; trying again later");
+    }
+}
+
 /// The process's one reader of the results topic, positioned at the end
 /// of every partition as of start-up: results written after
 /// [`ResultsReader::start`] returns are all seen.
 pub struct ResultsReader {
-    consumer: StreamConsumer<TracingContext>,
+    consumer: Arc<StreamConsumer<TracingContext>>,
     topic: String,
+    partitions: Arc<PartitionWatch>,
+    timeout: Duration,
 }
 
 impl ResultsReader {
@@ -271,15 +295,21 @@ impl ResultsReader {
         })
         .await??;
         consumer.assign(&tpl)?;
-        Ok(Self { consumer, topic: args.topics.results.clone() })
+        let partitions = Arc::new(PartitionWatch::new(&args.topics.results, tpl.count()));
+        Ok(Self { consumer: Arc::new(consumer), topic: args.topics.results.clone(), partitions, timeout })
     }
 
     /// Routes results into `hub` until `stop` is cancelled.
     pub async fn run(self, hub: Arc<Hub>, stop: CancellationToken) {
         let mut health = ReaderHealth::default();
+        let mut partition_check = partition_check();
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = partition_check.tick() => {
+                    watch_partitions(&self.consumer, &self.partitions, self.timeout).await;
+                    continue;
+                }
                 message = self.consumer.recv() => message,
             };
             let msg = match message {
