@@ -248,9 +248,10 @@ mod tests {
     #[test]
     fn the_key_file_is_private_and_replaces_an_old_one() {
         use std::os::unix::fs::PermissionsExt;
-        // A port no test server gets (they bind port 0, so the kernel picks
-        // from the ephemeral range, above 32768).
-        let port = 1;
+        // A privileged port, which no test server gets (they bind port 0,
+        // so the kernel picks from the ephemeral range), different per
+        // process so parallel runs do not share the file.
+        let port = 1 + (std::process::id() % 1000) as u16;
         let path = write_key_file("dev-first", port).unwrap();
         let path_again = write_key_file("dev-second", port).unwrap();
         assert_eq!(path, path_again);
