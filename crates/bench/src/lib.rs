@@ -45,7 +45,10 @@ pub use output::BenchReport;
     name = "bench",
     version,
     about = "Throughput and latency benchmarks: produce, consume, end to end through Kafka, and through the HTTP API",
-    after_help = "Examples:
+    after_help = "With no command, bench runs e2e: latency histograms at the default rates.
+
+Examples:
+  bench                                           # = bench e2e
   bench produce --count 1000000 --size 100        # producer throughput and ack latency
   bench consume --count 1000000                   # fills the topic, then reads it back as fast as possible
   bench e2e --rates 1000,10000,50000 --warmup 5s --duration 20s
@@ -74,6 +77,25 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Parses a command line (program name first). With no command, as in
+    /// `bench` or `bench --rates 1000`, it is `e2e`: the latency histograms
+    /// `cargo run -p bench` is for.
+    pub fn parse_or_e2e<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString>,
+    {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let no_command = match args.get(1).map(|a| a.to_string_lossy()) {
+            None => true,
+            Some(first) => first.starts_with('-') && !matches!(&*first, "-h" | "--help" | "-V" | "--version"),
+        };
+        if no_command && !args.is_empty() {
+            args.insert(1, "e2e".into());
+        }
+        Self::try_parse_from(args)
+    }
+
     /// Options shared by every subcommand.
     pub fn common(&self) -> &Common {
         match &self.command {
@@ -163,5 +185,35 @@ pub async fn run(cli: &Cli, shutdown: CancellationToken) -> anyhow::Result<Bench
         Command::Consume(args) => consume::run(args, shutdown).await,
         Command::E2e(args) => e2e::run(args, shutdown).await,
         Command::Api(args) => api::run(args, shutdown).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_command_means_e2e() {
+        let cli = Cli::parse_or_e2e(["bench"]).unwrap();
+        let Command::E2e(args) = &cli.command else { panic!("{cli:?}") };
+        assert_eq!(args.rates, [1000.0, 10000.0, 50000.0]);
+
+        let cli = Cli::parse_or_e2e(["bench", "--rates", "500", "--json"]).unwrap();
+        let Command::E2e(args) = &cli.command else { panic!("{cli:?}") };
+        assert_eq!(args.rates, [500.0]);
+        assert!(cli.common().json);
+    }
+
+    #[test]
+    fn commands_help_and_version_are_unchanged() {
+        assert!(matches!(Cli::parse_or_e2e(["bench", "produce"]).unwrap().command, Command::Produce(_)));
+        assert!(matches!(Cli::parse_or_e2e(["bench", "api"]).unwrap().command, Command::Api(_)));
+        let help = Cli::parse_or_e2e(["bench", "--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert!(help.to_string().contains("With no command, bench runs e2e"), "{help}");
+        let version = Cli::parse_or_e2e(["bench", "-V"]).unwrap_err();
+        assert_eq!(version.kind(), clap::error::ErrorKind::DisplayVersion);
+        let wrong = Cli::parse_or_e2e(["bench", "latency"]).unwrap_err();
+        assert_eq!(wrong.kind(), clap::error::ErrorKind::InvalidSubcommand);
     }
 }

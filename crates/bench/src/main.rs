@@ -1,15 +1,15 @@
 //! `bench`: throughput and latency benchmarks of the toolkit. Run
 //! `cargo run -p bench --release -- --help`, e.g.
-//! `cargo run -p bench --release -- e2e --rates 1000,10000`.
+//! `cargo run -p bench --release -- e2e --rates 1000,10000`. With no
+//! command it runs `e2e`.
 
 use bench::Cli;
-use clap::Parser;
 use stream_core::{config, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() {
     config::load_dotenv();
-    let cli = Cli::parse();
+    let cli = Cli::parse_or_e2e(std::env::args_os()).unwrap_or_else(|err| err.exit());
     telemetry::init(cli.common().log.log_format);
     let shutdown = shutdown::on_signal();
     match bench::run(&cli, shutdown).await {
