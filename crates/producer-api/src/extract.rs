@@ -25,6 +25,40 @@ where
     }
 }
 
+/// The payload of a stream send: JSON `{"data": any}` (or `{"message":
+/// any}`), or an HTML form (`application/x-www-form-urlencoded`) with a
+/// `data` or `message` field, as the seed's clients post it; a form field's
+/// text becomes a JSON string.
+#[derive(Debug, Clone)]
+pub struct SendPayload(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for SendPayload {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let is_form = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+        if !is_form {
+            let AppJson(body) = AppJson::<serde_json::Value>::from_request(req, state).await?;
+            return crate::streams::payload_of(body).map(Self);
+        }
+        let axum::Form(mut fields) = axum::Form::<std::collections::HashMap<String, String>>::from_request(req, state)
+            .await
+            .map_err(|rejection| match rejection.status() {
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE => AppError::TooLarge(rejection.body_text()),
+                _ => AppError::MalformedJson(format!("malformed form body: {}", rejection.body_text())),
+            })?;
+        fields
+            .remove("data")
+            .or_else(|| fields.remove("message"))
+            .map(|text| Self(serde_json::Value::String(text)))
+            .ok_or_else(|| AppError::Unprocessable("expected a form field data (or message)".into()))
+    }
+}
+
 /// The `{id}` of a stream route. A segment that cannot be decoded (say,
 /// percent-encoded bytes that are not UTF-8) names no stream: 404 in the
 /// API's error format rather than axum's plain-text 400.

@@ -136,14 +136,20 @@ pub fn document() -> Value {
                 "summary": "Publish one event on a stream (record key = stream id)",
                 "security": security,
                 "parameters": [stream_id_param()],
-                "requestBody": json_body("SendRequest"),
+                "requestBody": {
+                    "required": true,
+                    "content": {
+                        "application/json": { "schema": { "$ref": "#/components/schemas/SendRequest" } },
+                        "application/x-www-form-urlencoded": { "schema": { "$ref": "#/components/schemas/SendForm" } }
+                    }
+                },
                 "responses": authed(map(json!({
                     "200": ok("Written", "SendAck"),
-                    "400": error("Malformed JSON"),
+                    "400": error("Malformed JSON or form"),
                     "403": error("The stream belongs to another key"),
                     "404": error("Unknown stream"),
                     "413": error("Body too large"),
-                    "415": error("Content-Type is not application/json"),
+                    "415": error("Content-Type is neither application/json nor a form"),
                     "422": error("Neither data nor message given"),
                     "503": unavailable()
                 })))
@@ -255,6 +261,12 @@ pub fn document() -> Value {
                     "type": "object",
                     "anyOf": [{ "required": ["data"] }, { "required": ["message"] }],
                     "properties": { "data": { "description": "Any JSON value" }, "message": { "description": "Alias of data" } }
+                },
+                "SendForm": {
+                    "type": "object",
+                    "description": "A form field's text becomes the event's data, as a JSON string",
+                    "anyOf": [{ "required": ["data"] }, { "required": ["message"] }],
+                    "properties": { "data": { "type": "string" }, "message": { "type": "string", "description": "Alias of data" } }
                 },
                 "SendAck": {
                     "type": "object", "required": ["id", "stream_id", "topic", "partition", "offset"],

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::error::AppError;
-use crate::extract::{AppJson, StreamPath};
+use crate::extract::{SendPayload, StreamPath};
 use crate::publish::{add_traceparent, traceparent, SOURCE};
 use crate::registry::{Claimed, StartSlot};
 use crate::{ws, AppState};
@@ -173,11 +173,10 @@ pub async fn send(
     caller: Caller,
     StreamPath(stream_id): StreamPath,
     headers: HeaderMap,
-    AppJson(body): AppJson<Value>,
+    SendPayload(data): SendPayload,
 ) -> Result<Json<SendAck>, AppError> {
     let deadline = state.publisher.deadline();
     authorize(&state, &caller, &stream_id, deadline).await?;
-    let data = payload_of(body)?;
     let mut event = Event::json(SOURCE, Some(stream_id.clone()), &data);
     add_traceparent(&mut event, traceparent(&headers));
     let topic = &state.config.kafka.topics.events;

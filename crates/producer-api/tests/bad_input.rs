@@ -203,6 +203,10 @@ fn cases(owned: &str) -> Vec<Case> {
         case("send without data", "POST", format!("/stream/{owned}/send"), 422).json(r#"{"x": 1}"#),
         case("send an array", "POST", format!("/stream/{owned}/send"), 422).json("[1]"),
         case("send as text/plain", "POST", format!("/stream/{owned}/send"), 415).body(Some("text/plain"), "{}"),
+        case("send a form without data or message", "POST", format!("/stream/{owned}/send"), 422)
+            .body(Some("application/x-www-form-urlencoded"), "x=1"),
+        case("send an oversized form", "POST", format!("/stream/{owned}/send"), 413)
+            .body(Some("application/x-www-form-urlencoded"), format!("message={}", "x".repeat(MAX_BODY))),
         case("send oversized", "POST", format!("/stream/{owned}/send"), 413).json(&big),
         case("send without a key", "POST", format!("/stream/{owned}/send"), 401).key(None).json(r#"{"data": 1}"#),
         case("send on another key's stream", "POST", format!("/stream/{owned}/send"), 403)

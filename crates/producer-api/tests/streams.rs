@@ -263,3 +263,39 @@ async fn concurrent_starts_on_two_replicas_have_exactly_one_winner() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The seed's clients post `message` as an HTML form field; its text becomes
+/// the event's data as a JSON string, keyed by the stream id.
+#[tokio::test]
+async fn send_accepts_a_form_field_as_the_seed_posts_it() {
+    use rdkafka::Message as _;
+    let (kafka, app) = common::spawn_app().await;
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "formed"}))).await.0, 201);
+    let post = |body: &'static str| {
+        common::client()
+            .post(app.url("/stream/formed/send"))
+            .header("X-API-Key", KEY_A)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let response = post("message=Hello%2C+Kafka%21").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let ack: Value = response.json().await.unwrap();
+    let record = common::read_record(
+        &kafka,
+        ack["topic"].as_str().unwrap(),
+        ack["partition"].as_i64().unwrap() as i32,
+        ack["offset"].as_i64().unwrap(),
+    )
+    .await;
+    assert_eq!(record.payload(), Some(&br#""Hello, Kafka!""#[..]));
+    assert_eq!(record.key(), Some(&b"formed"[..]));
+
+    assert_eq!(post("data=x").await.unwrap().status(), 200);
+    let response = post("other=1").await.unwrap();
+    assert_eq!(response.status(), 422);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["detail"].as_str().unwrap_or_default().contains("message"), "{error}");
+    app.stop().await;
+}
