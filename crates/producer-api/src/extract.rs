@@ -45,15 +45,19 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
             let AppJson(body) = AppJson::<serde_json::Value>::from_request(req, state).await?;
             return crate::streams::payload_of(body).map(Self);
         }
-        let axum::Form(mut fields) = axum::Form::<std::collections::HashMap<String, String>>::from_request(req, state)
-            .await
-            .map_err(|rejection| match rejection.status() {
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE => AppError::TooLarge(rejection.body_text()),
-                _ => AppError::MalformedJson(format!("malformed form body: {}", rejection.body_text())),
-            })?;
-        fields
-            .remove("data")
-            .or_else(|| fields.remove("message"))
+        let body = axum::body::Bytes::from_request(req, state).await?;
+        let trimmed = body.trim_ascii_start();
+        if trimmed.starts_with(b"{") || trimmed.starts_with(b"[") {
+            // curl -d '{...}' without -H: JSON sent under curl's default type.
+            return Err(AppError::UnsupportedMediaType(
+                "the body looks like JSON but is labelled a form: send it with Content-Type: application/json".into(),
+            ));
+        }
+        let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+            .map_err(|err| AppError::MalformedJson(format!("malformed form body: {err}")))?;
+        let field = |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+        field("data")
+            .or_else(|| field("message"))
             .map(|text| Self(serde_json::Value::String(text)))
             .ok_or_else(|| AppError::Unprocessable("expected a form field data (or message)".into()))
     }

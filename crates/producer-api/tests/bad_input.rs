@@ -203,6 +203,8 @@ fn cases(owned: &str) -> Vec<Case> {
         case("send without data", "POST", format!("/stream/{owned}/send"), 422).json(r#"{"x": 1}"#),
         case("send an array", "POST", format!("/stream/{owned}/send"), 422).json("[1]"),
         case("send as text/plain", "POST", format!("/stream/{owned}/send"), 415).body(Some("text/plain"), "{}"),
+        case("send JSON labelled a form (curl -d without -H)", "POST", format!("/stream/{owned}/send"), 415)
+            .body(Some("application/x-www-form-urlencoded"), r#"{"data": 1}"#),
         case("send a form without data or message", "POST", format!("/stream/{owned}/send"), 422)
             .body(Some("application/x-www-form-urlencoded"), "x=1"),
         case("send an oversized form", "POST", format!("/stream/{owned}/send"), 413)
