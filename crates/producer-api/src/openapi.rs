@@ -156,7 +156,7 @@ pub fn document() -> Value {
             }},
             "/stream/{id}/results": { "get": {
                 "summary": "Results of a stream: WebSocket (upgrade; both ways), Server-Sent Events (Accept: text/event-stream), or JSON of the most recent results",
-                "description": "WebSocket frames are JSON objects with a type: result (EventResult fields at top level), ack {id, partition, offset} for each {\"data\": ...} frame the client sends, error {error}, notice {dropped, message} when the connection's buffer overflowed. Browsers may pass the key as ?api_key=.",
+                "description": "WebSocket frames are JSON objects with a type: result (EventResult fields at top level), ack {id, partition, offset} for each event the client sends as a text frame ({\"data\": ...}, or any other JSON value taken as the event itself), error {error}, notice {dropped, message} when the connection's buffer overflowed. Browsers may pass the key as ?api_key=.",
                 "security": security,
                 "parameters": [stream_id_param(), { "name": "api_key", "in": "query", "required": false, "schema": { "type": "string" } }],
                 "responses": authed(map(json!({

@@ -2,7 +2,8 @@
 //!
 //! Frames are JSON text objects with a `type`:
 //! - `result`: every [`EventResult`](stream_core::EventResult) field at top level;
-//! - `ack`: `{id, partition, offset}` for an event the client sent on the socket;
+//! - `ack`: `{id, partition, offset}` for an event the client sent on the
+//!   socket, as `{"data": ...}` or as any other JSON value;
 //! - `error`: `{error}` for a client frame that could not be published;
 //! - `notice`: `{dropped, message}` when this connection's buffer overflowed
 //!   and its oldest results were dropped.
@@ -157,10 +158,16 @@ async fn run_socket(state: AppState, stream_id: String, subscription: Subscripti
     }
 }
 
-/// An event from a client text frame `{"data": ...}` (or `{"message": ...}`).
+/// An event from a client text frame: `{"data": ...}` (or `{"message":
+/// ...}`) as on `POST /stream/{id}/send`; any other JSON value is itself the
+/// event's data, so a client may send its events as they are. Text that is
+/// not JSON is refused.
 fn client_event(stream_id: &str, text: &str) -> Result<Event, AppError> {
     let body: Value = serde_json::from_str(text).map_err(|e| AppError::MalformedJson(e.to_string()))?;
-    let data = payload_of(body)?;
+    let data = match body {
+        Value::Object(ref fields) if fields.contains_key("data") || fields.contains_key("message") => payload_of(body)?,
+        other => other,
+    };
     Ok(Event::json(SOURCE, Some(stream_id.to_owned()), &data))
 }
 
@@ -192,7 +199,11 @@ mod tests {
         assert_eq!(event.json_data().unwrap(), json!({"x": 1}));
         assert!(client_event("s1", r#"{"message": 2}"#).is_ok());
         assert_eq!(client_event("s1", "{nope").unwrap_err().status().as_u16(), 400);
-        assert_eq!(client_event("s1", r#"{"x": 1}"#).unwrap_err().status().as_u16(), 422);
+        // Anything else that is JSON is the event itself.
+        assert_eq!(client_event("s1", r#"{"x": 1}"#).unwrap().json_data().unwrap(), json!({"x": 1}));
+        assert_eq!(client_event("s1", "[1, 2]").unwrap().json_data().unwrap(), json!([1, 2]));
+        assert_eq!(client_event("s1", r#""hi""#).unwrap().json_data().unwrap(), json!("hi"));
+        assert_eq!(client_event("s1", "hi").unwrap_err().status().as_u16(), 400);
         let frame: Value = serde_json::from_str(error_frame(&AppError::Forbidden).as_str()).unwrap();
         assert_eq!(frame["type"], "error");
         assert!(frame["error"].is_string());
