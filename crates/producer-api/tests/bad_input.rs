@@ -329,6 +329,10 @@ async fn every_route_answers_bad_input_with_its_documented_error() {
     wrong.extend(all.into_iter().flatten().map(|w| format!("(concurrent) {w}")));
     stop.cancel();
     let (ok, failed) = bystander.await.unwrap();
+    eprintln!(
+        "{} bad-input cases, each alone and then all at once; a bystander made {ok} good requests meanwhile",
+        cases.len()
+    );
 
     assert!(wrong.is_empty(), "{} of {} cases were answered wrongly:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
     assert!(failed.is_empty(), "the well-behaved client was disturbed: {failed:?}");
