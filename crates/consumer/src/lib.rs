@@ -90,6 +90,22 @@ pub struct Config {
     )]
     pub create_topics: bool,
 
+    /// Write each result as a CloudEvent: the result JSON plus the ce_*
+    /// headers and the event's traceparent. `--result-headers false` writes
+    /// the JSON and the key (the stream id) only: smaller records, all that
+    /// producer-api needs to route results, and cheaper on brokers where
+    /// headers are costly.
+    #[arg(
+        long,
+        env = "RESULT_HEADERS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub result_headers: bool,
+
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9464.
     /// Off unless set.
     #[arg(long, env = "METRICS_ADDR", value_name = "ADDR")]
@@ -139,6 +155,7 @@ impl Config {
             group: format!("consumer-test-{}", uuid::Uuid::new_v4().simple()),
             start_from: StartFrom::Earliest,
             create_topics: true,
+            result_headers: true,
             metrics_addr: None,
             max_in_flight: 5_000,
             session_timeout: Duration::from_secs(6),
@@ -224,6 +241,7 @@ pub async fn run_observed<P: Processor>(
         producer,
         group: config.group.clone(),
         results_topic: config.kafka.topics.results.clone(),
+        result_headers: config.result_headers,
         dlq_topic: config.kafka.topics.dlq.clone(),
         max_in_flight: config.max_in_flight,
         drain_timeout: config.drain_timeout,

@@ -50,6 +50,8 @@ pub(crate) struct Shared<P> {
     pub producer: Producer,
     pub group: String,
     pub results_topic: String,
+    /// Results as CloudEvents (`true`) or as bare JSON records.
+    pub result_headers: bool,
     pub dlq_topic: String,
     /// Records per partition whose result may be awaiting its ack at once.
     pub max_in_flight: usize,
@@ -446,7 +448,12 @@ impl<P: Processor> PartitionTask<P> {
                     );
                 }
                 let out = result.to_event(RESULT_SOURCE, &event);
-                (send(&shared.producer, out.record(&shared.results_topic)).await, Kind::Result(event.time))
+                let record = if shared.result_headers {
+                    out.record(&shared.results_topic)
+                } else {
+                    out.record_without_headers(&shared.results_topic)
+                };
+                (send(&shared.producer, record).await, Kind::Result(event.time))
             }
             Err(failure) => (self.dead_letter(&record, &failure).await, Kind::DeadLetter(failure)),
         };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use consumer::{Config, DefaultProcessor, ProcessError, Processor, WorkerInfo};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
 use stream_core::testing::{create_project_topics, eventually, kafka_args};
 use stream_core::Event;
@@ -57,6 +57,31 @@ async fn every_event_gets_one_result_with_its_id_and_shutdown_commits() {
     // Shutdown committed everything that was finished: all of it.
     let (committed, end) = committed_and_end(&args, &group, &args.topics.events).await;
     assert_eq!(committed, end, "committed offsets reach the end of every partition");
+}
+
+/// `--result-headers false`: each result is its JSON and its key only.
+#[tokio::test]
+async fn results_without_headers_are_the_json_and_the_key_alone() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+    let events = json_events(50, 5);
+    publish(&args, &events).await;
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+
+    let mut config = Config::for_tests(args.clone(), 1);
+    config.result_headers = false;
+    let running = Running::start(config);
+    let got = results.wait_for_ids(&ids).await;
+    running.stop().await.expect("clean shutdown");
+
+    assert_eq!(got.len(), events.len());
+    for record in results.records.lock().unwrap().iter() {
+        assert!(record.headers().is_none_or(|h| h.count() == 0), "headers on a bare result");
+        let result: stream_core::EventResult = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        assert_eq!(record.key().map(|k| String::from_utf8_lossy(k).into_owned()), result.stream_id);
+        assert!(result.stream_id.is_some());
+    }
 }
 
 #[tokio::test]

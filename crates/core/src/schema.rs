@@ -181,7 +181,13 @@ impl Event {
     /// A record for `topic` carrying this event. The record borrows the
     /// event; librdkafka copies the bytes when it is enqueued.
     pub fn record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, str, [u8]> {
-        let record = FutureRecord::to(topic).payload(self.data.as_slice()).headers(self.headers());
+        self.record_without_headers(topic).headers(self.headers())
+    }
+
+    /// The event's payload and key only, without the CloudEvents headers:
+    /// a smaller record, for readers that need nothing else.
+    pub fn record_without_headers<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, str, [u8]> {
+        let record = FutureRecord::to(topic).payload(self.data.as_slice());
         match &self.key {
             Some(key) => record.key(key.as_str()),
             None => record,
