@@ -49,6 +49,9 @@ run $B/examples/throughput bare --topic cbench
 for w in 1 2 4; do
   run $B/examples/throughput consumer --topic cbench --results-topic "cbench.results.$w" --dlq-topic cbench.dlq --create-topics --workers "$w"
 done
+# The same with results as bare JSON records (no CloudEvents headers): how
+# much of the consumer's rate the broker's cost of headers takes.
+run $B/examples/throughput consumer --topic cbench --results-topic cbench.results.bare --dlq-topic cbench.dlq --create-topics --workers 2 --result-headers false
 
 echo; echo "== end-to-end latency against offered rate (produce -> consume)"
 fresh_broker
