@@ -7,6 +7,18 @@ use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
 
+/// The request's media type without parameters, lower-cased
+/// (`Application/JSON; charset=utf-8` -> `application/json`); empty when the
+/// request has no readable `Content-Type`.
+pub fn media_type(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 /// `Json<T>` whose failures become 400 (syntax), 413 (too large), 415 (no
 /// JSON content type) or 422 (wrong shape) in the API's error format.
 #[derive(Debug, Clone)]
@@ -36,12 +48,7 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        let is_form = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
-        if !is_form {
+        if media_type(req.headers()) != "application/x-www-form-urlencoded" {
             let AppJson(body) = AppJson::<serde_json::Value>::from_request(req, state).await?;
             return crate::streams::payload_of(body).map(Self);
         }

@@ -254,16 +254,17 @@ enum Framing {
 }
 
 fn framing(headers: &HeaderMap) -> Result<Framing, AppError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match essence.as_str() {
+    match crate::extract::media_type(headers).as_str() {
         "application/json" => Ok(Framing::Array),
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/json-seq" => {
             Ok(Framing::Ndjson)
         }
-        _ => Err(AppError::UnsupportedMediaType(format!(
-            "send a JSON array as application/json or one object per line as application/x-ndjson (got {content_type:?})"
-        ))),
+        _ => {
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            Err(AppError::UnsupportedMediaType(format!(
+                "send a JSON array as application/json or one object per line as application/x-ndjson (got {content_type:?})"
+            )))
+        }
     }
 }
 

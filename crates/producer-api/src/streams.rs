@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::error::AppError;
-use crate::extract::{SendPayload, StreamPath};
+use crate::extract::{media_type, SendPayload, StreamPath};
 use crate::publish::{add_traceparent, traceparent, SOURCE};
 use crate::registry::{Claimed, StartSlot};
 use crate::{ws, AppState};
@@ -126,12 +126,8 @@ fn reserve_quota(state: &AppState, caller: &Caller, stream_id: &str) -> Result<O
 pub const QUOTA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn is_json(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).is_some_and(
-        |essence| {
-            let essence = essence.trim().to_ascii_lowercase();
-            essence == "application/json" || essence.ends_with("+json")
-        },
-    )
+    let media_type = media_type(headers);
+    media_type == "application/json" || media_type.ends_with("+json")
 }
 
 /// 404 for an unknown stream, 403 for another key's stream.
