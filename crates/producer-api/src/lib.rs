@@ -57,9 +57,23 @@ use crate::publish::Publisher;
 use crate::registry::Registry;
 use crate::results::{Hub, ResultsReader};
 
-/// Everything a handler needs; cheap to clone.
+/// Everything a handler needs. A clone is one reference count: axum clones
+/// the state for every extractor and middleware of every request, and a
+/// struct of eight shared pointers made that sixteen atomic operations
+/// each time, contended between the cores.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct AppStateInner {
     pub config: Arc<Config>,
     pub keys: auth::ApiKeys,
     pub publisher: Arc<Publisher>,
@@ -208,7 +222,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     let hub = Hub::new(config.ws_buffer, config.recent_results);
     let registry = Registry::start(args, &config.streams_topic, hub.clone()).context("reading the stream registry")?;
     let results_reader = ResultsReader::start(args).await.context("reading the results topic")?;
-    let state = AppState {
+    let state = AppState(Arc::new(AppStateInner {
         keys: auth::ApiKeys::new(config.keys()),
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         config: Arc::new(config),
@@ -217,7 +231,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         hub,
         shutdown: CancellationToken::new(),
         panics: Arc::new(AtomicU64::new(0)),
-    };
+    }));
     Ok(Parts { state, registry_reader: registry, results_reader })
 }
 

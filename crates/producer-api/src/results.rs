@@ -9,6 +9,7 @@
 //! is dropped and the reader is told how many it missed. Routing never
 //! waits for a subscriber, so one slow client cannot delay another stream.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,33 +18,67 @@ use axum::extract::ws::Utf8Bytes;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Serialize;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use stream_core::kafka::{self, PartitionWatch, StartFrom, TracingContext};
 use stream_core::schema::{EventResult, Timestamp};
 use stream_core::KafkaArgs;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// One result as it is delivered: the parsed value and its frame, encoded
-/// once and shared by every subscriber.
+/// One result as it is delivered: the record's JSON exactly as the
+/// consumer wrote it, and its frame, built once and shared by every
+/// subscriber.
 #[derive(Debug)]
 pub struct Delivered {
-    pub result: EventResult,
-    /// `{"type":"result", ...EventResult fields}`.
+    /// The result record's value (an [`EventResult`] object).
+    pub result: Box<RawValue>,
+    /// `{"type":"result", ...the result's fields}`.
     pub frame: Utf8Bytes,
 }
 
+/// The fields of a result the router itself needs; the rest (above all the
+/// output, of any size) is passed through as bytes, never parsed into a
+/// tree and written again.
+#[derive(Deserialize)]
+struct ResultHead<'a> {
+    #[allow(dead_code)]
+    event_id: &'a RawValue,
+    #[serde(default, borrow)]
+    stream_id: Option<Cow<'a, str>>,
+    event_time: Timestamp,
+}
+
 impl Delivered {
-    pub fn new(result: EventResult) -> Self {
-        #[derive(Serialize)]
-        struct Frame<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            #[serde(flatten)]
-            result: &'a EventResult,
+    /// A delivered result from a result record's value; `None` if the value
+    /// is not a result object. Also returns the stream id the result names
+    /// and its event time.
+    pub fn parse(value: &[u8]) -> Option<(Self, Option<String>, Timestamp)> {
+        let head: ResultHead<'_> = serde_json::from_slice(value).ok()?;
+        let stream_id = head.stream_id.map(Cow::into_owned);
+        let event_time = head.event_time;
+        let raw: Box<RawValue> = serde_json::from_slice(value).ok()?;
+        Some((Self::from_raw(raw)?, stream_id, event_time))
+    }
+
+    /// The frame of a result object: its own text with `"type":"result"`
+    /// put in front of its first field.
+    fn from_raw(result: Box<RawValue>) -> Option<Self> {
+        let text = result.get();
+        let body = text.strip_prefix('{')?.trim_start();
+        let mut frame = String::with_capacity(text.len() + 17);
+        frame.push_str("{\"type\":\"result\"");
+        if !body.starts_with('}') {
+            frame.push(',');
         }
-        let frame = serde_json::to_string(&Frame { kind: "result", result: &result }).expect("results serialise");
-        Self { result, frame: frame.into() }
+        frame.push_str(body);
+        Some(Self { result, frame: frame.into() })
+    }
+
+    /// A delivered result from a result value (tests, and results built here).
+    pub fn new(result: &EventResult) -> Self {
+        let raw = serde_json::value::to_raw_value(result).expect("results serialise");
+        Self::from_raw(raw).expect("a result is a JSON object")
     }
 }
 
@@ -324,18 +359,15 @@ impl ResultsReader {
                 }
             };
             metrics::counter!("results_received_total").increment(1);
-            let result: EventResult = match msg.payload().map(serde_json::from_slice) {
-                Some(Ok(result)) => result,
-                _ => {
-                    tracing::debug!(partition = msg.partition(), offset = msg.offset(), "skipping a non-result record");
-                    metrics::counter!("results_unreadable_total").increment(1);
-                    continue;
-                }
+            let Some((delivered, named_stream, event_time)) = msg.payload().and_then(Delivered::parse) else {
+                tracing::debug!(partition = msg.partition(), offset = msg.offset(), "skipping a non-result record");
+                metrics::counter!("results_unreadable_total").increment(1);
+                continue;
             };
             let stream = match msg.key().and_then(|k| std::str::from_utf8(k).ok()) {
                 Some(key) => key.to_owned(),
-                None => match &result.stream_id {
-                    Some(id) => id.clone(),
+                None => match named_stream {
+                    Some(id) => id,
                     // Results of keyless events belong to no stream.
                     None => {
                         metrics::counter!("results_unrouted_total").increment(1);
@@ -343,8 +375,8 @@ impl ResultsReader {
                     }
                 },
             };
-            let lag = result.event_time.until(Timestamp::now());
-            if hub.route(&stream, Arc::new(Delivered::new(result))) {
+            let lag = event_time.until(Timestamp::now());
+            if hub.route(&stream, Arc::new(delivered)) {
                 metrics::counter!("results_routed_total").increment(1);
                 metrics::histogram!("result_delivery_latency_seconds").record(lag.as_secs_f64());
             } else {
@@ -361,7 +393,7 @@ mod tests {
     use super::*;
 
     fn result(n: u64) -> Arc<Delivered> {
-        Arc::new(Delivered::new(EventResult {
+        Arc::new(Delivered::new(&EventResult {
             event_id: format!("e{n}"),
             stream_id: Some("s".into()),
             event_time: Timestamp::from_micros(1),
@@ -371,6 +403,21 @@ mod tests {
             output: json!({"n": n}),
             traceparent: None,
         }))
+    }
+
+    fn latency(d: &Delivered) -> u64 {
+        serde_json::from_str::<EventResult>(d.result.get()).unwrap().latency_us
+    }
+
+    #[test]
+    fn records_that_are_not_results_are_refused() {
+        for bad in [&b"not json"[..], b"[1]", b"{}", b"{\"event_id\": \"e\"}", b"\"text\""] {
+            assert!(Delivered::parse(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+        let good = serde_json::to_vec(&serde_json::from_str::<EventResult>(result(3).result.get()).unwrap()).unwrap();
+        let (delivered, stream, _) = Delivered::parse(&good).unwrap();
+        assert_eq!(stream.as_deref(), Some("s"));
+        assert_eq!(latency(&delivered), 3);
     }
 
     #[tokio::test]
@@ -394,11 +441,11 @@ mod tests {
         assert!(matches!(sub.next().await, Next::Dropped(3)));
         for expect in [3, 4] {
             match sub.next().await {
-                Next::Result(d) => assert_eq!(d.result.latency_us, expect),
+                Next::Result(d) => assert_eq!(latency(&d), expect),
                 other => panic!("{other:?}"),
             }
         }
-        let recent: Vec<u64> = hub.recent("s").iter().map(|d| d.result.latency_us).collect();
+        let recent: Vec<u64> = hub.recent("s").iter().map(|d| latency(d)).collect();
         assert_eq!(recent, [2, 3, 4]);
         hub.close("s", "bye");
         assert!(matches!(sub.next().await, Next::Closed("bye")));

@@ -84,11 +84,22 @@ pub async fn start(
         }
         serde_json::from_value::<StartRequest>(value).map_err(shape_error)?
     };
-    let stream_id = request.stream_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    validate_stream_id(&stream_id)?;
     let deadline = state.publisher.deadline();
-    let _slot = reserve_quota(&state, &caller, &stream_id)?;
-    let outcome = state.registry.claim(&state.publisher, &stream_id, &caller.owner, deadline).await?;
+    let outcome = match request.stream_id {
+        Some(stream_id) => {
+            validate_stream_id(&stream_id)?;
+            let _slot = reserve_quota(&state, &caller, &stream_id)?;
+            let outcome = state.registry.claim(&state.publisher, &stream_id, &caller.owner, deadline).await?;
+            (stream_id, outcome)
+        }
+        None => {
+            let stream_id = uuid::Uuid::new_v4().to_string();
+            let _slot = reserve_quota(&state, &caller, &stream_id)?;
+            let outcome = state.registry.claim_new(&state.publisher, &stream_id, &caller.owner, deadline).await?;
+            (stream_id, outcome)
+        }
+    };
+    let (stream_id, outcome) = outcome;
     let status = match outcome {
         Claimed::Created => {
             metrics::counter!("streams_started_total").increment(1);
@@ -220,13 +231,14 @@ pub async fn results(
         let subscription = state.hub.subscribe(&stream_id).ok_or_else(|| AppError::UnknownStream(stream_id.clone()))?;
         return Ok(ws::sse(state, subscription));
     }
-    let results: Vec<Value> = state
-        .hub
-        .recent(&stream_id)
-        .iter()
-        .map(|d| serde_json::to_value(&d.result).expect("results serialise"))
-        .collect();
-    Ok(Json(json!({ "stream_id": stream_id, "results": results })).into_response())
+    #[derive(Serialize)]
+    struct Recent<'a> {
+        stream_id: &'a str,
+        results: Vec<&'a serde_json::value::RawValue>,
+    }
+    let recent = state.hub.recent(&stream_id);
+    let results = recent.iter().map(|d| d.result.as_ref()).collect();
+    Ok(Json(Recent { stream_id: &stream_id, results }).into_response())
 }
 
 #[cfg(test)]
