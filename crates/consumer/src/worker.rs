@@ -11,7 +11,7 @@
 //! (pipelining), and stores an offset only once every record up to it has
 //! its result or dead letter acknowledged (at-least-once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -40,9 +40,16 @@ use crate::stats::Stats;
 /// `ce_source` of the results this consumer writes.
 pub const RESULT_SOURCE: &str = "/consumer";
 
-/// Records buffered between the poll thread and a partition task. Small:
-/// librdkafka already prefetches, this only smooths hand-over.
-const PARTITION_QUEUE: usize = 512;
+/// Most records the poll thread hands to a partition task at once: it
+/// takes every record librdkafka already has (up to this many) and passes
+/// each partition's share as one batch, so a busy partition costs one
+/// channel hop and at most one task wake-up per batch, not per record.
+const HANDOFF_BATCH: usize = 128;
+
+/// Batches buffered between the poll thread and a partition task (at most
+/// `HANDOFF_BATCH` records each). Small: librdkafka already prefetches,
+/// this only smooths hand-over.
+const PARTITION_QUEUE: usize = 4;
 
 /// Settings and handles every partition task of a run shares.
 pub(crate) struct Shared<P> {
@@ -109,7 +116,7 @@ impl<P> Shared<P> {
 /// A running partition task, as the poll thread and the rebalance callback
 /// see it.
 struct PartitionHandle {
-    records: mpsc::Sender<OwnedMessage>,
+    records: mpsc::Sender<Vec<OwnedMessage>>,
     stop: CancellationToken,
     /// Disconnects when the task has finished (its sender is dropped).
     done: std_mpsc::Receiver<()>,
@@ -236,46 +243,64 @@ pub(crate) fn poll_loop<P: Processor>(shared: Arc<Shared<P>>, consumer: Arc<Memb
         // One stream for the whole loop: `recv()` would register and drop a
         // waker slot for every record.
         let mut stream = consumer.stream();
-        loop {
+        let mut batches: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
+        'poll: loop {
             let received = tokio::select! {
                 biased;
                 _ = shared.stop.cancelled() => break,
                 received = stream.next() => received.expect("a consumer stream never ends"),
             };
-            let record = match received {
-                Ok(record) => record,
-                Err(error) => {
-                    metrics::counter!("consumer_poll_errors_total").increment(1);
-                    // librdkafka keeps retrying by itself; one line every
-                    // few seconds tells the operator without flooding.
-                    if error_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(worker = worker_id, %error, "consumer error (librdkafka retries)");
-                        error_logged = Some(Instant::now());
+            // The first record is waited for; the ones librdkafka has
+            // already fetched behind it are taken without waiting.
+            let mut received = Some(received);
+            let mut taken = 0;
+            while let Some(next) = received.take() {
+                match next {
+                    Ok(record) => {
+                        let partition = record.partition();
+                        let owned = record.detach();
+                        match batches.iter_mut().find(|(p, _)| *p == partition) {
+                            Some((_, records)) => records.push(owned),
+                            None => batches.push((partition, vec![owned])),
+                        }
                     }
-                    continue;
+                    Err(error) => {
+                        metrics::counter!("consumer_poll_errors_total").increment(1);
+                        // librdkafka keeps retrying by itself; one line every
+                        // few seconds tells the operator without flooding.
+                        if error_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                            tracing::warn!(worker = worker_id, %error, "consumer error (librdkafka retries)");
+                            error_logged = Some(Instant::now());
+                        }
+                        break;
+                    }
                 }
-            };
-            let partition = record.partition();
-            let sender = {
-                let mut map = context.partitions.lock().unwrap();
-                map.entry(partition)
-                    .or_insert_with(|| {
-                        spawn_partition(&shared, &consumer, record.topic().to_string(), partition, worker_id)
-                    })
-                    .records
-                    .clone()
-            };
-            let owned = record.detach();
-            tokio::select! {
-                biased;
-                _ = shared.stop.cancelled() => break,
-                sent = sender.send(owned) => if sent.is_err() {
-                    // A task only ends early when the run is failing (the
-                    // reason is already recorded) or when it panicked.
-                    if !shared.stop.is_cancelled() {
-                        shared.fail(anyhow::anyhow!("worker {worker_id}: the task of partition {partition} ended unexpectedly"));
+                taken += 1;
+                if taken < HANDOFF_BATCH {
+                    received = stream.next().now_or_never().map(|r| r.expect("a consumer stream never ends"));
+                }
+            }
+            for (partition, records) in batches.drain(..) {
+                let sender = {
+                    let mut map = context.partitions.lock().unwrap();
+                    map.entry(partition)
+                        .or_insert_with(|| {
+                            spawn_partition(&shared, &consumer, records[0].topic().to_string(), partition, worker_id)
+                        })
+                        .records
+                        .clone()
+                };
+                tokio::select! {
+                    biased;
+                    _ = shared.stop.cancelled() => break 'poll,
+                    sent = sender.send(records) => if sent.is_err() {
+                        // A task only ends early when the run is failing (the
+                        // reason is already recorded) or when it panicked.
+                        if !shared.stop.is_cancelled() {
+                            shared.fail(anyhow::anyhow!("worker {worker_id}: the task of partition {partition} ended unexpectedly"));
+                        }
+                        break 'poll;
                     }
-                    break;
                 }
             }
         }
@@ -329,12 +354,14 @@ struct PartitionTask<P> {
 }
 
 impl<P: Processor> PartitionTask<P> {
-    async fn run(self, mut records: mpsc::Receiver<OwnedMessage>) {
+    async fn run(self, mut records: mpsc::Receiver<Vec<OwnedMessage>>) {
         let mut in_flight = FuturesOrdered::new();
         let shared = self.shared.clone();
         let max = shared.max_in_flight;
         let mut abandoned = false;
-        loop {
+        // Records handed over but not started yet, in partition order.
+        let mut queued: VecDeque<OwnedMessage> = VecDeque::new();
+        'run: loop {
             tokio::select! {
                 biased;
                 Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
@@ -344,10 +371,20 @@ impl<P: Processor> PartitionTask<P> {
                     }
                 }
                 _ = self.stop.cancelled() => break,
-                record = records.recv(), if in_flight.len() < max => match record {
-                    Some(record) => in_flight.push_back(self.handle(record).await),
+                batch = records.recv(), if queued.is_empty() => match batch {
+                    Some(batch) => queued.extend(batch),
                     None => break,
                 },
+            }
+            // One record after another (per-key order), each result
+            // enqueued without waiting for the previous ack, up to `max`
+            // awaiting their acks.
+            while in_flight.len() < max {
+                let Some(record) = queued.pop_front() else { break };
+                if self.stop.is_cancelled() {
+                    break 'run;
+                }
+                in_flight.push_back(self.handle(record).await);
             }
         }
         // Records still queued are dropped unprocessed: their offsets are

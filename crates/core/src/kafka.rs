@@ -119,6 +119,11 @@ pub fn base_config(args: &KafkaArgs) -> ClientConfig {
         .set("bootstrap.servers", &args.brokers)
         .set("client.id", args.client_id.as_deref().unwrap_or("streamkit"))
         .set("security.protocol", args.security_protocol.as_str())
+        // Requests go out as soon as they are written: with Nagle's
+        // algorithm a small produce or fetch request can wait for the ack
+        // of the previous one, which adds up to a delayed-ACK interval to
+        // request latency. Batching is librdkafka's job (linger.ms).
+        .set("socket.nagle.disable", "true")
         // Let librdkafka hand us every level; `RUST_LOG` decides what is shown.
         .set_log_level(RDKafkaLogLevel::Debug);
     if let Some(mechanism) = args.sasl_mechanism {
