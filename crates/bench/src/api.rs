@@ -20,6 +20,7 @@
 //! omission). With `--rate` the streams follow a fixed schedule and each
 //! latency counts from the time the message was due, which charges stalls.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::http1::Poster;
 use crate::output::{self, BenchReport, Measurement};
 use crate::Common;
 
@@ -107,20 +109,22 @@ struct Started {
 }
 
 #[derive(Deserialize)]
-struct Sent {
-    id: String,
+struct Sent<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
 }
 
+/// A frame's fields the bench reads, borrowed from the frame's text.
 #[derive(Deserialize)]
-struct Frame {
-    #[serde(rename = "type")]
-    kind: String,
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
     /// Result frames: the event answered.
-    #[serde(default)]
-    event_id: Option<String>,
+    #[serde(default, borrow)]
+    event_id: Option<Cow<'a, str>>,
     /// Ack frames: the event published.
-    #[serde(default)]
-    id: Option<String>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
 }
 
 /// An ack frame's event id and arrival, or an error frame's text.
@@ -140,6 +144,7 @@ pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<
     };
     let base = args.url.trim_end_matches('/').to_string();
     let ws_base = base.replacen("http", "ws", 1);
+    let base_url = reqwest::Url::parse(&base).with_context(|| format!("--url {base} is not a URL"))?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.streams)
         .timeout(Duration::from_secs(30))
@@ -177,9 +182,7 @@ pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<
     for (i, (stream_id, socket)) in streams.into_iter().enumerate() {
         let count = per_stream + u64::from((i as u64) < extra);
         let task = StreamTask {
-            http: http.clone(),
-            url: format!("{base}/stream/{stream_id}/send"),
-            key: key.clone(),
+            poster: Poster::new(&base_url, &format!("/stream/{stream_id}/send"), &key, Duration::from_secs(30))?,
             payloads: payloads.clone(),
             first_seq: seq_start,
             count,
@@ -295,9 +298,8 @@ async fn open_stream(http: &reqwest::Client, base: &str, ws_base: &str, key: &st
 }
 
 struct StreamTask {
-    http: reqwest::Client,
-    url: String,
-    key: String,
+    /// This stream's own connection for its sends.
+    poster: Poster,
     payloads: Arc<Payloads>,
     first_seq: u64,
     count: u64,
@@ -311,7 +313,7 @@ struct StreamTask {
 impl StreamTask {
     /// Sends this stream's messages and collects its results; returns the
     /// stream's numbers and when its last send finished.
-    async fn run(self, socket: Socket, barrier: Arc<Barrier>) -> (StreamStats, Instant) {
+    async fn run(mut self, socket: Socket, barrier: Arc<Barrier>) -> (StreamStats, Instant) {
         let (mut sink, mut frames) = socket.split();
         // Result frames may arrive before the send's response (the consumer
         // can be that fast), so arrivals are kept by event id and matched
@@ -326,14 +328,14 @@ impl StreamTask {
                 while let Some(Ok(frame)) = frames.next().await {
                     let now = Instant::now();
                     let WsMessage::Text(text) = frame else { continue };
-                    let Ok(frame) = serde_json::from_str::<Frame>(&text) else { continue };
-                    match (frame.kind.as_str(), frame.event_id, frame.id) {
+                    let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else { continue };
+                    match (frame.kind.as_ref(), frame.event_id, frame.id) {
                         ("result", Some(id), _) => {
-                            arrivals.lock().unwrap().insert(id, now);
+                            arrivals.lock().unwrap().insert(id.into_owned(), now);
                             notify.notify_one();
                         }
                         ("ack", _, Some(id)) => {
-                            let _ = ack_tx.send(Ok((id, now)));
+                            let _ = ack_tx.send(Ok((id.into_owned(), now)));
                         }
                         ("error", _, _) => {
                             let _ = ack_tx.send(Err(text.to_string()));
@@ -416,23 +418,15 @@ impl StreamTask {
 
 impl StreamTask {
     /// `POST /stream/{id}/send`; the event id and when the response was read.
-    async fn send_http(&self, body: Vec<u8>) -> Result<(String, Instant), String> {
-        let response = self
-            .http
-            .post(&self.url)
-            .header("X-API-Key", &self.key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(format!("{status}: {}", text.chars().take(200).collect::<String>()));
+    async fn send_http(&mut self, body: Vec<u8>) -> Result<(String, Instant), String> {
+        let response = self.poster.post(&body).await?;
+        let at = Instant::now();
+        if !(200..300).contains(&response.status) {
+            let text = String::from_utf8_lossy(response.body);
+            return Err(format!("{}: {}", response.status, text.chars().take(200).collect::<String>()));
         }
-        let Sent { id } = response.json().await.map_err(|e| format!("bad send response: {e}"))?;
-        Ok((id, Instant::now()))
+        let Sent { id } = serde_json::from_slice(response.body).map_err(|e| format!("bad send response: {e}"))?;
+        Ok((id.into_owned(), at))
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`produce`], [`consume`], [`e2e`], [`api`]: one module per subcommand.
 //! - [`output`]: the table, JSON report and files every subcommand writes.
 //! - [`hgrm`]: HdrHistogram's percentile-distribution text format.
+//! - [`http1`]: the lean keep-alive HTTP/1.1 client of the `api` load loop.
 //! - [`plot`]: SVG charts.
 //!
 //! Latencies are recorded in microseconds into `hdrhistogram` (3
@@ -23,6 +24,7 @@ pub mod api;
 pub mod consume;
 pub mod e2e;
 pub mod hgrm;
+pub mod http1;
 pub mod output;
 pub mod plot;
 pub mod produce;

@@ -24,6 +24,10 @@ use rdkafka::Offset;
 use stream_core::kafka::{self, ProducerOptions, StartFrom};
 use stream_core::{Event, KafkaArgs};
 
+// The same allocator as the consumer binary, so the rates compare.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Consume throughput: the consumer vs a bare librdkafka read")]
 struct Cli {

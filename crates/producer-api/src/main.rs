@@ -6,6 +6,11 @@
 //! Without `API_KEYS` it makes up a key for the run and writes it to a file
 //! only the user can read; the log says where.
 
+// mimalloc rather than the system allocator: a fifth of the CPU per
+// message went to glibc malloc/free (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::Parser;
 use producer_api::{Application, Config};

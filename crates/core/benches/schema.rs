@@ -1,0 +1,55 @@
+//! The per-event work every process repeats: encoding an event's CloudEvents
+//! headers, decoding a consumed record back into an event, and building a
+//! result record from an event. `cargo bench -p stream-core`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Timestamp as KafkaTimestamp;
+use serde_json::json;
+use stream_core::schema::{header, Event, EventResult};
+
+fn event() -> Event {
+    let payload = json!({"seq": 42, "pad": "x".repeat(70)});
+    let mut event = Event::json("/bench", Some("stream-42".into()), &payload);
+    event
+        .extensions
+        .push((header::TRACEPARENT.into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()));
+    event
+}
+
+fn consumed(event: &Event) -> OwnedMessage {
+    OwnedMessage::new(
+        Some(event.data.clone()),
+        event.key.clone().map(String::into_bytes),
+        "events".into(),
+        KafkaTimestamp::CreateTime(1_700_000_000_000),
+        3,
+        42,
+        Some(event.headers()),
+    )
+}
+
+fn schema(c: &mut Criterion) {
+    let event = event();
+    c.bench_function("event: new JSON event (id, time, payload)", |b| {
+        let payload = json!({"seq": 42, "pad": "x".repeat(70)});
+        b.iter(|| Event::json("/bench", Some("stream-42".into()), &payload))
+    });
+    c.bench_function("event: CloudEvents headers", |b| b.iter(|| event.headers()));
+    let record = consumed(&event);
+    c.bench_function("event: decode a consumed record", |b| b.iter(|| Event::from_message(&record).unwrap()));
+    c.bench_function("result: answer an event and encode the result record", |b| {
+        b.iter_batched(
+            || json!({"seq": 42, "pad": "x".repeat(70), "_processed": {"worker": 0}}),
+            |output| {
+                let result = EventResult::answering(&event, Some(0), output);
+                let out = result.to_event("/consumer", &event);
+                out.headers()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, schema);
+criterion_main!(benches);
