@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The cost report: CPU time per message of every process on the path (the
+# gateway, the consumer, the broker and the load client), beside throughput
+# and latency, on a fresh local broker for each series. CPU per message is
+# read from /proc/PID/stat (utime + stime of all threads) before and after
+# each series, so it does not depend on what else the machine is doing;
+# throughput and latency do, and move ±30 % between runs on a busy 2-core box.
+#
+#   scripts/cost.sh [quick] [SERIES...]   quick: 10x smaller counts, for a smoke run;
+#                                         SERIES: some of api consume publish e2e (default: all)
+#
+# Series:
+#   api      first 200 sequential POST /stream/start (server-chosen id) on
+#            the idle gateway: p50 / p99 / max; then the seed's case: 1000
+#            streams start, open their result WebSocket, then send 100,000
+#            messages in all over HTTP (closed loop), every result awaited on
+#            its WebSocket (`bench api`), with `consumer --workers 2`
+#   consume  300,000 preloaded events through `consumer --workers 2`
+#            (CloudEvents results, at-least-once commits)
+#   publish  1,000,000 100-byte records from `publisher`, bare and with
+#            CloudEvents headers
+#   e2e      `bench e2e` produce -> consume latency at 1k and 10k events/s
+#
+# Output: a table on stdout and in bench-results/cost/cost.log, the benches'
+# JSON, .hgrm and SVG files beside it.
+# Environment: PERF_PORT (19800) for the broker, COST_API_PORT (18283),
+# COST_BIN (target/release, built first) to measure other binaries.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SCALE=1; [[ "${1:-}" == quick ]] && { SCALE=10; shift; }
+SERIES="${*:-api consume publish e2e}"
+want() { [[ " $SERIES " == *" $1 "* ]]; }
+API_MSGS=$((100000 / SCALE)); CONSUME=$((300000 / SCALE)); PUBLISH=$((1000000 / SCALE))
+PORT="${PERF_PORT:-19800}"
+API_PORT="${COST_API_PORT:-18283}"
+OUT="$ROOT/bench-results/cost"
+mkdir -p "$OUT"
+exec > >(tee "$OUT/cost.log") 2>&1
+
+export KAFKA_BROKERS="127.0.0.1:$PORT" BROKER_PORT="$PORT" BROKER_DIR="$ROOT/target/cost-broker"
+export RUST_LOG=warn
+B="${COST_BIN:-target/release}"
+TICK=$(getconf CLK_TCK)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/broker.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+fresh_broker() { scripts/broker.sh stop >/dev/null 2>&1 || true; scripts/broker.sh start >/dev/null; }
+broker_pid() { cat "$BROKER_DIR/nisshi.pid"; }
+# CPU seconds (user + system, all threads) a live process has used so far.
+cpu() { awk -v t="$TICK" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat"; }
+# Runs a command in the foreground; prints its output, then "cpu=S" with the
+# CPU seconds it and its children used.
+run_timed() {
+  echo "\$ $*" >&2
+  ( "$@"; times ) 2>&1 | awk '
+    /^[0-9]+m[0-9.]+s [0-9]+m[0-9.]+s$/ { n++; if (n == 2) { split($1, u, /[ms]/); split($2, s, /[ms]/); cpu = u[1]*60 + u[2] + s[1]*60 + s[2] }; next }
+    { print }
+    END { printf "cpu=%.2f\n", cpu }'
+}
+# µs per message from a CPU-seconds delta.
+per() { awk -v c="$1" -v n="$2" 'BEGIN { printf "%.1f", c * 1e6 / n }'; }
+rows=()
+row() { rows+=("$(printf '%-44s %12s' "$1" "$2")"); echo "-> $1: $2"; }
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr); load $(cut -d' ' -f1-3 /proc/loadavg)"
+scripts/setup.sh >/dev/null
+[[ -n "${COST_BIN:-}" ]] || cargo build --release --quiet -p publisher -p bench -p consumer -p producer-api --examples --bins
+
+if want api; then
+echo; echo "== api: 1000 streams, $API_MSGS messages over HTTP, results on WebSockets"
+fresh_broker
+API_KEYS=cost-key,start-key LISTEN_ADDR="127.0.0.1:$API_PORT" $B/producer-api >"$OUT/producer-api.log" 2>&1 &
+gateway=$!; pids+=("$gateway")
+RUST_LOG=info $B/consumer --workers 2 --create-topics >"$OUT/consumer.log" 2>&1 &
+consumer=$!; pids+=("$consumer")
+for _ in $(seq 1 600); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$API_PORT/readyz" 2>/dev/null && grep -q "partitions assigned" "$OUT/consumer.log" && break
+  sleep 0.1
+done
+
+# Stream start on the idle gateway, one after another (with a key of its
+# own, so the load below still has its whole stream quota).
+starts="$OUT/start-times.txt"; : >"$starts"
+for _ in $(seq 1 200); do
+  curl -sS -o /dev/null -w '%{time_total}\n' -X POST -H 'X-API-Key: start-key' "http://127.0.0.1:$API_PORT/stream/start" >>"$starts"
+done
+read -r p50 p99 pmax < <(sort -n "$starts" | awk '{ v[NR] = $1 * 1000 } END { printf "%.1f %.1f %.1f\n", v[int(NR*0.5)], v[int(NR*0.99)], v[NR] }')
+row "POST /stream/start p50 / p99 / max (ms)" "$p50 / $p99 / $pmax"
+
+g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)")
+api_out=$(run_timed $B/bench api --url "http://127.0.0.1:$API_PORT" --api-key cost-key --streams 1000 --messages "$API_MSGS" --out-dir "$OUT")
+echo "$api_out"
+g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)")
+client=$(sed -n 's/^cpu=//p' <<<"$api_out")
+row "api: gateway CPU per message (µs)" "$(per "$(echo "$g1 - $g0" | bc)" "$API_MSGS")"
+row "api: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
+row "api: broker CPU per message (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$API_MSGS")"
+row "api: load client (bench) CPU per message (µs)" "$(per "$client" "$API_MSGS")"
+row "api: requests/s" "$(awk '$1 == "request" { print $3 }' <<<"$api_out" | head -1)"
+row "api: request p50 / p99 (ms)" "$(awk '$1 == "request" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
+row "api: end-to-end p50 / p99 (ms)" "$(awk '$1 == "end-to-end" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
+kill "$gateway" "$consumer" 2>/dev/null || true; wait "$gateway" "$consumer" 2>/dev/null || true
+pids=()
+fi
+
+if want consume; then
+echo; echo "== consume: $CONSUME events, 2 workers, CloudEvents results"
+fresh_broker
+run_timed $B/examples/throughput preload --topic cost --count "$CONSUME" >/dev/null
+k0=$(cpu "$(broker_pid)")
+out=$(run_timed $B/examples/throughput consumer --topic cost --results-topic cost.results --dlq-topic cost.dlq --create-topics --workers 2)
+echo "$out"
+k1=$(cpu "$(broker_pid)")
+row "consume: consumer CPU per event (µs)" "$(per "$(sed -n 's/^cpu=//p' <<<"$out")" "$CONSUME")"
+row "consume: broker CPU per event (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$CONSUME")"
+row "consume: events/s" "$(grep -o '[0-9]* events/s' <<<"$out" | head -1)"
+fi
+
+if want publish; then
+echo; echo "== publish: $PUBLISH records of 100 bytes"
+fresh_broker
+for mode in bare ce; do
+  flags=(--keys 1000); [[ $mode == bare ]] && flags=(--keys 0 --no-headers)
+  k0=$(cpu "$(broker_pid)")
+  out=$(run_timed $B/publisher --count "$PUBLISH" --size 100 "${flags[@]}" --topic "cost-pub-$mode" 2>&1 || true)
+  echo "$out" | tail -n 12
+  k1=$(cpu "$(broker_pid)")
+  row "publish ($mode): publisher CPU per message (µs)" "$(per "$(sed -n 's/^cpu=//p' <<<"$out")" "$PUBLISH")"
+  row "publish ($mode): broker CPU per message (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$PUBLISH")"
+  row "publish ($mode): msg/s" "$(grep -oE '[0-9.,]+k? msg/s' <<<"$out" | head -1)"
+done
+fi
+
+if want e2e; then
+echo; echo "== e2e: produce -> consume latency"
+fresh_broker
+out=$(run_timed $B/bench e2e --rates 1000,10000 --warmup 5s --duration 20s --out-dir "$OUT")
+echo "$out"
+fi
+
+echo; echo "== cost report ($(nproc) cores, $(date -u +%Y-%m-%d))"
+printf '%s\n' "${rows[@]}"
