@@ -312,7 +312,7 @@ pub fn group_consumer<C: ConsumerContext + 'static>(
             },
         )
         .set("enable.partition.eof", "false");
-    low_latency_fetch(&mut config);
+    fetch_settings(&mut config, GROUP_FETCH_WAIT);
     if let Some(interval) = options.statistics_interval {
         // The only way to see consumer lag per partition without extra
         // requests to the brokers: librdkafka reports it in its statistics.
@@ -339,22 +339,30 @@ pub fn reader(args: &KafkaArgs, start_from: StartFrom) -> Result<StreamConsumer<
             },
         )
         .set("enable.partition.eof", "false");
-    low_latency_fetch(&mut config);
+    fetch_settings(&mut config, READER_FETCH_WAIT);
     create(&finish(config, args), TracingContext)
 }
 
-/// Fetch settings of every consumer: how long a record can sit in the
-/// broker before a waiting fetch hands it over.
-fn low_latency_fetch(config: &mut ClientConfig) {
+/// How long a group member's fetch may wait for data (`fetch.wait.max.ms`).
+///
+/// Kafka and Redpanda answer a waiting fetch as soon as a record arrives, so
+/// there the wait only sets how often an idle consumer asks. The local
+/// Nisshi broker instead re-checks a waiting fetch at 0, 1/2, 3/4 ... of the
+/// wait, which makes the wait both a latency and a batching interval. For
+/// the group that processes events, batching wins: in the API case
+/// (scripts/cost.sh) 100 ms cost the consumer 16 µs of CPU per event and
+/// the broker 20 µs per message, against 24 and 30 µs at 10 ms.
+pub const GROUP_FETCH_WAIT: Duration = Duration::from_millis(100);
+
+/// The same for group-less readers, which deliver to people and
+/// benchmarks (the gateway's results feed, bench e2e): latency wins. At
+/// 10 ms bench e2e on Nisshi saw p50 10 ms and p99 20 ms at 1,000 events/s,
+/// against 33 and 65 ms at 100 ms.
+pub const READER_FETCH_WAIT: Duration = Duration::from_millis(10);
+
+fn fetch_settings(config: &mut ClientConfig, wait: Duration) {
     config
-        // A fetch that finds nothing waits at most 10 ms. Kafka and Redpanda
-        // answer a waiting fetch as soon as a record arrives, so there this
-        // only sets how often an idle consumer asks (100 small requests a
-        // second). The local Nisshi broker instead re-checks a waiting fetch
-        // at 0, 1/2, 3/4 ... of the wait, so the wait bounds latency itself:
-        // at 100 ms, bench e2e saw p50 33 ms and p99 65 ms at 1,000 events/s;
-        // at 10 ms, p50 10 ms and p99 20 ms.
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", wait.as_millis().to_string())
         // librdkafka 2.x postpones a partition's next fetch by this much
         // whenever its local queue is over its thresholds (default 1 s); at
         // 10,000 events/s that showed as 60-70 ms at p99 in bench e2e,
