@@ -233,7 +233,9 @@ impl Event {
             }
         }
         let time = time.unwrap_or_else(|| match msg.timestamp().to_millis() {
-            Some(ms) => Timestamp::from_micros(ms * 1000),
+            // A hostile or corrupt record may carry any 64-bit timestamp:
+            // saturate rather than overflow.
+            Some(ms) => Timestamp::from_micros(ms.saturating_mul(1000)),
             None => Timestamp::now(),
         });
         Ok(Self {
@@ -279,9 +281,11 @@ pub mod trace {
 
     /// A new sampled trace: fresh trace id and span id.
     pub fn new_traceparent() -> String {
-        let trace = uuid::Uuid::new_v4().simple().to_string();
-        let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-        format!("00-{trace}-{span}-01")
+        // Random v4 UUIDs: never all zero (their version bits are set), as
+        // W3C requires of both ids; one string is written, none in between.
+        let trace = uuid::Uuid::new_v4().as_u128();
+        let (span, _) = uuid::Uuid::new_v4().as_u64_pair();
+        format!("00-{trace:032x}-{span:016x}-01")
     }
 
     /// The trace id part of a `traceparent`, for log fields.
@@ -417,6 +421,16 @@ mod tests {
         assert_eq!(event.id, "raw-1-7");
         assert_eq!(event.key.as_deref(), Some("k"));
         assert_eq!(event.time.as_micros(), 1_700_000_000_000_000);
+    }
+
+    #[test]
+    fn extreme_record_timestamps_do_not_overflow() {
+        for ms in [i64::MAX, i64::MIN, -1] {
+            let msg =
+                OwnedMessage::new(Some(b"1".to_vec()), None, "t".into(), KafkaTimestamp::CreateTime(ms), 0, 0, None);
+            let event = Event::from_message(&msg).unwrap();
+            assert!(event.time.as_micros() >= 0, "{ms}");
+        }
     }
 
     #[test]

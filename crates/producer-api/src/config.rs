@@ -131,7 +131,10 @@ impl Config {
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .collect();
-        keys.dedup();
+        // Repeats anywhere in the list, not only adjacent ones; first
+        // mention kept, order otherwise as given.
+        let mut seen = std::collections::HashSet::new();
+        keys.retain(|k| seen.insert(k.clone()));
         keys
     }
 
@@ -226,6 +229,8 @@ mod tests {
         assert_eq!(cli.config.keys(), ["a", "b", "c"]);
         cli.config.validate().unwrap();
         assert_eq!(cli.config.listen_addr.port(), 8082);
+        let cli = Cli::try_parse_from(["x", "--api-keys", "a,b,a,c,b", "--api-key", "a"]).unwrap();
+        assert_eq!(cli.config.keys(), ["a", "b", "c"], "repeats anywhere are dropped");
     }
 
     #[test]
