@@ -79,7 +79,11 @@ bench *ARGS:
 soak:
     KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:19092} scripts/soak.sh
 
-# Every number in the README's Performance section, in one run.
+# The cost report: CPU µs per message of gateway, consumer, broker and load client (README, Performance).
+cost *ARGS:
+    scripts/cost.sh {{ARGS}}
+
+# Throughput series: librdkafka ceilings against publisher and consumer, e2e, the API case.
 perf *ARGS:
     scripts/perf.sh {{ARGS}}
 

@@ -141,6 +141,9 @@ echo; echo "== e2e: produce -> consume latency"
 fresh_broker
 out=$(run_timed $B/bench e2e --rates 1000,10000 --warmup 5s --duration 20s --out-dir "$OUT")
 echo "$out"
+for rate in 1000 10000; do
+  row "e2e at $rate/s: p50 / p99 (ms)" "$(awk -v r="@$rate/s" '$1 == r { print $4 " / " $8 }' <<<"$out")"
+done
 fi
 
 echo; echo "== cost report ($(nproc) cores, $(date -u +%Y-%m-%d))"

@@ -1,0 +1,39 @@
+//! The gateway's per-result work: reading a result record and building the
+//! WebSocket/SSE frame every subscriber of its stream receives.
+//! `cargo bench -p producer-api`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use producer_api::results::Delivered;
+use serde_json::json;
+use stream_core::schema::{EventResult, Timestamp};
+
+fn frames(c: &mut Criterion) {
+    let result = EventResult {
+        event_id: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+        stream_id: Some("5f0c7a52-3b7e-4d0e-9a53-2b1f6c0d9e11".into()),
+        event_time: Timestamp::from_micros(1_763_892_000_123_456),
+        processed_at: Timestamp::from_micros(1_763_892_000_125_000),
+        worker_id: Some(1),
+        latency_us: 1544,
+        output: json!({"seq": 42, "pad": "x".repeat(70), "_processed": {"at": "2025-11-23T10:00:00.125000Z", "worker": 1, "fields": 2}}),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+    };
+    let record = serde_json::to_vec(&result).unwrap();
+    c.bench_function("result record -> frame (as routed)", |b| b.iter(|| Delivered::parse(&record).unwrap()));
+    c.bench_function("result record -> frame (parse and re-serialise, as before)", |b| {
+        b.iter(|| {
+            let parsed: EventResult = serde_json::from_slice(&record).unwrap();
+            #[derive(serde::Serialize)]
+            struct Frame<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                #[serde(flatten)]
+                result: &'a EventResult,
+            }
+            serde_json::to_string(&Frame { kind: "result", result: &parsed }).unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, frames);
+criterion_main!(benches);
