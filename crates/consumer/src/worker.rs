@@ -591,16 +591,46 @@ async fn resend(producer: &Producer, copy: &OwnedMessage) -> Sent {
     send(producer, record).await
 }
 
-/// Whether a produce error may go away by itself (broker down, leader
-/// moving, timeouts), so the record is retried rather than dead-lettered.
+/// Whether a produce error may go away by itself, so the record is retried
+/// rather than dead-lettered: timeouts, a full queue, leadership moving,
+/// brokers or replicas down, throttling. An allow-list: any other error
+/// (an authorization failure, a record the broker refuses, a fatal producer
+/// state) would fail every retry and stall the partition once its in-flight
+/// window filled, so it goes to the dead-letter topic instead.
 pub(crate) fn is_transient(error: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
     match error.rdkafka_error_code() {
-        Some(
-            MessageSizeTooLarge | InvalidMessageSize | MessageBatchTooLarge | InvalidRecord | BadMessage
-            | InvalidArgument | Fatal,
-        ) => false,
-        Some(_) => true,
+        Some(code) => matches!(
+            code,
+            MessageTimedOut
+                | RequestTimedOut
+                | OperationTimedOut
+                | TimedOutQueue
+                | QueueFull
+                | NotLeaderForPartition
+                | LeaderNotAvailable
+                | FencedLeaderEpoch
+                | UnknownLeaderEpoch
+                | ReplicaNotAvailable
+                | PreferredLeaderNotAvailable
+                | UnknownTopicOrPartition
+                | AllBrokersDown
+                | BrokerTransportFailure
+                | BrokerNotAvailable
+                | NetworkException
+                | Resolve
+                | Retry
+                | CoordinatorLoadInProgress
+                | CoordinatorNotAvailable
+                | NotCoordinator
+                | NotEnoughReplicas
+                | NotEnoughReplicasAfterAppend
+                | ISRInsufficient
+                | KafkaStorageError
+                | ThrottlingQuotaExceeded
+                | PurgeQueue
+                | PurgeInflight
+        ),
         // The producer is gone: only happens while the process exits.
         None => !matches!(error, KafkaError::Canceled),
     }
@@ -735,13 +765,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn size_and_fatal_errors_are_permanent_the_rest_is_retried() {
+    fn only_errors_that_pass_are_retried() {
         let produce = |code| KafkaError::MessageProduction(code);
-        assert!(!is_transient(&produce(RDKafkaErrorCode::MessageSizeTooLarge)));
-        assert!(!is_transient(&produce(RDKafkaErrorCode::Fatal)));
-        assert!(is_transient(&produce(RDKafkaErrorCode::MessageTimedOut)));
-        assert!(is_transient(&produce(RDKafkaErrorCode::AllBrokersDown)));
-        assert!(is_transient(&produce(RDKafkaErrorCode::NotLeaderForPartition)));
+        for permanent in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::PolicyViolation,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+            RDKafkaErrorCode::Unknown,
+        ] {
+            assert!(!is_transient(&produce(permanent)), "{permanent:?}");
+        }
+        for transient in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert!(is_transient(&produce(transient)), "{transient:?}");
+        }
         assert!(!is_transient(&KafkaError::Canceled));
     }
 }

@@ -64,6 +64,20 @@ fn mock_topics(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_the_broker_refuses_for_good_dead_letters_its_event() {
+    refused_results_are_dead_lettered(RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE).await;
+}
+
+/// An error that is neither a timeout, a leader move nor a broker outage is
+/// permanent: retrying it would stall the partition for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_failure_is_permanent_not_retried() {
+    refused_results_are_dead_lettered(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED).await;
+}
+
+/// The first produce request (a batch of results) is refused with `error`;
+/// those results' events must reach the dead-letter topic, the others
+/// their results, and the run must stay healthy without retrying.
+async fn refused_results_are_dead_lettered(error: RDKafkaRespErr) {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let args = mock_topics(&cluster);
     let events = json_events(50, 5);
@@ -72,12 +86,11 @@ async fn a_result_the_broker_refuses_for_good_dead_letters_its_event() {
     let results = Collector::start(&args, &args.topics.results).await;
     let dead = Collector::start(&args, &args.topics.dlq).await;
 
-    // The first produce request (a batch of results) is refused as too
-    // large: a permanent error for those records.
-    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+    cluster.request_errors(RDKafkaApiKey::Produce, &[error]);
     let mut config = Config::for_tests(args.clone(), 1);
     config.create_topics = false;
     let running = Running::start(config);
+    let stats = running.stats.clone();
 
     eventually(DEADLINE, "every event answered by a result or a dead letter", || async {
         let answered: std::collections::HashSet<String> = results
@@ -90,6 +103,7 @@ async fn a_result_the_broker_refuses_for_good_dead_letters_its_event() {
     })
     .await;
     running.stop().await.expect("clean shutdown");
+    assert_eq!(stats.snapshot().retries, 0, "{error:?} is permanent: never retried");
     let letters = dead.records.lock().unwrap().clone();
     assert!(!letters.is_empty(), "the refused results' events are dead-lettered");
     for letter in &letters {

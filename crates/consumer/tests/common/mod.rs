@@ -124,6 +124,8 @@ pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
 pub struct Running {
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// The run's counters (processed, dead-lettered, retries ...).
+    pub stats: std::sync::Arc<consumer::stats::Stats>,
 }
 
 impl Running {
@@ -133,8 +135,9 @@ impl Running {
 
     pub fn start_with<P: consumer::Processor>(config: consumer::Config, processor: P) -> Self {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(consumer::run_with(config, processor, shutdown.clone()));
-        Self { shutdown, task }
+        let stats = std::sync::Arc::new(consumer::stats::Stats::default());
+        let task = tokio::spawn(consumer::run_observed(config, processor, stats.clone(), shutdown.clone()));
+        Self { shutdown, task, stats }
     }
 
     /// Stops the consumer and returns what `run` returned.
