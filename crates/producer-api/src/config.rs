@@ -87,6 +87,38 @@ pub struct Config {
     #[arg(long, env = "PRODUCER_LINGER", value_parser = parse_duration, default_value = "1ms")]
     pub linger: Duration,
 
+    /// Connections served at once (HTTP and WebSocket together). Beyond it
+    /// a new connection is closed at once, so a flood of idle sockets cannot
+    /// use up the process's file descriptors; it is also capped below the
+    /// process's open-file limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request's headers, counted from when its
+    /// connection is ready for a request: a half-sent request, or a
+    /// keep-alive connection idle this long, is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub header_read_timeout: Duration,
+
+    /// Time a client has to send a request's whole body (a slow upload is
+    /// answered 408 and the connection closed).
+    #[arg(long, env = "BODY_READ_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub body_read_timeout: Duration,
+
+    /// Result connections (WebSocket or SSE) one API key may hold open at
+    /// once; beyond it an upgrade is answered 429 with Retry-After.
+    #[arg(long, env = "MAX_WEBSOCKETS_PER_KEY", default_value_t = 2000)]
+    pub max_websockets_per_key: usize,
+
+    /// How often the server pings an open WebSocket.
+    #[arg(long, env = "WS_PING_INTERVAL", value_parser = parse_duration, default_value = "20s")]
+    pub ws_ping_interval: Duration,
+
+    /// A WebSocket from which nothing (not even a pong) arrived for this
+    /// long is closed (1001): its peer has vanished.
+    #[arg(long, env = "WS_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub ws_idle_timeout: Duration,
+
     /// Time given to in-flight requests and the producer flush at shutdown.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_timeout: Duration,
@@ -118,6 +150,12 @@ impl Config {
             cors_origins: Vec::new(),
             producer_queue: 200_000,
             linger: Duration::from_millis(1),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_websockets_per_key: 2000,
+            ws_ping_interval: Duration::from_secs(20),
+            ws_idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -170,6 +208,8 @@ impl Config {
             ("--max-streams-per-key", self.max_streams_per_key),
             ("--max-body-bytes", self.max_body_bytes),
             ("--max-batch-bytes", self.max_batch_bytes),
+            ("--max-connections", self.max_connections),
+            ("--max-websockets-per-key", self.max_websockets_per_key),
         ] {
             if value == 0 {
                 anyhow::bail!("{flag} must be at least 1");
@@ -180,11 +220,43 @@ impl Config {
                 anyhow::bail!("--cors-origins: {origin:?} is not a valid origin");
             }
         }
-        if self.request_timeout.is_zero() {
-            anyhow::bail!("--request-timeout must be positive");
+        for (flag, value) in [
+            ("--request-timeout", self.request_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
+            ("--ws-ping-interval", self.ws_ping_interval),
+            ("--ws-idle-timeout", self.ws_idle_timeout),
+        ] {
+            if value.is_zero() {
+                anyhow::bail!("{flag} must be positive");
+            }
         }
         Ok(())
     }
+}
+
+/// Default of `--max-connections`: room for 10,000 WebSockets and the
+/// HTTP clients beside them, under the usual 20,000 open-file limit of a
+/// service (see [`Config::connection_limit`] for lower limits).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 15_000;
+
+impl Config {
+    /// `--max-connections`, capped to leave room under the process's
+    /// open-file limit (Kafka sockets, files) so the cap takes effect before
+    /// the descriptors run out.
+    pub fn connection_limit(&self) -> usize {
+        match open_file_limit() {
+            Some(limit) => self.max_connections.min(limit.saturating_sub(256).max(16)),
+            None => self.max_connections,
+        }
+    }
+}
+
+/// The soft open-file limit of this process, from /proc (Linux).
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Where a generated key is written for a gateway on `port`:

@@ -33,6 +33,9 @@ pub enum AppError {
     /// 405: the route exists for other methods.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 408: the body did not arrive within `--body-read-timeout`.
+    #[error("request body not received in time")]
+    BodyTimeout,
     /// 413: the body (or the batch) is larger than configured.
     #[error("request body too large")]
     TooLarge(String),
@@ -70,6 +73,7 @@ impl AppError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::UnknownStream(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -149,11 +153,26 @@ impl From<JsonRejection> for AppError {
 
 impl From<BytesRejection> for AppError {
     fn from(rejection: BytesRejection) -> Self {
+        if caused_by::<tower_http::timeout::TimeoutError>(&rejection) {
+            return Self::BodyTimeout;
+        }
         match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => Self::TooLarge(rejection.body_text()),
             _ => Self::MalformedJson(rejection.body_text()),
         }
     }
+}
+
+/// Whether `error` or anything in its source chain is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<E>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 #[cfg(test)]

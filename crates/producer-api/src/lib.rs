@@ -15,6 +15,7 @@
 //! - [`registry`]: stream ownership in a compacted topic.
 //! - [`results`]: the results reader and per-stream fan-out.
 //! - [`streams`]: `/stream/...` handlers; [`ws`]: WebSocket and SSE.
+//! - [`serve`]: the connection loop (connection limit, header timeout).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; [`openapi`]: `/openapi.json`.
 
 #![recursion_limit = "512"]
@@ -29,6 +30,7 @@ pub mod page;
 pub mod publish;
 pub mod registry;
 pub mod results;
+pub mod serve;
 pub mod streams;
 pub mod ws;
 
@@ -50,6 +52,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use crate::config::Config;
 pub use crate::error::AppError;
@@ -85,6 +88,8 @@ pub struct AppStateInner {
     /// Handlers that panicked (each was answered 500). Zero in a healthy
     /// server; the bad-input tests assert it stays so.
     pub panics: Arc<AtomicU64>,
+    /// Result connections (WebSocket, SSE) open per API key fingerprint.
+    pub subscriptions: ws::PerKey,
     in_flight: Arc<Semaphore>,
 }
 
@@ -124,6 +129,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.panics.clone(), catch_panic))
+        // A body that trickles in slower than this is answered 408 and the
+        // connection closed: a slow upload cannot hold a request slot.
+        .layer(RequestBodyTimeoutLayer::new(state.config.body_read_timeout))
         .layer(middleware::from_fn_with_state(state.clone(), observe));
     let router = match cors(&state.config) {
         Some(cors) => router.layer(cors),
@@ -231,6 +239,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         hub,
         shutdown: CancellationToken::new(),
         panics: Arc::new(AtomicU64::new(0)),
+        subscriptions: ws::PerKey::default(),
     }));
     Ok(Parts { state, registry_reader: registry, results_reader })
 }
@@ -292,12 +301,15 @@ impl Application {
             })
         };
         let publisher = state.publisher.clone();
-        let server = axum::serve(listener, app(state)).with_graceful_shutdown(stopping.clone().cancelled_owned());
-        let served = tokio::select! {
-            served = server => served.context("serving HTTP"),
+        let limits = serve::Limits {
+            max_connections: state.config.connection_limit(),
+            header_read_timeout: state.config.header_read_timeout,
+        };
+        let server = serve::serve(listener, app(state), limits, stopping.clone());
+        tokio::select! {
+            _ = server => {}
             _ = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
-                Ok(())
             }
         };
         forward.abort();
@@ -311,7 +323,7 @@ impl Application {
             let _ = task.await;
         }
         tracing::info!("producer-api stopped");
-        served
+        Ok(())
     }
 }
 

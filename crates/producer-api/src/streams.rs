@@ -6,6 +6,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use crate::error::AppError;
 use crate::extract::{media_type, SendPayload, StreamPath};
 use crate::publish::{add_traceparent, traceparent, SOURCE};
 use crate::registry::{Claimed, StartSlot};
+use crate::serve::ConnectionSlot;
 use crate::{ws, AppState};
 
 /// Longest stream id accepted.
@@ -132,6 +134,10 @@ fn reserve_quota(state: &AppState, caller: &Caller, stream_id: &str) -> Result<O
     }
 }
 
+/// Retry-After of a refusal over `--max-websockets-per-key`: connections
+/// end on the client's schedule.
+pub const SUBSCRIPTION_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Retry-After of a quota refusal: streams are freed by deletes, which a
 /// client does on its own schedule, so this is a polite pause, not a promise.
 pub const QUOTA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
@@ -216,20 +222,31 @@ pub async fn results(
     caller: Caller,
     StreamPath(stream_id): StreamPath,
     headers: HeaderMap,
+    connection: Option<Extension<ConnectionSlot>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     authorize(&state, &caller, &stream_id, state.publisher.deadline()).await?;
-    if let Ok(upgrade) = upgrade {
-        let subscription = state.hub.subscribe(&stream_id).ok_or_else(|| AppError::UnknownStream(stream_id.clone()))?;
-        return Ok(ws::upgrade(state, stream_id, subscription, upgrade));
-    }
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
-    if wants_sse {
+    if upgrade.is_ok() || wants_sse {
+        let max = state.config.max_websockets_per_key;
+        let key = state.subscriptions.reserve(&caller.owner, max).ok_or_else(|| {
+            metrics::counter!("websocket_key_limit_refusals_total").increment(1);
+            AppError::QuotaExceeded {
+                detail: format!(
+                    "this key already has {max} result connections (WebSocket or SSE) open, the limit; close some first"
+                ),
+                retry_after: SUBSCRIPTION_RETRY_AFTER,
+            }
+        })?;
+        let held = ws::Held { key, connection: connection.map(|Extension(slot)| slot) };
         let subscription = state.hub.subscribe(&stream_id).ok_or_else(|| AppError::UnknownStream(stream_id.clone()))?;
-        return Ok(ws::sse(state, subscription));
+        return Ok(match upgrade {
+            Ok(upgrade) => ws::upgrade(state, stream_id, subscription, held, upgrade),
+            Err(_) => ws::sse(state, subscription, held),
+        });
     }
     #[derive(Serialize)]
     struct Recent<'a> {

@@ -11,7 +11,9 @@
 //! When the stream is deleted the socket closes with code 1000 (SSE ends);
 //! at server shutdown it closes with 1001 after the pending acks are sent.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -25,6 +27,7 @@ use stream_core::schema::Event;
 use crate::error::AppError;
 use crate::publish::{Ack, SOURCE};
 use crate::results::{Next, Subscription};
+use crate::serve::ConnectionSlot;
 use crate::streams::payload_of;
 use crate::AppState;
 
@@ -48,7 +51,62 @@ impl Drop for Gauge {
     }
 }
 
-pub fn upgrade(state: AppState, stream_id: String, subscription: Subscription, upgrade: WebSocketUpgrade) -> Response {
+/// Result connections (WebSocket, SSE) open per API key, for
+/// `--max-websockets-per-key`.
+#[derive(Clone, Default)]
+pub struct PerKey(Arc<Mutex<HashMap<Arc<str>, usize>>>);
+
+impl PerKey {
+    /// A place for one more connection of `owner` if it holds fewer than
+    /// `max`; released when the returned guard is dropped.
+    pub fn reserve(&self, owner: &Arc<str>, max: usize) -> Option<KeySlot> {
+        let mut open = self.0.lock().expect("per-key lock");
+        let count = open.entry(owner.clone()).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(KeySlot { per_key: self.clone(), owner: owner.clone() })
+    }
+
+    /// Connections `owner` holds open now.
+    pub fn open(&self, owner: &str) -> usize {
+        self.0.lock().expect("per-key lock").get(owner).copied().unwrap_or(0)
+    }
+}
+
+/// One result connection's place under its key's limit.
+pub struct KeySlot {
+    per_key: PerKey,
+    owner: Arc<str>,
+}
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        let mut open = self.per_key.0.lock().expect("per-key lock");
+        if let Some(count) = open.get_mut(&self.owner) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// What a socket holds for as long as it is open: its key's place and its
+/// connection's place (see [`crate::serve`]).
+pub struct Held {
+    pub key: KeySlot,
+    pub connection: Option<ConnectionSlot>,
+}
+
+pub fn upgrade(
+    state: AppState,
+    stream_id: String,
+    subscription: Subscription,
+    held: Held,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let max = state.config.max_body_bytes;
     upgrade
         // tungstenite allocates its read buffer up front (128 KiB by
@@ -56,7 +114,7 @@ pub fn upgrade(state: AppState, stream_id: String, subscription: Subscription, u
         .read_buffer_size(4 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run_socket(state, stream_id, subscription, socket))
+        .on_upgrade(move |socket| run_socket(state, stream_id, subscription, held, socket))
 }
 
 fn notice(dropped: u64) -> Utf8Bytes {
@@ -79,18 +137,26 @@ fn ack_frame(ack: &Ack) -> Utf8Bytes {
     json!({ "type": "ack", "id": ack.id, "partition": ack.partition, "offset": ack.offset }).to_string().into()
 }
 
-async fn run_socket(state: AppState, stream_id: String, subscription: Subscription, socket: WebSocket) {
+async fn run_socket(state: AppState, stream_id: String, subscription: Subscription, held: Held, socket: WebSocket) {
+    let _held = held;
     let _gauge = Gauge::open("websocket");
     let (mut sink, mut incoming) = socket.split();
     let mut acks = FuturesOrdered::new();
     let topic = state.config.kafka.topics.events.clone();
     let shutdown = state.shutdown.clone();
     let mut closing: Option<CloseFrame> = None;
+    let idle_timeout = state.config.ws_idle_timeout;
+    let ping_every = state.config.ws_ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the peer last sent anything (a frame, a pong): a peer silent for
+    // the idle timeout has vanished without a close.
+    let mut last_heard = tokio::time::Instant::now();
 
     loop {
         if let Some(frame) = &closing {
             if acks.is_empty() {
-                let _ = sink.send(Message::Close(Some(frame.clone()))).await;
+                let _ = tokio::time::timeout(idle_timeout, sink.send(Message::Close(Some(frame.clone())))).await;
                 break;
             }
         }
@@ -100,20 +166,31 @@ async fn run_socket(state: AppState, stream_id: String, subscription: Subscripti
                 closing = Some(CloseFrame { code: 1001, reason: "server shutting down".into() });
                 continue;
             }
-            Some(outcome) = acks.next(), if !acks.is_empty() => match outcome {
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= idle_timeout {
+                    metrics::counter!("websocket_idle_closes_total").increment(1);
+                    tracing::debug!(stream = %stream_id, "closing a WebSocket whose peer went silent");
+                    let frame = CloseFrame { code: 1001, reason: "no message or pong within the idle timeout".into() };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                    break;
+                }
+                Message::Ping(Default::default())
+            }
+            Some(outcome) = acks.next(), if !acks.is_empty() => Message::Text(match outcome {
                 Ok(ack) => ack_frame(&ack),
                 Err(error) => error_frame(&error),
-            },
-            next = subscription.next(), if closing.is_none() => match next {
+            }),
+            next = subscription.next(), if closing.is_none() => Message::Text(match next {
                 Next::Result(delivered) => delivered.frame.clone(),
                 Next::Dropped(n) => notice(n),
                 Next::Closed(reason) => {
                     closing = Some(CloseFrame { code: 1000, reason: reason.into() });
                     continue;
                 }
-            },
-            message = incoming.next(), if closing.is_none() && acks.len() < MAX_PENDING_ACKS => match message {
+            }),
+            message = incoming.next(), if closing.is_none() && acks.len() < MAX_PENDING_ACKS => Message::Text(match message {
                 Some(Ok(Message::Text(text))) => {
+                    last_heard = tokio::time::Instant::now();
                     match client_event(&stream_id, text.as_str()) {
                         Ok(event) => match state.publisher.enqueue(&topic, &event) {
                             Ok(future) => {
@@ -131,9 +208,13 @@ async fn run_socket(state: AppState, stream_id: String, subscription: Subscripti
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
+                    last_heard = tokio::time::Instant::now();
                     error_frame(&AppError::UnsupportedMediaType("send events as JSON text frames".into()))
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    last_heard = tokio::time::Instant::now();
+                    continue;
+                }
                 // A message over the size limit, or a frame that breaks the
                 // protocol: say why in a close frame (best effort; the
                 // connection may already be unusable) and end the socket.
@@ -150,10 +231,18 @@ async fn run_socket(state: AppState, stream_id: String, subscription: Subscripti
                 }
                 // The client closed or vanished; nothing more can be sent.
                 Some(Ok(Message::Close(_))) | None => break,
-            },
+            }),
         };
-        if sink.send(Message::Text(outgoing)).await.is_err() {
-            break;
+        // A peer that stopped reading without closing (its buffers full)
+        // would hold this send for ever; the idle timeout bounds it too.
+        match tokio::time::timeout(idle_timeout, sink.send(outgoing)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                metrics::counter!("websocket_idle_closes_total").increment(1);
+                tracing::debug!(stream = %stream_id, "closing a WebSocket that stopped reading");
+                break;
+            }
         }
     }
 }
@@ -174,8 +263,8 @@ fn client_event(stream_id: &str, text: &str) -> Result<Event, AppError> {
 /// Server-Sent Events: `event: result` with the same JSON as WebSocket
 /// frames, `event: notice` after drops. Ends when the stream is deleted or
 /// the server shuts down.
-pub fn sse(state: AppState, subscription: Subscription) -> Response {
-    let gauge = Gauge::open("sse");
+pub fn sse(state: AppState, subscription: Subscription, held: Held) -> Response {
+    let gauge = (Gauge::open("sse"), held);
     let events = futures::stream::unfold((subscription, gauge), |(subscription, gauge)| async move {
         let event = match subscription.next().await {
             Next::Result(delivered) => SseEvent::default().event("result").data(delivered.frame.as_str()),

@@ -1,0 +1,112 @@
+//! The connection loop: axum's router on hyper HTTP/1.1 connections, with
+//! the limits a public endpoint needs and `axum::serve` does not set.
+//!
+//! - At most `max_connections` connections at once. Beyond it a new
+//!   connection is accepted and closed at once, so a flood of idle sockets
+//!   cannot use up the process's file descriptors and starve everyone.
+//! - A request's headers must arrive within `header_read_timeout`, counted
+//!   from when the connection is ready for a request: a client that sends
+//!   half a request, or keeps an idle keep-alive connection, is closed then.
+//! - A WebSocket keeps its connection's place after the upgrade (the
+//!   handler takes the [`ConnectionSlot`] from the request), so open sockets
+//!   count against the limit too.
+//! - Graceful shutdown: no new connections; requests in progress finish,
+//!   and WebSockets close themselves (they watch the same token); the loop
+//!   returns when every place is free again.
+//!
+//! This is the accept loop of `axum::serve` with hyper's builder exposed;
+//! axum offers no hook for these settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to receive a request's headers, from when the connection waits
+    /// for one (so it is also the idle keep-alive limit).
+    pub header_read_timeout: Duration,
+}
+
+/// A connection's place under [`Limits::max_connections`], in every request's
+/// extensions; the place is free once every clone is dropped.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then waits
+/// until every connection has ended.
+pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdown: CancellationToken) {
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let slots = Arc::new(Semaphore::new(max));
+    metrics::counter!("http_connections_refused_total").absolute(0);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors or a connection reset before accept:
+                    // pause briefly rather than spin, then carry on.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: close at once (the client sees a reset or EOF) instead of
+            // holding a descriptor the process may need.
+            metrics::counter!("http_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let slot = ConnectionSlot(Arc::new(slot));
+        let service = {
+            let slot = slot.clone();
+            TowerToHyperService::new(router.clone().map_request(move |request: Request<Incoming>| {
+                let mut request = request.map(Body::new);
+                request.extensions_mut().insert(slot.clone());
+                request
+            }))
+        };
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+            let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error during shutdown");
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    // Every place back: every connection (and WebSocket) has ended.
+    let _ = slots.acquire_many(max as u32).await;
+}

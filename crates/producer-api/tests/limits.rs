@@ -1,0 +1,229 @@
+//! Slow, idle and greedy clients cannot exhaust the gateway: half-sent
+//! requests and trickled bodies time out, connections beyond the limit are
+//! closed at once, one key cannot hold more result connections than its
+//! limit, and a WebSocket whose peer went silent is closed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{KEY_A, KEY_B};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Reads until the server closes the connection (EOF or reset); returns
+/// what it sent before closing.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return seen,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn healthz_ok(app: &common::TestApp) -> bool {
+    let response = common::client().get(app.url("/healthz")).send().await;
+    response.map(|r| r.status() == 200).unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_while_other_clients_are_served() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.header_read_timeout = Duration::from_secs(2);
+    let app = common::start(config).await;
+
+    // A thousand clients each send half a request and wait.
+    let mut stalled = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        stalled.push(stream);
+    }
+    let started = Instant::now();
+    // Meanwhile a normal client keeps getting answers.
+    for _ in 0..5 {
+        assert!(healthz_ok(&app).await, "a normal client is served while others stall");
+    }
+    // Every stalled connection is closed by the server, none answered 200.
+    let closes = stalled.into_iter().map(|mut stream| async move { read_until_closed(&mut stream).await });
+    let replies = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(closes))
+        .await
+        .expect("every half-sent request is closed within the header timeout (plus slack)");
+    let waited = started.elapsed();
+    assert!(replies.iter().all(|r| !r.starts_with(b"HTTP/1.1 200")), "no half-sent request was answered");
+    assert!(waited >= Duration::from_secs(1), "closed by the timeout, not at once ({waited:?})");
+    assert!(healthz_ok(&app).await);
+
+    // An idle keep-alive connection is closed by the same timeout.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(30), read_until_closed(&mut idle)).await.expect("closed");
+    assert!(answered.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answered));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_in_is_answered_408() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.body_read_timeout = Duration::from_secs(1);
+    let app = common::start(config).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"message\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(20), read_until_closed(&mut stream)).await.expect("answered");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_at_once() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.max_connections = 20;
+    let app = common::start(config).await;
+
+    // Twenty idle keep-alive connections, each proven accepted by an answer.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // The next one is closed without an answer, quickly.
+    let mut extra = TcpStream::connect(app.addr).await.unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), read_until_closed(&mut extra)).await.expect("closed fast");
+    assert!(reply.is_empty(), "refused without an answer: {}", String::from_utf8_lossy(&reply));
+
+    // Once some close, new connections are served again.
+    held.truncate(10);
+    stream_core::testing::eventually(Duration::from_secs(10), "a place frees up", || async {
+        healthz_ok(&app).await.then_some(())
+    })
+    .await;
+    drop(held);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_websocket_limit_gets_429_while_other_keys_connect() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.max_websockets_per_key = 2;
+    let app = common::start(config).await;
+    let mut streams = Vec::new();
+    for key in [KEY_A, KEY_A, KEY_A, KEY_B] {
+        let (status, body) = common::start_stream(&app, key, Some(json!({}))).await;
+        assert_eq!(status, 201, "{body}");
+        streams.push(body["stream_id"].as_str().unwrap().to_owned());
+    }
+    let first = common::connect(&app, KEY_A, &streams[0]).await;
+    let second = common::connect(&app, KEY_A, &streams[1]).await;
+
+    // The third of key A is refused with 429 and Retry-After ...
+    let mut request = app.ws_url(&format!("/stream/{}/results", streams[2])).into_client_request().unwrap();
+    request.headers_mut().insert("X-API-Key", KEY_A.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 429, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    // ... and so is an SSE subscription of that key ...
+    let sse = common::client()
+        .get(app.url(&format!("/stream/{}/results", streams[2])))
+        .header("X-API-Key", KEY_A)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 429);
+    // ... while key B connects.
+    let other = common::connect(&app, KEY_B, &streams[3]).await;
+
+    // A closed socket frees its place.
+    drop(first);
+    stream_core::testing::eventually(Duration::from_secs(10), "the closed socket's place is free", || async {
+        (app.state.subscriptions.open(&app.state.keys.check(KEY_A).unwrap()) < 2).then_some(())
+    })
+    .await;
+    let third = common::connect(&app, KEY_A, &streams[2]).await;
+    drop((second, third, other));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_whose_peer_went_silent_is_closed_and_one_that_answers_pings_stays() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.ws_ping_interval = Duration::from_millis(200);
+    config.ws_idle_timeout = Duration::from_secs(1);
+    let app = common::start(config).await;
+    let (_, body) = common::start_stream(&app, KEY_A, Some(json!({}))).await;
+    let stream = body["stream_id"].as_str().unwrap().to_owned();
+
+    // A client that reads (and so answers pings, as tungstenite does by
+    // itself) all along, in a task of its own.
+    let live = common::connect(&app, KEY_A, &stream).await;
+    let (pings_tx, pings) = tokio::sync::watch::channel(0u32);
+    let reader = tokio::spawn(async move {
+        let mut live = live;
+        let mut count = 0;
+        loop {
+            match live.next().await {
+                Some(Ok(Message::Ping(_))) => {
+                    count += 1;
+                    let _ = pings_tx.send(count);
+                }
+                Some(Ok(Message::Close(frame))) => return format!("closed: {frame:?}"),
+                None | Some(Err(_)) => return "disconnected".to_string(),
+                _ => {}
+            }
+        }
+    });
+
+    // A client that never reads (so never answers a ping) is closed.
+    let silent = common::connect(&app, KEY_A, &stream).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async move {
+        let mut silent = silent;
+        loop {
+            match silent.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return None,
+            }
+        }
+    })
+    .await
+    .expect("the silent client's socket is closed");
+    // The close frame (1001) arrives unless the client's late pongs hit the
+    // already closed socket first, which ends the read with an error.
+    assert!(matches!(closed, Some(1001) | None), "closed as going away: {closed:?}");
+    // The server let go of the silent socket and kept the live one, which
+    // saw a ping every 200 ms.
+    stream_core::testing::eventually(Duration::from_secs(10), "only the live subscriber left", || async {
+        (app.state.hub.subscribers() == 1).then_some(())
+    })
+    .await;
+    assert!(!reader.is_finished(), "the client that answers pings is still open: {:?}", reader.await);
+    assert!(*pings.borrow() >= 5, "the server pings ({} pings in 3 s)", *pings.borrow());
+    reader.abort();
+    app.stop().await;
+}
