@@ -62,8 +62,7 @@ async fn broker_down_means_503_within_the_timeout_then_recovery() {
             (app.state.publisher.queue_depth() >= 1).then_some(())
         })
         .await;
-        let started = Instant::now();
-        (publish(&app, 2).await, started.elapsed())
+        (publish(&app, 2).await,)
     });
     let waited = started.elapsed();
     assert_eq!(first.status(), 503);
@@ -71,10 +70,13 @@ async fn broker_down_means_503_within_the_timeout_then_recovery() {
     let body: Value = first.json().await.unwrap();
     assert!(body["error"].is_string() && body["detail"].is_string(), "{body}");
     assert!(waited < Duration::from_secs(5), "answered after {waited:?} with a 2 s timeout");
-    let (second, second_took) = second;
+    let second = second.0;
     assert_eq!(second.status(), 503);
     assert!(second.headers().contains_key("retry-after"));
-    assert!(second_took < Duration::from_millis(1500), "queue-full answered after {second_took:?}");
+    // Refused by the full queue, not by waiting out the timeout: the reason
+    // says which path answered (how fast is the bench's business).
+    let body: Value = second.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap_or_default().contains("queue is full"), "{body}");
     let ready = common::client().get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
 
