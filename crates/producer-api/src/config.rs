@@ -96,8 +96,10 @@ pub struct Config {
 
     /// Time a client has to send a request's headers, counted from when its
     /// connection is ready for a request: a half-sent request, or a
-    /// keep-alive connection idle this long, is closed.
-    #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    /// keep-alive connection idle this long, is closed. (hyper times both
+    /// with one timer; 20 s leaves clients room to reuse a pooled
+    /// connection after a pause.)
+    #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
     pub header_read_timeout: Duration,
 
     /// Time a client has to send a request's whole body (a slow upload is
@@ -151,7 +153,7 @@ impl Config {
             producer_queue: 200_000,
             linger: Duration::from_millis(1),
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(20),
             body_read_timeout: Duration::from_secs(30),
             max_websockets_per_key: 2000,
             ws_ping_interval: Duration::from_secs(20),
