@@ -261,9 +261,7 @@ impl Registry {
             Some(_) => return Err(AppError::Forbidden),
             None => {}
         }
-        let claim = Claim { owner: owner.to_string(), created_at: Timestamp::now() };
-        let value = serde_json::to_vec(&claim).expect("claims serialise");
-        let (partition, offset) = self.write(publisher, stream, Some(&value), deadline).await?;
+        let (partition, offset) = self.write_claim(publisher, stream, owner, deadline).await?;
         self.wait_applied(&[(partition, offset + 1)], deadline).await?;
         match self.owner_of(stream) {
             Some(current) if current == *owner => Ok(Claimed::Created),
@@ -272,9 +270,7 @@ impl Registry {
                 // this key: compaction would keep it and hand the stream to
                 // us after the next restart. Restating the winner's claim
                 // makes the latest record agree with what every reader applied.
-                let restated = Claim { owner: winner.to_string(), created_at: Timestamp::now() };
-                let value = serde_json::to_vec(&restated).expect("claims serialise");
-                self.write(publisher, stream, Some(&value), deadline).await?;
+                self.write_claim(publisher, stream, &winner, deadline).await?;
                 Err(AppError::Forbidden)
             }
             // Deleted between our claim and now: the caller may start again.
@@ -296,9 +292,7 @@ impl Registry {
         owner: &Arc<str>,
         deadline: Instant,
     ) -> Result<Claimed, AppError> {
-        let claim = Claim { owner: owner.to_string(), created_at: Timestamp::now() };
-        let value = serde_json::to_vec(&claim).expect("claims serialise");
-        self.write(publisher, stream, Some(&value), deadline).await?;
+        self.write_claim(publisher, stream, owner, deadline).await?;
         self.insert_first(stream, owner.clone());
         Ok(Claimed::Created)
     }
@@ -318,6 +312,19 @@ impl Registry {
         }
         let (partition, offset) = self.write(publisher, stream, None, deadline).await?;
         self.wait_applied(&[(partition, offset + 1)], deadline).await
+    }
+
+    /// Writes a claim of `stream` by `owner`, made now.
+    async fn write_claim(
+        &self,
+        publisher: &Publisher,
+        stream: &str,
+        owner: &str,
+        deadline: Instant,
+    ) -> Result<(i32, i64), AppError> {
+        let claim = Claim { owner: owner.to_owned(), created_at: Timestamp::now() };
+        let value = serde_json::to_vec(&claim).expect("claims serialise");
+        self.write(publisher, stream, Some(&value), deadline).await
     }
 
     async fn write(
