@@ -31,8 +31,13 @@ pub async fn publish(args: &KafkaArgs, events: &[Event]) {
                     pending.push(kafka::delivered(delivery));
                     break;
                 }
-                // Queue full: let what is in flight be acknowledged first.
-                Err(_) => {
+                // Queue full: let what is in flight be acknowledged first,
+                // then try again. Any other error is permanent and fails the
+                // test at once instead of retrying for ever; so does a queue
+                // still full with nothing left in flight.
+                Err(error) => {
+                    let queue_full = error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull);
+                    assert!(queue_full && !pending.is_empty(), "cannot publish a test event: {error}");
                     for result in join_all(pending.drain(..)).await {
                         result.map_err(|(e, _)| e).expect("event published");
                     }
