@@ -23,9 +23,8 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use publisher::report::latency_histogram;
 use publisher::{Pacer, Payloads};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use stream_core::config::parse_duration;
 use stream_core::kafka::{self, StartFrom, TracingContext};
 use stream_core::schema::{header, Timestamp};
@@ -80,7 +79,7 @@ pub async fn run(args: &E2eArgs, shutdown: CancellationToken) -> anyhow::Result<
     load.prepare().await?;
     let topic = load.bench_topic.clone();
     let reader = kafka::reader(&load.kafka, StartFrom::Latest)?;
-    assign_at_end(&reader, &topic, load.kafka.connect_timeout).with_context(|| format!("assigning {topic}"))?;
+    kafka::assign_at_end(&reader, &topic, load.kafka.connect_timeout).with_context(|| format!("assigning {topic}"))?;
     let producer = publisher::producer(&load.kafka, &load.producer_options())?;
     let payloads = Payloads::generated(load.size, load.keys);
 
@@ -192,22 +191,6 @@ async fn read(reader: StreamConsumer<TracingContext>, steps: Steps, stop: Cancel
             }
         }
     }
-}
-
-/// Assigns every partition at its current end, resolved now: `Offset::End`
-/// would be resolved at the first fetch, after the first sends, and could
-/// skip them.
-fn assign_at_end(reader: &StreamConsumer<TracingContext>, topic: &str, timeout: Duration) -> anyhow::Result<()> {
-    let metadata = reader.fetch_metadata(Some(topic), timeout)?;
-    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len()).unwrap_or(0);
-    anyhow::ensure!(partitions > 0, "topic {topic} has no partitions");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        let (_, high) = reader.fetch_watermarks(topic, p, timeout)?;
-        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
-    }
-    reader.assign(&tpl)?;
-    Ok(())
 }
 
 /// Latency percentiles against offered rate, both on log scales.

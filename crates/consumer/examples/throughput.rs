@@ -17,7 +17,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::Consumer;
 use rdkafka::Offset;
@@ -119,8 +118,8 @@ async fn preload(args: &KafkaArgs, count: usize, keys: usize) -> anyhow::Result<
 fn topic_size(args: &KafkaArgs) -> anyhow::Result<(i64, usize)> {
     let reader = kafka::reader(args, StartFrom::Earliest)?;
     let topic = &args.topics.events;
-    let metadata = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata.topics().first().context("no such topic")?.partitions().len();
+    let partitions = kafka::partition_count(&reader, topic, Duration::from_secs(10))?;
+    anyhow::ensure!(partitions > 0, "no such topic: {topic}");
     let mut total = 0;
     for p in 0..partitions as i32 {
         let (low, high) = reader.fetch_watermarks(topic, p, Duration::from_secs(10))?;

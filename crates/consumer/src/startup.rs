@@ -47,17 +47,10 @@ pub(crate) async fn prepare(config: &Config, shutdown: &CancellationToken) -> an
 /// Partitions of the events topic, for the start-up log and a warning when
 /// some workers would have nothing to do. `None` if metadata cannot say.
 pub(crate) async fn event_partitions(config: &Config) -> Option<usize> {
-    use rdkafka::consumer::Consumer;
     let probe = kafka::reader(&config.kafka, kafka::StartFrom::Earliest).ok()?;
     let topic = config.kafka.topics.events.clone();
     let timeout = config.kafka.connect_timeout;
-    tokio::task::spawn_blocking(move || {
-        let metadata = probe.fetch_metadata(Some(&topic), timeout).ok()?;
-        metadata.topics().first().map(|t| t.partitions().len())
-    })
-    .await
-    .ok()
-    .flatten()
+    tokio::task::spawn_blocking(move || kafka::partition_count(&probe, &topic, timeout).ok()).await.ok().flatten()
 }
 
 /// Asks the cluster for metadata until it answers, `connect_attempts` times.

@@ -378,20 +378,52 @@ pub fn assign_all<C: ConsumerContext + 'static>(
     offset: rdkafka::Offset,
     timeout: Duration,
 ) -> Result<usize> {
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
+    let partitions = partition_count(consumer, topic, timeout)?;
     if partitions == 0 {
         return Err(Error::Config(format!("topic {topic} does not exist (create it with --create-topics)")));
     }
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         tpl.add_partition_offset(topic, p, offset)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(partitions)
+}
+
+/// Partitions of `topic` as the cluster reports them now; 0 when the topic
+/// does not exist (blocking: call from `spawn_blocking` in async code).
+pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .unwrap_or(0))
+}
+
+/// Assigns every partition of `topic` to `consumer` at its high watermark
+/// as of now, and returns how many. Explicit offsets rather than
+/// `Offset::End`, which librdkafka resolves at the first fetch: a record
+/// written in between would be skipped. Blocking, like
+/// [`partition_count`].
+pub fn assign_at_end<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize> {
+    let partitions = partition_count(consumer, topic, timeout)?;
+    if partitions == 0 {
+        return Err(Error::Config(format!("topic {topic} does not exist (create it with --create-topics)")));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high))?;
     }
     consumer.assign(&tpl)?;
     Ok(partitions)
@@ -437,13 +469,7 @@ impl PartitionWatch {
         consumer: &StreamConsumer<C>,
         timeout: Duration,
     ) -> Result<usize> {
-        let metadata = consumer.fetch_metadata(Some(&self.topic), timeout)?;
-        let now = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic && t.error().is_none())
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
+        let now = partition_count(consumer, &self.topic, timeout)?;
         // Locked only to compare and assign, so concurrent looks (one per
         // registry catch-up) do not queue behind each other's request.
         let mut known = self.known.lock().expect("partition watch lock");

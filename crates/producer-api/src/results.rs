@@ -15,9 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use stream_core::kafka::{self, PartitionWatch, StartFrom, TracingContext};
@@ -305,32 +304,18 @@ pub struct ResultsReader {
 }
 
 impl ResultsReader {
-    /// Assigns every partition at its current high watermark. Explicit
-    /// offsets rather than `Offset::End`, which librdkafka resolves later,
-    /// when a result written in between would be skipped.
+    /// Assigns every partition at its current high watermark
+    /// ([`kafka::assign_at_end`]).
     pub async fn start(args: &KafkaArgs) -> anyhow::Result<Self> {
         let consumer = kafka::reader(args, StartFrom::Latest)?;
         let topic = args.topics.results.clone();
         let timeout = args.connect_timeout;
-        let (consumer, tpl) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-            let partitions = metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none())
-                .map(|t| t.partitions().len())
-                .unwrap_or(0);
-            anyhow::ensure!(partitions > 0, "results topic {topic} does not exist");
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..partitions as i32 {
-                let (_, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
-                tpl.add_partition_offset(&topic, p, Offset::Offset(high))?;
-            }
-            Ok((consumer, tpl))
+        let (consumer, assigned) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let assigned = kafka::assign_at_end(&consumer, &topic, timeout)?;
+            Ok((consumer, assigned))
         })
         .await??;
-        consumer.assign(&tpl)?;
-        let partitions = Arc::new(PartitionWatch::new(&args.topics.results, tpl.count()));
+        let partitions = Arc::new(PartitionWatch::new(&args.topics.results, assigned));
         Ok(Self { consumer: Arc::new(consumer), topic: args.topics.results.clone(), partitions, timeout })
     }
 
