@@ -127,13 +127,24 @@ struct PartitionHandle {
 pub(crate) struct WorkerContext {
     worker_id: u32,
     partitions: Mutex<HashMap<i32, PartitionHandle>>,
+    /// Partitions revoked since the poll thread last looked. A revoke runs
+    /// inside a poll, so records the poll thread took earlier in the same
+    /// hand-off may belong to a partition that is gone; it drops them
+    /// (unprocessed, their offsets unstored: the next owner reads them).
+    revoked: Mutex<Vec<i32>>,
     drain_timeout: Duration,
     stats: Arc<Stats>,
 }
 
 impl WorkerContext {
     pub fn new(worker_id: u32, drain_timeout: Duration, stats: Arc<Stats>) -> Self {
-        Self { worker_id, partitions: Mutex::new(HashMap::new()), drain_timeout, stats }
+        Self {
+            worker_id,
+            partitions: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(Vec::new()),
+            drain_timeout,
+            stats,
+        }
     }
 
     /// Stops the tasks of `partitions` (all when `None`) and waits until
@@ -196,6 +207,7 @@ impl ConsumerContext for WorkerContext {
             Rebalance::Revoke(tpl) => {
                 metrics::counter!("consumer_rebalances_total").increment(1);
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                self.revoked.lock().unwrap().extend_from_slice(&partitions);
                 let finished = self.finish_partitions(Some(&partitions));
                 commit_stored(consumer, self.worker_id, "revoke");
                 tracing::info!(
@@ -250,6 +262,9 @@ pub(crate) fn poll_loop<P: Processor>(shared: Arc<Shared<P>>, consumer: Arc<Memb
                 _ = shared.stop.cancelled() => break,
                 received = stream.next() => received.expect("a consumer stream never ends"),
             };
+            // Nothing is held yet, so a revoke served by that poll concerns
+            // no record here.
+            context.revoked.lock().unwrap().clear();
             // The first record is waited for; the ones librdkafka has
             // already fetched behind it are taken without waiting.
             let mut received = Some(received);
@@ -278,6 +293,13 @@ pub(crate) fn poll_loop<P: Processor>(shared: Arc<Shared<P>>, consumer: Arc<Memb
                 taken += 1;
                 if taken < HANDOFF_BATCH {
                     received = stream.next().now_or_never().map(|r| r.expect("a consumer stream never ends"));
+                }
+                // A revoke served by that poll: records taken before it from
+                // a revoked partition are dropped (the record the poll just
+                // returned is not among them).
+                let revoked = std::mem::take(&mut *context.revoked.lock().unwrap());
+                if !revoked.is_empty() {
+                    batches.retain(|(partition, _)| !revoked.contains(partition));
                 }
             }
             for (partition, records) in batches.drain(..) {
