@@ -378,16 +378,7 @@ pub fn assign_all<C: ConsumerContext + 'static>(
     offset: rdkafka::Offset,
     timeout: Duration,
 ) -> Result<usize> {
-    let partitions = partition_count(consumer, topic, timeout)?;
-    if partitions == 0 {
-        return Err(Error::Config(format!("topic {topic} does not exist (create it with --create-topics)")));
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, offset)?;
-    }
-    consumer.assign(&tpl)?;
-    Ok(partitions)
+    assign_each(consumer, topic, timeout, |_| Ok(offset))
 }
 
 /// Partitions of `topic` as the cluster reports them now; 0 when the topic
@@ -416,14 +407,27 @@ pub fn assign_at_end<C: ConsumerContext + 'static>(
     topic: &str,
     timeout: Duration,
 ) -> Result<usize> {
+    assign_each(consumer, topic, timeout, |p| {
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        Ok(rdkafka::Offset::Offset(high))
+    })
+}
+
+/// Assigns every partition of `topic`, each at the offset `start_of` gives
+/// it; a topic with no partitions is an error naming the flag that creates it.
+fn assign_each<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+    mut start_of: impl FnMut(i32) -> Result<rdkafka::Offset>,
+) -> Result<usize> {
     let partitions = partition_count(consumer, topic, timeout)?;
     if partitions == 0 {
         return Err(Error::Config(format!("topic {topic} does not exist (create it with --create-topics)")));
     }
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high))?;
+        tpl.add_partition_offset(topic, p, start_of(p)?)?;
     }
     consumer.assign(&tpl)?;
     Ok(partitions)
