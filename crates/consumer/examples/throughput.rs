@@ -6,7 +6,10 @@
 //! cargo run --release -p consumer --example throughput -- preload --topic bench --count 1000000
 //! # 2. The ceiling: read it with librdkafka alone, no processing, no produce
 //! cargo run --release -p consumer --example throughput -- bare --topic bench
-//! # 3. The consumer with 1, 2, 4 workers (a fresh group each time)
+//! # 3. The floor of the consumer's job: read it and write every record back
+//! #    (payload, key, headers) to the results topic, with librdkafka alone
+//! cargo run --release -p consumer --example throughput -- pipe --topic bench --results-topic bench.results
+//! # 4. The consumer with 1, 2, 4 workers (a fresh group each time)
 //! cargo run --release -p consumer --example throughput -- consumer --topic bench \
 //!     --results-topic bench.results --dlq-topic bench.dlq --create-topics --workers 4
 //! ```
@@ -19,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
 use rdkafka::Offset;
 use stream_core::kafka::{self, ProducerOptions, StartFrom};
 use stream_core::{Event, KafkaArgs};
@@ -54,6 +59,14 @@ enum Mode {
         #[command(flatten)]
         kafka: KafkaArgs,
     },
+    /// Read the whole events topic and write each record, with its key and
+    /// headers as read, to the results topic: librdkafka's own cost of one
+    /// record in and one CloudEvents record out, without processing,
+    /// ordering or commits.
+    Pipe {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
     /// Run the consumer over the whole events topic with a fresh group.
     Consumer {
         #[command(flatten)]
@@ -72,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             preload(&args, count, keys).await
         }
         Mode::Bare { kafka: args } => bare(&args).await,
+        Mode::Pipe { kafka: args } => pipe(&args).await,
         Mode::Consumer { config } => run_consumer(config).await,
     }
 }
@@ -146,6 +160,49 @@ async fn bare(args: &KafkaArgs) -> anyhow::Result<()> {
         "bare librdkafka read: {count} records from {partitions} partitions in {secs:.2} s: {:.0} records/s, {:.1} MB/s",
         count as f64 / secs,
         bytes as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
+async fn pipe(args: &KafkaArgs) -> anyhow::Result<()> {
+    let (total, partitions) = topic_size(args)?;
+    kafka::ensure_topics(args, &kafka::project_topics(args)).await?;
+    let reader = kafka::reader(args, StartFrom::Earliest)?;
+    kafka::assign_all(&reader, &args.topics.events, Offset::Beginning, Duration::from_secs(10))?;
+    let producer = kafka::producer(args, &ProducerOptions::default())?;
+    let mut pending = std::collections::VecDeque::new();
+    let mut first = None;
+    let mut failed = 0;
+    for _ in 0..total {
+        let msg = reader.recv().await?;
+        first.get_or_insert_with(Instant::now);
+        let mut record = FutureRecord::to(&args.topics.results).payload(msg.payload().unwrap_or_default());
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        if let Some(headers) = msg.headers() {
+            record = record.headers(headers.detach());
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break pending.push_back(delivery),
+                Err((_, back)) => {
+                    record = back;
+                    // Queue full: wait for the oldest ack.
+                    if let Some(oldest) = pending.pop_front() {
+                        failed += usize::from(kafka::delivered(oldest).await.is_err());
+                    }
+                }
+            }
+        }
+    }
+    for delivery in pending {
+        failed += usize::from(kafka::delivered(delivery).await.is_err());
+    }
+    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or_default();
+    println!(
+        "librdkafka pipe: {total} records from {partitions} partitions read and written in {secs:.2} s: {:.0} records/s, {failed} failed",
+        total as f64 / secs
     );
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! original headers including `ce_*`, so it can be replayed as is) plus
 //! headers saying what went wrong and where the record came from.
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use stream_core::schema::Timestamp;
 
 /// Header names added to dead letters.
@@ -39,7 +39,7 @@ pub struct Failure {
 
 /// The headers of the dead letter for `source`: its own headers first, then
 /// the `dlq_*` ones.
-pub fn headers(source: &OwnedMessage, failure: &Failure, group: &str, worker_id: u32) -> OwnedHeaders {
+pub fn headers<M: Message>(source: &M, failure: &Failure, group: &str, worker_id: u32) -> OwnedHeaders {
     let original = source.headers().map(|h| h.count()).unwrap_or(0);
     let mut headers = OwnedHeaders::new_with_capacity(original + 8);
     if let Some(existing) = source.headers() {
@@ -64,6 +64,7 @@ pub fn headers(source: &OwnedMessage, failure: &Failure, group: &str, worker_id:
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::message::OwnedMessage;
     use rdkafka::Timestamp as KafkaTimestamp;
     use stream_core::Event;
 

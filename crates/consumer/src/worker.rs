@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dlq;
 use crate::processor::{ProcessError, Processor, WorkerInfo};
+use crate::record::Record;
 use crate::stats::Stats;
 
 /// `ce_source` of the results this consumer writes.
@@ -116,7 +117,7 @@ impl<P> Shared<P> {
 /// A running partition task, as the poll thread and the rebalance callback
 /// see it.
 struct PartitionHandle {
-    records: mpsc::Sender<Vec<OwnedMessage>>,
+    records: mpsc::Sender<Vec<Record>>,
     stop: CancellationToken,
     /// Disconnects when the task has finished (its sender is dropped).
     done: std_mpsc::Receiver<()>,
@@ -255,7 +256,7 @@ pub(crate) fn poll_loop<P: Processor>(shared: Arc<Shared<P>>, consumer: Arc<Memb
         // One stream for the whole loop: `recv()` would register and drop a
         // waker slot for every record.
         let mut stream = consumer.stream();
-        let mut batches: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
+        let mut batches: Vec<(i32, Vec<Record>)> = Vec::new();
         'poll: loop {
             let received = tokio::select! {
                 biased;
@@ -273,10 +274,10 @@ pub(crate) fn poll_loop<P: Processor>(shared: Arc<Shared<P>>, consumer: Arc<Memb
                 match next {
                     Ok(record) => {
                         let partition = record.partition();
-                        let owned = record.detach();
+                        let record = Record::new(record, &consumer);
                         match batches.iter_mut().find(|(p, _)| *p == partition) {
-                            Some((_, records)) => records.push(owned),
-                            None => batches.push((partition, vec![owned])),
+                            Some((_, records)) => records.push(record),
+                            None => batches.push((partition, vec![record])),
                         }
                     }
                     Err(error) => {
@@ -376,13 +377,13 @@ struct PartitionTask<P> {
 }
 
 impl<P: Processor> PartitionTask<P> {
-    async fn run(self, mut records: mpsc::Receiver<Vec<OwnedMessage>>) {
+    async fn run(self, mut records: mpsc::Receiver<Vec<Record>>) {
         let mut in_flight = FuturesOrdered::new();
         let shared = self.shared.clone();
         let max = shared.max_in_flight;
         let mut abandoned = false;
         // Records handed over but not started yet, in partition order.
-        let mut queued: VecDeque<OwnedMessage> = VecDeque::new();
+        let mut queued: VecDeque<Record> = VecDeque::new();
         'run: loop {
             tokio::select! {
                 biased;
@@ -474,12 +475,12 @@ impl<P: Processor> PartitionTask<P> {
 
     /// Processes one record and enqueues its result (or dead letter).
     /// Returns the future that resolves once the broker acknowledged it.
-    async fn handle(&self, record: OwnedMessage) -> impl Future<Output = Outcome> + Send + 'static {
+    async fn handle(&self, record: Record) -> impl Future<Output = Outcome> + Send + 'static {
         let shared = &self.shared;
         let started = Instant::now();
         let offset = record.offset();
         let counted = InFlight::new(&shared.stats);
-        let processed = match Event::from_message(&record) {
+        let processed = match Event::from_message(&*record) {
             Ok(event) => {
                 let output = AssertUnwindSafe(shared.processor.process(&event, &self.worker)).catch_unwind().await;
                 match output {
@@ -528,12 +529,12 @@ impl<P: Processor> PartitionTask<P> {
         .run()
     }
 
-    async fn dead_letter(&self, record: &OwnedMessage, failure: &dlq::Failure) -> Sent {
+    async fn dead_letter(&self, record: &Record, failure: &dlq::Failure) -> Sent {
         dead_letter(&self.shared, record, failure, self.worker.worker_id).await
     }
 }
 
-async fn dead_letter<P>(shared: &Shared<P>, record: &OwnedMessage, failure: &dlq::Failure, worker_id: u32) -> Sent {
+async fn dead_letter<P>(shared: &Shared<P>, record: &Record, failure: &dlq::Failure, worker_id: u32) -> Sent {
     let traceparent = record
         .headers()
         .and_then(|h| rdkafka::message::Headers::iter(h).find(|h| h.key == header::TRACEPARENT).and_then(|h| h.value))
@@ -550,7 +551,7 @@ async fn dead_letter<P>(shared: &Shared<P>, record: &OwnedMessage, failure: &dlq
     );
     metrics::counter!("consumer_events_failed_total", "kind" => failure.kind).increment(1);
     shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-    let headers = dlq::headers(record, failure, &shared.group, worker_id);
+    let headers = dlq::headers(&**record, failure, &shared.group, worker_id);
     let mut out = FutureRecord::to(&shared.dlq_topic).payload(record.payload().unwrap_or_default()).headers(headers);
     if let Some(key) = record.key() {
         out = out.key(key);
@@ -673,7 +674,7 @@ struct Delivery<P> {
     shared: Arc<Shared<P>>,
     worker_id: u32,
     offset: i64,
-    source: OwnedMessage,
+    source: Record,
     sent: Sent,
     kind: Kind,
     _counted: InFlight,
