@@ -16,7 +16,9 @@
 #            messages in all over HTTP (closed loop), every result awaited on
 #            its WebSocket (`bench api`), with `consumer --workers 2`
 #   consume  300,000 preloaded events through `consumer --workers 2`
-#            (CloudEvents results, at-least-once commits)
+#            (CloudEvents results, at-least-once commits), then the same
+#            records through librdkafka alone (read, write back with their
+#            headers): the floor under the consumer's cost
 #   publish  1,000,000 100-byte records from `publisher`, bare and with
 #            CloudEvents headers
 #   e2e      `bench e2e` produce -> consume latency at 1k and 10k events/s
@@ -119,6 +121,11 @@ k1=$(cpu "$(broker_pid)")
 row "consume: consumer CPU per event (µs)" "$(per "$(sed -n 's/^cpu=//p' <<<"$out")" "$CONSUME")"
 row "consume: broker CPU per event (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$CONSUME")"
 row "consume: events/s" "$(grep -o '[0-9]* events/s' <<<"$out" | head -1)"
+# The floor: librdkafka alone reading each record and writing it back with
+# its key and CloudEvents headers, no processing, no ordering, no commits.
+out=$(run_timed $B/examples/throughput pipe --topic cost --results-topic cost.pipe)
+echo "$out"
+row "consume floor (librdkafka pipe) CPU per event (µs)" "$(per "$(sed -n 's/^cpu=//p' <<<"$out")" "$CONSUME")"
 fi
 
 if want publish; then
