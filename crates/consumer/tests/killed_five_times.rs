@@ -1,11 +1,12 @@
 //! The real binary SIGKILLed five times at random points of one run of
-//! 100,000 events, restarted each time: every event gets a result, and the
-//! duplicates (work done but not committed when a process died) are
-//! counted and reported.
+//! 100,000 events, restarted each time: every event gets a result, each
+//! process commits as it goes (the committed offsets grow from kill to
+//! kill), and the only duplicates are work a killed process did but had not
+//! committed.
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use common::*;
@@ -22,7 +23,7 @@ fn random_between(low: usize, high: usize) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_sigkills_in_one_run_lose_nothing_and_duplicates_are_counted() {
+async fn five_sigkills_in_one_run_lose_nothing_and_replay_only_uncommitted_work() {
     let args = kafka_args();
     create_project_topics(&args).await;
     let results = Collector::start(&args, &args.topics.results).await;
@@ -38,14 +39,20 @@ async fn five_sigkills_in_one_run_lose_nothing_and_duplicates_are_counted() {
     let mut kills = Vec::new();
     // Results stamped between two kill instants come from one process.
     let mut kill_times = Vec::new();
+    // The group's committed total right after each kill.
+    let mut committed = Vec::new();
     for n in 0..KILLS {
         let mut process = start_binary(&args, &group, &format!("{group}-{n}.log"));
         let target = random_between(n * slice + slice / 4, (n + 1) * slice);
         let target = target.max(results.len() + 100);
         results.wait_for_len(target, &format!("results before kill {}", n + 1)).await;
+        // This process must have committed work of its own before it dies.
+        let floor = committed.last().copied().unwrap_or(0);
+        wait_for_commit_above(&args, &group, &args.topics.events, floor).await;
         process.kill().await.expect("SIGKILL");
         kills.push(results.len());
         kill_times.push(Timestamp::now());
+        committed.push(committed_total(&args, &group, &args.topics.events).await);
     }
     let last = start_binary(&args, &group, &format!("{group}-last.log"));
     let got = results.wait_for_ids(&ids).await;
@@ -58,8 +65,8 @@ async fn five_sigkills_in_one_run_lose_nothing_and_duplicates_are_counted() {
     let duplicates: usize = per_id.values().map(|n| n - 1).sum();
     let lost = ids.iter().filter(|id| !per_id.contains_key(id.as_str())).count();
     eprintln!(
-        "consumer killed {KILLS} times (results seen at each kill: {kills:?}): {} events, {} results, \
-         {duplicates} duplicates, {lost} lost, in {:?}",
+        "consumer killed {KILLS} times (results seen at each kill: {kills:?}, committed: {committed:?}): \
+         {} events, {} results, {duplicates} duplicates, {lost} lost, in {:?}",
         ids.len(),
         got.len(),
         started.elapsed()
@@ -67,10 +74,21 @@ async fn five_sigkills_in_one_run_lose_nothing_and_duplicates_are_counted() {
     assert_eq!(lost, 0);
     assert!(kills.windows(2).all(|w| w[0] < w[1]), "every kill landed mid-run: {kills:?}");
     assert!(*kills.last().unwrap() < ids.len(), "the last kill landed before the end");
+    assert!(committed.windows(2).all(|w| w[0] < w[1]), "commits grow from kill to kill: {committed:?}");
     // A duplicate is a replay of work a killed process did but had not
-    // committed; no process ever handles one event twice. (How many replays
-    // there are depends on how far each process got since its last commit,
-    // which only timing could bound; they are counted above.)
+    // committed: bounded, kill by kill, by the events that had results but
+    // were above the committed offsets.
+    for (n, (killed, committed)) in kill_times.iter().zip(&committed).enumerate() {
+        let before: HashSet<&str> =
+            got.iter().filter(|r| r.processed_at < *killed).map(|r| r.event_id.as_str()).collect();
+        let replayed: HashSet<&str> = got
+            .iter()
+            .filter(|r| r.processed_at > *killed && before.contains(r.event_id.as_str()))
+            .map(|r| r.event_id.as_str())
+            .collect();
+        check_replays(n + 1, before.len(), *committed, replayed.len());
+    }
+    // No process ever handles one event twice.
     let mut per_process: HashMap<(&str, usize), usize> = HashMap::new();
     for r in &got {
         let process = kill_times.partition_point(|killed| *killed < r.processed_at);

@@ -189,6 +189,45 @@ pub async fn committed_and_end(args: &KafkaArgs, group: &str, topic: &str) -> (H
     .unwrap()
 }
 
+/// Events below the group's committed offsets, summed over the partitions
+/// of `topic`: how many a restarted group will not read again.
+pub async fn committed_total(args: &KafkaArgs, group: &str, topic: &str) -> i64 {
+    committed_and_end(args, group, topic).await.0.values().sum()
+}
+
+/// Waits until the group has committed more than `floor` events of `topic`,
+/// and returns the committed total: a running consumer commits as it goes,
+/// not only when it stops.
+pub async fn wait_for_commit_above(args: &KafkaArgs, group: &str, topic: &str, floor: i64) -> i64 {
+    let what = format!("group {group} to commit beyond {floor} events");
+    stream_core::testing::eventually(DEADLINE, &what, || async {
+        let total = committed_total(args, group, topic).await;
+        (total > floor).then_some(total)
+    })
+    .await
+}
+
+/// Checks one kill against what the results show afterwards, and returns
+/// how many events it replayed. `before` are the distinct events with a
+/// result stamped before the kill, `committed` the group's committed total
+/// read after it (a dead process commits nothing more), `replayed` the
+/// events of `before` that got another result after the kill.
+///
+/// A commit never runs ahead of the results (at-least-once), and only
+/// work done but not yet committed is replayed: `replayed <= before -
+/// committed`, which a consumer that restarts from an older offset (or
+/// from zero) breaks.
+pub fn check_replays(kill: usize, before: usize, committed: i64, replayed: usize) {
+    let before = before as i64;
+    assert!(committed > 0, "kill {kill}: nothing committed while the process ran");
+    assert!(committed <= before, "kill {kill}: {committed} events committed but only {before} had results");
+    assert!(
+        replayed as i64 <= before - committed,
+        "kill {kill}: {replayed} events replayed, more than the {} processed but not committed",
+        before - committed
+    );
+}
+
 /// Starts the real `consumer` binary as a child process (two workers, a
 /// short session timeout so a killed process's partitions move on quickly),
 /// its stderr in `log` under the temp directory. Killed when dropped.
@@ -203,6 +242,10 @@ pub fn start_binary(args: &KafkaArgs, group: &str, log: &str) -> tokio::process:
         .env("WORKERS", "2")
         .env("SESSION_TIMEOUT", "6s")
         .env("STATS_INTERVAL", "1s")
+        // Commits five times a second instead of once: a run here takes
+        // about a second, and a kill must land with committed work behind
+        // it and uncommitted work ahead.
+        .env("KAFKA_PROPERTIES", "auto.commit.interval.ms=200")
         .env_remove("METRICS_ADDR")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
