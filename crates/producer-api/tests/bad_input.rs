@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -276,19 +277,23 @@ async fn check(client: &reqwest::Client, app: &common::TestApp, case: &Case) -> 
     None
 }
 
-/// Publishes with KEY_B until stopped; every request must succeed.
-fn bystander(app: &common::TestApp, stop: CancellationToken) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+/// Publishes with KEY_B until stopped; every request must succeed. Returns
+/// the acknowledged ids and the failures.
+fn bystander(app: &common::TestApp, stop: CancellationToken) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>)> {
     let url = app.url("/publish");
     tokio::spawn(async move {
         let client = common::client();
-        let (mut ok, mut failed) = (0, Vec::new());
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
         for n in 0.. {
             if stop.is_cancelled() && n > 0 {
                 break;
             }
             let sent = client.post(&url).header("X-API-Key", KEY_B).json(&json!({"message": {"n": n}})).send().await;
             match sent {
-                Ok(response) if response.status() == 200 => ok += 1,
+                Ok(response) if response.status() == 200 => {
+                    let ack: serde_json::Value = response.json().await.unwrap_or_default();
+                    ok.push(ack["id"].as_str().unwrap_or_default().to_owned());
+                }
                 Ok(response) => {
                     failed.push(format!("{} {}", response.status(), response.text().await.unwrap_or_default()))
                 }
@@ -309,8 +314,8 @@ async fn assert_no_panic(app: &common::TestApp) {
 
 #[tokio::test]
 async fn every_route_answers_bad_input_with_its_documented_error() {
-    let kafka = stream_core::testing::kafka_args();
-    let app = common::start(config(kafka)).await;
+    let kafka_args = stream_core::testing::kafka_args();
+    let app = common::start(config(kafka_args.clone())).await;
     let client = common::client();
     let owned = "owned-by-a";
     let started =
@@ -330,13 +335,19 @@ async fn every_route_answers_bad_input_with_its_documented_error() {
     stop.cancel();
     let (ok, failed) = bystander.await.unwrap();
     eprintln!(
-        "{} bad-input cases, each alone and then all at once; a bystander made {ok} good requests meanwhile",
-        cases.len()
+        "{} bad-input cases, each alone and then all at once; a bystander made {} good requests meanwhile",
+        cases.len(),
+        ok.len()
     );
 
     assert!(wrong.is_empty(), "{} of {} cases were answered wrongly:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
     assert!(failed.is_empty(), "the well-behaved client was disturbed: {failed:?}");
-    assert!(ok > 0);
+    assert!(!ok.is_empty());
+    // Every event the bystander had acknowledged is in the topic.
+    let written: HashSet<String> =
+        common::read_all(&kafka_args, &kafka_args.topics.events).await.into_iter().map(|e| e.id).collect();
+    let missing: Vec<&String> = ok.iter().filter(|id| !written.contains(*id)).collect();
+    assert!(missing.is_empty(), "{} acknowledged events are not in the topic: {missing:?}", missing.len());
     // The owned stream survived every probe.
     assert_eq!(app.state.registry.owner_of(owned).as_deref(), Some(producer_api::auth::fingerprint(KEY_A).as_str()));
     assert_no_panic(&app).await;

@@ -76,4 +76,5 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
     );
     assert!(acked.len() >= 500);
     assert!(lost.is_empty(), "{} acknowledged events are not in the topic: {lost:?}", lost.len());
+    assert_eq!(written.len(), unique.len(), "the events topic holds duplicates");
 }

@@ -27,7 +27,7 @@ struct Load {
     acked: Mutex<Vec<String>>,
     count: AtomicUsize,
     /// Every non-2xx answer: status, had Retry-After, how long it took.
-    refusals: Mutex<Vec<(u16, bool, Duration)>>,
+    refusals: Mutex<Vec<(u16, bool, String)>>,
     saw_503: AtomicBool,
 }
 
@@ -56,7 +56,6 @@ async fn broker_down_ten_seconds_loses_no_acknowledged_event_and_all_get_results
                 if stop.is_cancelled() {
                     break;
                 }
-                let started = Instant::now();
                 let body = json!({"message": {"worker": worker, "n": n}});
                 let response = client.post(&url).header("X-API-Key", KEY_A).json(&body).send().await.unwrap();
                 let status = response.status().as_u16();
@@ -67,7 +66,9 @@ async fn broker_down_ten_seconds_loses_no_acknowledged_event_and_all_get_results
                 } else {
                     load.saw_503.fetch_or(status == 503, Ordering::Relaxed);
                     let retry_after = response.headers().contains_key("retry-after");
-                    load.refusals.lock().unwrap().push((status, retry_after, started.elapsed()));
+                    let body: Value = response.json().await.unwrap_or_default();
+                    let detail = body["detail"].as_str().unwrap_or_default().to_owned();
+                    load.refusals.lock().unwrap().push((status, retry_after, detail));
                     // Back off as told, as a client should.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -129,15 +130,26 @@ async fn broker_down_ten_seconds_loses_no_acknowledged_event_and_all_get_results
         task.await.unwrap();
     }
 
-    // During the outage the gateway answered 503 with Retry-After, never
-    // later than its timeout (plus scheduling slack).
+    // During the outage the gateway answered 503 with Retry-After, each
+    // for a reason of its own: its request timeout ran out (the request
+    // was not left hanging), its queue was full, or librdkafka gave up.
     let refusals = http.refusals.lock().unwrap().clone();
     assert!(!refusals.is_empty());
-    for (status, retry_after, took) in &refusals {
+    let timed_out = format!("did not acknowledge within {REQUEST_TIMEOUT:?}");
+    for (status, retry_after, detail) in &refusals {
         assert_eq!(*status, 503, "only 503 while the broker is down: {refusals:?}");
         assert!(retry_after, "503 without Retry-After");
-        assert!(*took < REQUEST_TIMEOUT + Duration::from_secs(3), "a refusal took {took:?}");
+        assert!(
+            detail.contains(&timed_out)
+                || detail == "the producer queue is full"
+                || detail.starts_with("the broker did not accept the event"),
+            "a refusal without a reason: {detail:?}"
+        );
     }
+    assert!(
+        refusals.iter().any(|(_, _, detail)| detail.contains(&timed_out)),
+        "no refusal came from the request timeout: {refusals:?}"
+    );
 
     let acked: HashSet<String> =
         http.acked.lock().unwrap().iter().chain(direct.acked.lock().unwrap().iter()).cloned().collect();
@@ -155,6 +167,10 @@ async fn broker_down_ten_seconds_loses_no_acknowledged_event_and_all_get_results
         acked.iter().all(|id| per_event.contains_key(id)).then_some(per_event)
     })
     .await;
+    // The idempotent producer writes each acknowledged event once, however
+    // often librdkafka retried it through the outage; results are
+    // at-least-once (a consumer retry may write one twice) and only counted.
+    assert_eq!(written.len(), in_topic.len(), "the events topic holds duplicates");
     let duplicates: usize = results.values().map(|n| n - 1).sum();
     eprintln!(
         "broker down {OUTAGE:?}: {} acknowledged ({} over HTTP, {} direct), {} in the topic ({} duplicates), \
