@@ -24,6 +24,7 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    #[allow(unsafe_code)]
     pub(crate) fn new(message: BorrowedMessage<'_>, consumer: &Arc<Member>) -> Self {
         // SAFETY: the lifetime ties the message to its consumer (it is freed
         // with the consumer's fetch buffers); the record owns a reference to

@@ -142,7 +142,7 @@ impl<'de> Deserialize<'de> for PublishRequest {
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = PublishRequest;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an object {\"message\": <any JSON>, \"key\"?: string, \"headers\"?: {string: string}}")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<PublishRequest, A::Error> {
