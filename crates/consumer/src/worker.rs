@@ -92,6 +92,7 @@ impl Meters {
         // before the first failure.
         metrics::counter!("consumer_poll_errors_total").absolute(0);
         metrics::counter!("consumer_rebalances_total").absolute(0);
+        describe();
         Self {
             processed: metrics::counter!("consumer_events_processed_total"),
             dead_lettered: metrics::counter!("consumer_events_dead_lettered_total"),
@@ -100,6 +101,34 @@ impl Meters {
             end_to_end: metrics::histogram!("consumer_end_to_end_latency_seconds"),
         }
     }
+}
+
+/// The `# HELP` text of every metric the consumer exports.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("consumer_events_processed_total", "Events whose result the broker acknowledged.");
+    describe_counter!("consumer_events_dead_lettered_total", "Events whose dead letter the broker acknowledged.");
+    describe_counter!("consumer_events_failed_total", "Events refused by processing, by kind (each is dead-lettered).");
+    describe_counter!(
+        "consumer_produce_retries_total",
+        "Result or dead-letter writes retried after a transient error."
+    );
+    describe_counter!("consumer_poll_errors_total", "Errors reported by polling the group (librdkafka retries them).");
+    describe_counter!(
+        "consumer_rebalances_total",
+        "Partition revocations this process went through (offsets are committed at each)."
+    );
+    describe_histogram!(
+        "consumer_processing_seconds",
+        Unit::Seconds,
+        "Time to process one event, before its result is written."
+    );
+    describe_histogram!(
+        "consumer_end_to_end_latency_seconds",
+        Unit::Seconds,
+        "From the event's ce_time to its result's acknowledgement."
+    );
+    describe_gauge!("consumer_lag", "Records behind the partition's end, per topic and partition.");
 }
 
 impl<P> Shared<P> {

@@ -41,6 +41,49 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Problems Prometheus's own linter (`promtool check metrics`) would report
+/// in `text`, an exposition in the text format: a family without `# HELP`
+/// or `# TYPE`, a counter whose name does not end in `_total`. Empty when
+/// clean; tests of each binary run it over a real scrape.
+pub fn lint(text: &str) -> Vec<String> {
+    let mut help = std::collections::HashSet::new();
+    let mut problems = Vec::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("#"), Some("HELP"), Some(name), text) => {
+                if text.is_none() {
+                    problems.push(format!("{name}: empty HELP"));
+                }
+                help.insert(name);
+            }
+            (Some("#"), Some("TYPE"), Some(name), kind) => {
+                typed.insert(name);
+                if !help.contains(name) {
+                    problems.push(format!("{name}: no HELP text"));
+                }
+                if kind == Some("counter") && !name.ends_with("_total") {
+                    problems.push(format!("{name}: a counter's name should end in _total"));
+                }
+            }
+            (Some(sample), ..) if !sample.starts_with('#') => {
+                let name = sample.split('{').next().unwrap_or(sample);
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains(f)))
+                    .unwrap_or(name);
+                if !typed.contains(family) {
+                    problems.push(format!("{name}: a sample without # TYPE"));
+                }
+            }
+            _ => {}
+        }
+    }
+    problems.dedup();
+    problems
+}
+
 /// A router serving `GET /metrics` in the Prometheus text format.
 pub fn router() -> Router {
     let handle = handle();
@@ -61,4 +104,21 @@ pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
     axum::serve(listener, router()).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lint;
+
+    #[test]
+    fn the_lint_finds_what_promtool_reports() {
+        let clean = "# HELP a_total Things.\n# TYPE a_total counter\na_total 3\n\
+                     # HELP b_seconds Time.\n# TYPE b_seconds histogram\nb_seconds_bucket{le=\"1\"} 1\nb_seconds_sum 0.5\nb_seconds_count 1\n";
+        assert_eq!(lint(clean), Vec::<String>::new());
+        let bare = "# TYPE a_total counter\na_total 3\n";
+        assert_eq!(lint(bare), vec!["a_total: no HELP text"]);
+        let misnamed = "# HELP a Things.\n# TYPE a counter\na 1\n";
+        assert_eq!(lint(misnamed), vec!["a: a counter's name should end in _total"]);
+        assert_eq!(lint("c 1\n"), vec!["c: a sample without # TYPE"]);
+    }
 }

@@ -212,6 +212,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     // Install the recorder before anything records: samples taken before
     // it exists are lost.
     stream_core::metrics::handle();
+    ops::describe_metrics();
     let args = &config.kafka;
     let mut topics = kafka::project_topics(args);
     topics.push(registry::topic_spec(&config.streams_topic, args));

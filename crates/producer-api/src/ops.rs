@@ -52,3 +52,51 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("result_subscribers").set(state.hub.subscribers() as f64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], stream_core::metrics::handle().render())
 }
+
+/// The `# HELP` text of every metric the gateway exports.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("http_requests_total", "HTTP requests answered, by method, route and status.");
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's arrival to its response, by method, route and status."
+    );
+    describe_counter!("http_errors_total", "Error responses, by status.");
+    describe_counter!("http_panics_total", "Handler panics, each answered 500.");
+    describe_counter!(
+        "http_connections_refused_total",
+        "Connections closed at once because MAX_CONNECTIONS were open."
+    );
+    describe_gauge!("open_connections", "Open long-lived connections, by kind (websocket, sse).");
+    describe_counter!(
+        "websocket_idle_closes_total",
+        "WebSockets closed (1001) after WS_IDLE_TIMEOUT without a pong or message."
+    );
+    describe_counter!(
+        "websocket_key_limit_refusals_total",
+        "WebSocket and SSE connections refused (429) over MAX_WEBSOCKETS_PER_KEY."
+    );
+    describe_histogram!(
+        "produce_latency_seconds",
+        Unit::Seconds,
+        "From enqueueing an event to the broker's acknowledgement."
+    );
+    describe_counter!("batch_records_total", "Records of /publish/batch requests, by outcome (acked, failed).");
+    describe_gauge!("producer_queue_depth", "Records handed to librdkafka and not yet acknowledged.");
+    describe_counter!("streams_started_total", "Streams started.");
+    describe_counter!("streams_deleted_total", "Streams deleted.");
+    describe_counter!("stream_quota_refusals_total", "Stream starts refused (429) over MAX_STREAMS_PER_KEY.");
+    describe_gauge!("open_streams", "Streams this gateway knows of.");
+    describe_gauge!("result_subscribers", "Open result subscriptions (WebSocket and SSE).");
+    describe_counter!("results_received_total", "Records read from the results topic.");
+    describe_counter!("results_routed_total", "Results handed to at least one subscriber.");
+    describe_counter!("results_unrouted_total", "Results with no subscriber on this gateway, or no stream id.");
+    describe_counter!("results_unreadable_total", "Records of the results topic that are not a result.");
+    describe_counter!("results_dropped_total", "Results dropped for a subscriber too slow to take them.");
+    describe_histogram!(
+        "result_delivery_latency_seconds",
+        Unit::Seconds,
+        "From an event's ce_time to its result reaching the gateway."
+    );
+}

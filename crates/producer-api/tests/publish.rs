@@ -152,6 +152,8 @@ async fn health_readiness_and_metrics() {
         assert!(text.contains(metric), "{metric} missing from /metrics:\n{text}");
     }
     assert!(text.contains(r#"route="/publish""#), "{text}");
+    let problems = stream_core::metrics::lint(&text);
+    assert!(problems.is_empty(), "promtool would complain: {problems:#?}\n{text}");
     app.stop().await;
 }
 
