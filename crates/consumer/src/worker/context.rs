@@ -1,0 +1,151 @@
+//! The group member's context: the rebalance callback that finishes
+//! revoked partitions and commits their work, and lag reporting.
+
+use std::collections::HashMap;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+use stream_core::kafka::{self, GroupContext};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::Record;
+use crate::stats::Stats;
+
+/// A running partition task, as the poll thread and the rebalance callback
+/// see it.
+pub(super) struct PartitionHandle {
+    pub(super) records: mpsc::Sender<Vec<Record>>,
+    pub(super) stop: CancellationToken,
+    /// Disconnects when the task has finished (its sender is dropped).
+    pub(super) done: std_mpsc::Receiver<()>,
+}
+
+/// The group member's context: logs like [`GroupContext`], finishes the
+/// partitions it loses, and reports consumer lag.
+pub(crate) struct WorkerContext {
+    pub(super) worker_id: u32,
+    pub(super) partitions: Mutex<HashMap<i32, PartitionHandle>>,
+    /// Partitions revoked since the poll thread last looked. A revoke runs
+    /// inside a poll, so records the poll thread took earlier in the same
+    /// hand-off may belong to a partition that is gone; it drops them
+    /// (unprocessed, their offsets unstored: the next owner reads them).
+    pub(super) revoked: Mutex<Vec<i32>>,
+    pub(super) drain_timeout: Duration,
+    pub(super) stats: Arc<Stats>,
+}
+
+impl WorkerContext {
+    pub fn new(worker_id: u32, drain_timeout: Duration, stats: Arc<Stats>) -> Self {
+        Self {
+            worker_id,
+            partitions: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(Vec::new()),
+            drain_timeout,
+            stats,
+        }
+    }
+
+    /// Stops the tasks of `partitions` (all when `None`) and waits until
+    /// each has stored the offsets of its acknowledged work. Records they
+    /// had not finished are not stored, so whoever owns the partition next
+    /// processes them again.
+    pub(super) fn finish_partitions(&self, partitions: Option<&[i32]>) -> usize {
+        let handles: Vec<(i32, PartitionHandle)> = {
+            let mut map = self.partitions.lock().unwrap();
+            match partitions {
+                Some(list) => list.iter().filter_map(|p| map.remove(p).map(|h| (*p, h))).collect(),
+                None => map.drain().collect(),
+            }
+        };
+        for (_, handle) in &handles {
+            handle.stop.cancel();
+        }
+        // The tasks bound their own drain by `drain_timeout`; the margin only
+        // covers scheduling.
+        let deadline = Instant::now() + self.drain_timeout + Duration::from_secs(2);
+        for (partition, handle) in &handles {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(std_mpsc::RecvTimeoutError::Timeout) = handle.done.recv_timeout(left) {
+                tracing::warn!(worker = self.worker_id, partition, "partition task did not finish in time");
+            }
+            self.stats.forget_lag(self.worker_id, *partition);
+        }
+        handles.len()
+    }
+}
+
+impl ClientContext for WorkerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        GroupContext.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        GroupContext.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, p) in &topic.partitions {
+                // Partition -1 is librdkafka's internal "unassigned" queue;
+                // only partitions being fetched have a meaningful lag.
+                if *partition < 0 || p.fetch_state != "active" || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!("consumer_lag", "topic" => topic.topic.clone(), "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
+                self.stats.set_lag(self.worker_id, *partition, p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                metrics::counter!("consumer_rebalances_total").increment(1);
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                self.revoked.lock().unwrap().extend_from_slice(&partitions);
+                let finished = self.finish_partitions(Some(&partitions));
+                commit_stored(consumer, self.worker_id, "revoke");
+                tracing::info!(
+                    worker = self.worker_id,
+                    partitions = %kafka::describe(tpl),
+                    tasks = finished,
+                    "partitions revoked; finished work committed"
+                );
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(_) => kafka::log_rebalance("rebalance", rebalance),
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(worker = self.worker_id, partitions = %kafka::describe(tpl), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        GroupContext.commit_callback(result, offsets);
+    }
+}
+
+/// Commits the stored offsets now, so that what is finished is not
+/// processed again by the next owner of a partition.
+pub(super) fn commit_stored<C: ConsumerContext, K: Consumer<C> + ?Sized>(consumer: &K, worker_id: u32, when: &str) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::debug!(worker = worker_id, "offsets committed on {when}"),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(worker = worker_id, %error, "committing offsets on {when} failed"),
+    }
+}
+
+/// A member of the group, ready to poll.
+pub(crate) type Member = StreamConsumer<WorkerContext>;

@@ -1,0 +1,307 @@
+//! Writing a result or dead letter: enqueueing with backpressure, waiting
+//! for the ack, retrying transient errors, dead-lettering what can never
+//! be written.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use stream_core::kafka::{self, Producer};
+use stream_core::schema::{header, trace, Timestamp};
+
+use super::shared::Shared;
+use crate::dlq;
+use crate::processor::Processor;
+use crate::record::Record;
+use crate::stats::Stats;
+
+/// What became of one record once its output was acknowledged.
+pub(super) enum Outcome {
+    /// Its result or dead letter is acknowledged: the offset may be stored.
+    Done(i64),
+    /// Nothing could be written for it; the run is failing and no later
+    /// offset of this partition may be stored.
+    Abandoned,
+}
+
+pub(super) async fn dead_letter<P>(
+    shared: &Shared<P>,
+    record: &Record,
+    failure: &dlq::Failure,
+    worker_id: u32,
+) -> Sent {
+    let traceparent = record
+        .headers()
+        .and_then(|h| rdkafka::message::Headers::iter(h).find(|h| h.key == header::TRACEPARENT).and_then(|h| h.value))
+        .and_then(|v| std::str::from_utf8(v).ok());
+    tracing::warn!(
+        worker = worker_id,
+        trace_id = traceparent.and_then(trace::trace_id),
+        topic = record.topic(),
+        partition = record.partition(),
+        offset = record.offset(),
+        kind = failure.kind,
+        error = %failure.message,
+        "event dead-lettered"
+    );
+    metrics::counter!("consumer_events_failed_total", "kind" => failure.kind).increment(1);
+    shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+    let headers = dlq::headers(&**record, failure, &shared.group, worker_id);
+    let mut out = FutureRecord::to(&shared.dlq_topic).payload(record.payload().unwrap_or_default()).headers(headers);
+    if let Some(key) = record.key() {
+        out = out.key(key);
+    }
+    send(&shared.producer, out).await
+}
+
+/// An enqueued record, or why it could not be enqueued (with a copy to
+/// retry from).
+pub(super) type Sent = Result<DeliveryFuture, (KafkaError, OwnedMessage)>;
+
+/// Enqueues `record`, waiting while librdkafka's queue is full (the
+/// backpressure point: the partition stops taking records meanwhile).
+pub(super) async fn send<K, V>(producer: &Producer, record: FutureRecord<'_, K, V>) -> Sent
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    V: rdkafka::message::ToBytes + ?Sized,
+{
+    let mut record = record;
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, back)) => {
+                let copy = OwnedMessage::new(
+                    back.payload.map(|p| p.to_bytes().to_vec()),
+                    back.key.map(|k| k.to_bytes().to_vec()),
+                    back.topic.to_string(),
+                    rdkafka::Timestamp::NotAvailable,
+                    -1,
+                    -1,
+                    back.headers,
+                );
+                return Err((error, copy));
+            }
+        }
+    }
+}
+
+/// Enqueues a copy of a record that failed, for a retry.
+pub(super) async fn resend(producer: &Producer, copy: &OwnedMessage) -> Sent {
+    let mut record = FutureRecord::to(copy.topic())
+        .payload(copy.payload().unwrap_or_default())
+        .headers(copy.headers().cloned().unwrap_or_else(OwnedHeaders::new));
+    if let Some(key) = copy.key() {
+        record = record.key(key);
+    }
+    send(producer, record).await
+}
+
+/// Whether a produce error may go away by itself, so the record is retried
+/// rather than dead-lettered: timeouts, a full queue, leadership moving,
+/// brokers or replicas down, throttling. An allow-list: any other error
+/// (an authorization failure, a record the broker refuses, a fatal producer
+/// state) would fail every retry and stall the partition once its in-flight
+/// window filled, so it goes to the dead-letter topic instead.
+pub(crate) fn is_transient(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    match error.rdkafka_error_code() {
+        Some(code) => matches!(
+            code,
+            MessageTimedOut
+                | RequestTimedOut
+                | OperationTimedOut
+                | TimedOutQueue
+                | QueueFull
+                | NotLeaderForPartition
+                | LeaderNotAvailable
+                | FencedLeaderEpoch
+                | UnknownLeaderEpoch
+                | ReplicaNotAvailable
+                | PreferredLeaderNotAvailable
+                | UnknownTopicOrPartition
+                | AllBrokersDown
+                | BrokerTransportFailure
+                | BrokerNotAvailable
+                | NetworkException
+                | Resolve
+                | Retry
+                | CoordinatorLoadInProgress
+                | CoordinatorNotAvailable
+                | NotCoordinator
+                | NotEnoughReplicas
+                | NotEnoughReplicasAfterAppend
+                | ISRInsufficient
+                | KafkaStorageError
+                | ThrottlingQuotaExceeded
+                | PurgeQueue
+                | PurgeInflight
+        ),
+        // The producer is gone: only happens while the process exits.
+        None => !matches!(error, KafkaError::Canceled),
+    }
+}
+
+pub(super) enum Kind {
+    /// A result for an event sent at the given time.
+    Result(Timestamp),
+    /// A dead letter.
+    DeadLetter(dlq::Failure),
+}
+
+/// The wait for one record's ack, with retries: transient errors are
+/// retried with backoff; a result that can never be written (too large,
+/// say) is dead-lettered instead; a dead letter that can never be written
+/// fails the run, since skipping it would lose the event.
+pub(super) struct Delivery<P> {
+    pub(super) shared: Arc<Shared<P>>,
+    pub(super) worker_id: u32,
+    pub(super) offset: i64,
+    pub(super) source: Record,
+    pub(super) sent: Sent,
+    pub(super) kind: Kind,
+    pub(super) _counted: InFlight,
+}
+
+/// Counts a record as in flight for as long as it lives, including when its
+/// delivery is given up at the end of a drain.
+pub(super) struct InFlight(Arc<Stats>);
+
+impl InFlight {
+    pub(super) fn new(stats: &Arc<Stats>) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<P: Processor> Delivery<P> {
+    pub(super) async fn run(mut self) -> Outcome {
+        let mut retries = 0u32;
+        let outcome = loop {
+            let result = match std::mem::replace(&mut self.sent, Err((KafkaError::Canceled, empty()))) {
+                Ok(delivery) => kafka::delivered(delivery).await.map(|_| ()),
+                Err(failed) => Err(failed),
+            };
+            let (error, copy) = match result {
+                Ok(()) => break self.acknowledged(),
+                Err(failed) => failed,
+            };
+            if is_transient(&error) && !self.shared.stop.is_cancelled() {
+                retries += 1;
+                self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.shared.meters.retries.increment(1);
+                let backoff = Duration::from_millis(100u64 << retries.min(6)).min(Duration::from_secs(5));
+                tracing::warn!(
+                    worker = self.worker_id,
+                    topic = copy.topic(),
+                    %error,
+                    retry = retries,
+                    ?backoff,
+                    "produce failed; retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    // On shutdown the drain deadline decides; a retry
+                    // pending then is simply not stored.
+                    _ = self.shared.stop.cancelled() => {}
+                }
+                self.sent = resend(&self.shared.producer, &copy).await;
+                continue;
+            }
+            if is_transient(&error) {
+                // Stopping: leave the offset unstored.
+                break Outcome::Abandoned;
+            }
+            match &self.kind {
+                Kind::Result(_) => {
+                    let failure = dlq::Failure {
+                        kind: "result_undeliverable",
+                        message: format!("result could not be written to {}: {error}", copy.topic()),
+                    };
+                    self.sent = dead_letter(&self.shared, &self.source, &failure, self.worker_id).await;
+                    self.kind = Kind::DeadLetter(failure);
+                }
+                Kind::DeadLetter(failure) => {
+                    self.shared.fail(anyhow::anyhow!(
+                        "cannot write the dead letter for {}/{} offset {} ({}: {}) to {}: {error}",
+                        self.source.topic(),
+                        self.source.partition(),
+                        self.source.offset(),
+                        failure.kind,
+                        failure.message,
+                        self.shared.dlq_topic,
+                    ));
+                    break Outcome::Abandoned;
+                }
+            }
+        };
+        outcome
+    }
+
+    pub(super) fn acknowledged(&self) -> Outcome {
+        let stats = &self.shared.stats;
+        match &self.kind {
+            Kind::Result(sent_at) => {
+                stats.processed.fetch_add(1, Ordering::Relaxed);
+                self.shared.meters.processed.increment(1);
+                let e2e = sent_at.until(Timestamp::now());
+                self.shared.meters.end_to_end.record(e2e.as_secs_f64());
+            }
+            Kind::DeadLetter(_) => {
+                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.shared.meters.dead_lettered.increment(1);
+            }
+        }
+        Outcome::Done(self.offset)
+    }
+}
+
+pub(super) fn empty() -> OwnedMessage {
+    OwnedMessage::new(None, None, String::new(), rdkafka::Timestamp::NotAvailable, -1, -1, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn only_errors_that_pass_are_retried() {
+        let produce = |code| KafkaError::MessageProduction(code);
+        for permanent in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::PolicyViolation,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+            RDKafkaErrorCode::Unknown,
+        ] {
+            assert!(!is_transient(&produce(permanent)), "{permanent:?}");
+        }
+        for transient in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert!(is_transient(&produce(transient)), "{transient:?}");
+        }
+        assert!(!is_transient(&KafkaError::Canceled));
+    }
+}

@@ -1,0 +1,205 @@
+//! One partition's pipeline: records in offset order, each processed and
+//! its result enqueued without waiting for the previous ack, offsets
+//! stored once everything up to them is acknowledged.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Instant;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use stream_core::schema::trace;
+use stream_core::{Event, EventResult};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::context::Member;
+use super::delivery::{dead_letter, send, Delivery, InFlight, Kind, Outcome, Sent};
+use super::shared::{Shared, RESULT_SOURCE};
+use crate::dlq;
+use crate::processor::{ProcessError, Processor, WorkerInfo};
+use crate::record::Record;
+
+/// The task that owns one assigned partition until it is revoked or the
+/// run stops.
+pub(super) struct PartitionTask<P> {
+    pub(super) shared: Arc<Shared<P>>,
+    pub(super) consumer: Arc<Member>,
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) worker: WorkerInfo,
+    pub(super) stop: CancellationToken,
+    /// Dropped when the task ends, which wakes a waiting rebalance.
+    pub(super) _done: std_mpsc::Sender<()>,
+}
+
+impl<P: Processor> PartitionTask<P> {
+    pub(super) async fn run(self, mut records: mpsc::Receiver<Vec<Record>>) {
+        let mut in_flight = FuturesOrdered::new();
+        let shared = self.shared.clone();
+        let max = shared.max_in_flight;
+        let mut abandoned = false;
+        // Records handed over but not started yet, in partition order.
+        let mut queued: VecDeque<Record> = VecDeque::new();
+        'run: loop {
+            tokio::select! {
+                biased;
+                Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
+                    if !self.settle(outcome, &mut in_flight) {
+                        abandoned = true;
+                        break;
+                    }
+                }
+                _ = self.stop.cancelled() => break,
+                batch = records.recv(), if queued.is_empty() => match batch {
+                    Some(batch) => queued.extend(batch),
+                    None => break,
+                },
+            }
+            // One record after another (per-key order), each result
+            // enqueued without waiting for the previous ack, up to `max`
+            // awaiting their acks.
+            while in_flight.len() < max {
+                let Some(record) = queued.pop_front() else { break };
+                if self.stop.is_cancelled() {
+                    break 'run;
+                }
+                in_flight.push_back(self.handle(record).await);
+            }
+        }
+        // Records still queued are dropped unprocessed: their offsets are
+        // not stored, so they are processed again after the restart or by
+        // the partition's next owner.
+        drop(records);
+        if abandoned || in_flight.is_empty() {
+            return;
+        }
+        let pending = in_flight.len();
+        let deadline = tokio::time::sleep(shared.drain_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                outcome = in_flight.next() => match outcome {
+                    Some(outcome) => if !self.settle(outcome, &mut in_flight) { break },
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    tracing::warn!(
+                        worker = self.worker.worker_id,
+                        partition = self.partition,
+                        unacknowledged = in_flight.len(),
+                        "results not acknowledged within the drain timeout; their events will be processed again"
+                    );
+                    break;
+                }
+            }
+        }
+        tracing::debug!(partition = self.partition, pending, "partition drained");
+    }
+
+    /// Takes `first` and every outcome already available after it, then
+    /// stores the offset after the last finished record. Returns `false` if
+    /// the partition must stop.
+    pub(super) fn settle<F>(&self, first: Outcome, in_flight: &mut FuturesOrdered<F>) -> bool
+    where
+        F: Future<Output = Outcome>,
+    {
+        let mut last = None;
+        let mut outcome = Some(first);
+        while let Some(current) = outcome.take() {
+            match current {
+                Outcome::Done(offset) => last = Some(offset),
+                Outcome::Abandoned => {
+                    self.store(last);
+                    return false;
+                }
+            }
+            outcome = in_flight.next().now_or_never().flatten();
+        }
+        self.store(last);
+        true
+    }
+
+    pub(super) fn store(&self, offset: Option<i64>) {
+        let Some(offset) = offset else { return };
+        // `store_offset` records offset + 1, the next record to read.
+        if let Err(error) = self.consumer.store_offset(&self.topic, self.partition, offset) {
+            // After the partition was lost (session timeout) the store is
+            // refused; the new owner processes those records again.
+            tracing::debug!(partition = self.partition, offset, %error, "offset not stored");
+        }
+    }
+
+    /// Processes one record and enqueues its result (or dead letter).
+    /// Returns the future that resolves once the broker acknowledged it.
+    pub(super) async fn handle(&self, record: Record) -> impl Future<Output = Outcome> + Send + 'static {
+        let shared = &self.shared;
+        let started = Instant::now();
+        let offset = record.offset();
+        let counted = InFlight::new(&shared.stats);
+        let processed = match Event::from_message(&*record) {
+            Ok(event) => {
+                let output = AssertUnwindSafe(shared.processor.process(&event, &self.worker)).catch_unwind().await;
+                match output {
+                    Ok(Ok(output)) => Ok((event, output)),
+                    Ok(Err(error)) => Err(dlq::Failure { kind: error.kind(), message: error.to_string() }),
+                    Err(panic) => Err(dlq::Failure { kind: "panic", message: panic_message(panic) }),
+                }
+            }
+            Err(error) => {
+                let error = ProcessError::from(error);
+                Err(dlq::Failure { kind: error.kind(), message: error.to_string() })
+            }
+        };
+        shared.meters.processing.record(started.elapsed().as_secs_f64());
+        let (sent, kind) = match processed {
+            Ok((event, output)) => {
+                let result = EventResult::answering(&event, Some(self.worker.worker_id), output);
+                if let Some(trace) = result.traceparent.as_deref() {
+                    tracing::debug!(
+                        worker = self.worker.worker_id,
+                        event_id = %result.event_id,
+                        trace_id = trace::trace_id(trace).unwrap_or(trace),
+                        latency_us = result.latency_us,
+                        "event processed"
+                    );
+                }
+                let out = result.to_event(RESULT_SOURCE, &event);
+                let record = if shared.result_headers {
+                    out.record(&shared.results_topic)
+                } else {
+                    out.record_without_headers(&shared.results_topic)
+                };
+                (send(&shared.producer, record).await, Kind::Result(event.time))
+            }
+            Err(failure) => (self.dead_letter(&record, &failure).await, Kind::DeadLetter(failure)),
+        };
+        Delivery {
+            shared: shared.clone(),
+            worker_id: self.worker.worker_id,
+            offset,
+            source: record,
+            sent,
+            kind,
+            _counted: counted,
+        }
+        .run()
+    }
+
+    pub(super) async fn dead_letter(&self, record: &Record, failure: &dlq::Failure) -> Sent {
+        dead_letter(&self.shared, record, failure, self.worker.worker_id).await
+    }
+}
+
+pub(super) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("processor panicked: {text}")
+}
