@@ -60,9 +60,15 @@ Each run prints a table (count, rate, p50, p90, p99, p99.9, max), and writes
 <out-dir>/<command>.json, one .hgrm percentile distribution per row and an SVG plot.
 Use a release build (cargo run --release) for numbers worth quoting."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+
+    /// With no command, `bench` runs `e2e`, `cargo run -p bench`'s purpose:
+    /// these are its options.
+    #[command(flatten)]
+    pub e2e: e2e::E2eArgs,
 }
 
 /// The benchmarks.
@@ -79,32 +85,19 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Parses a command line (program name first). With no command, as in
-    /// `bench` or `bench --rates 1000`, it is `e2e`: the latency histograms
-    /// `cargo run -p bench` is for.
-    pub fn parse_or_e2e<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString>,
-    {
-        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        let no_command = match args.get(1).map(|a| a.to_string_lossy()) {
-            None => true,
-            Some(first) => first.starts_with('-') && !matches!(&*first, "-h" | "--help" | "-V" | "--version"),
-        };
-        if no_command && !args.is_empty() {
-            args.insert(1, "e2e".into());
-        }
-        Self::try_parse_from(args)
+    /// The benchmark to run: the one named, or `e2e` when none is.
+    pub fn command(&self) -> Command {
+        self.command.clone().unwrap_or_else(|| Command::E2e(self.e2e.clone()))
     }
 
     /// Options shared by every subcommand.
     pub fn common(&self) -> &Common {
         match &self.command {
-            Command::Produce(a) => &a.common,
-            Command::Consume(a) => &a.common,
-            Command::E2e(a) => &a.common,
-            Command::Api(a) => &a.common,
+            Some(Command::Produce(a)) => &a.common,
+            Some(Command::Consume(a)) => &a.common,
+            Some(Command::E2e(a)) => &a.common,
+            Some(Command::Api(a)) => &a.common,
+            None => &self.e2e.common,
         }
     }
 }
@@ -182,7 +175,7 @@ impl KafkaBench {
 
 /// Runs the chosen benchmark and writes its outputs.
 pub async fn run(cli: &Cli, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
-    match &cli.command {
+    match &cli.command() {
         Command::Produce(args) => produce::run(args, shutdown).await,
         Command::Consume(args) => consume::run(args, shutdown).await,
         Command::E2e(args) => e2e::run(args, shutdown).await,
@@ -196,26 +189,26 @@ mod tests {
 
     #[test]
     fn no_command_means_e2e() {
-        let cli = Cli::parse_or_e2e(["bench"]).unwrap();
-        let Command::E2e(args) = &cli.command else { panic!("{cli:?}") };
+        let cli = Cli::try_parse_from(["bench"]).unwrap();
+        let Command::E2e(args) = cli.command() else { panic!("{cli:?}") };
         assert_eq!(args.rates, [1000.0, 10000.0, 50000.0]);
 
-        let cli = Cli::parse_or_e2e(["bench", "--rates", "500", "--json"]).unwrap();
-        let Command::E2e(args) = &cli.command else { panic!("{cli:?}") };
+        let cli = Cli::try_parse_from(["bench", "--rates", "500", "--json"]).unwrap();
+        let Command::E2e(args) = cli.command() else { panic!("{cli:?}") };
         assert_eq!(args.rates, [500.0]);
         assert!(cli.common().json);
     }
 
     #[test]
     fn commands_help_and_version_are_unchanged() {
-        assert!(matches!(Cli::parse_or_e2e(["bench", "produce"]).unwrap().command, Command::Produce(_)));
-        assert!(matches!(Cli::parse_or_e2e(["bench", "api"]).unwrap().command, Command::Api(_)));
-        let help = Cli::parse_or_e2e(["bench", "--help"]).unwrap_err();
+        assert!(matches!(Cli::try_parse_from(["bench", "produce"]).unwrap().command, Some(Command::Produce(_))));
+        assert!(matches!(Cli::try_parse_from(["bench", "api"]).unwrap().command, Some(Command::Api(_))));
+        let help = Cli::try_parse_from(["bench", "--help"]).unwrap_err();
         assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
         assert!(help.to_string().contains("With no command, bench runs e2e"), "{help}");
-        let version = Cli::parse_or_e2e(["bench", "-V"]).unwrap_err();
+        let version = Cli::try_parse_from(["bench", "-V"]).unwrap_err();
         assert_eq!(version.kind(), clap::error::ErrorKind::DisplayVersion);
-        let wrong = Cli::parse_or_e2e(["bench", "latency"]).unwrap_err();
+        let wrong = Cli::try_parse_from(["bench", "latency"]).unwrap_err();
         assert_eq!(wrong.kind(), clap::error::ErrorKind::InvalidSubcommand);
     }
 }

@@ -9,12 +9,13 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use bench::Cli;
+use clap::Parser;
 use stream_core::{config, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() {
     config::load_dotenv();
-    let cli = Cli::parse_or_e2e(std::env::args_os()).unwrap_or_else(|err| err.exit());
+    let cli = Cli::parse();
     telemetry::init(cli.common().log.log_format);
     let shutdown = shutdown::on_signal();
     match bench::run(&cli, shutdown).await {
