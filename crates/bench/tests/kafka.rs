@@ -23,10 +23,11 @@ fn cli(kafka: &KafkaArgs, out: &Path, flags: &[&str]) -> Cli {
         Cli::try_parse_from(["bench"].iter().chain(flags).copied().chain(["--out-dir", out.to_str().unwrap()]))
             .unwrap();
     let load = match &mut cli.command {
-        bench::Command::Produce(a) => &mut a.load,
-        bench::Command::Consume(a) => &mut a.load,
-        bench::Command::E2e(a) => &mut a.load,
-        bench::Command::Api(_) => unreachable!("not a Kafka benchmark"),
+        Some(bench::Command::Produce(a)) => &mut a.load,
+        Some(bench::Command::Consume(a)) => &mut a.load,
+        Some(bench::Command::E2e(a)) => &mut a.load,
+        None => &mut cli.e2e.load,
+        Some(bench::Command::Api(_)) => unreachable!("not a Kafka benchmark"),
     };
     load.kafka = kafka.clone();
     load.bench_topic = kafka.topics.events.clone();
