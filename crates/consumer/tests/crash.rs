@@ -36,9 +36,8 @@ async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {
     let got = results.wait_for_ids(&ids).await;
 
     // A graceful stop of the second process commits everything.
-    let pid = second.id().expect("running").to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-    assert!(status.success());
+    let pid = nix::unistd::Pid::from_raw(second.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let exit = tokio::time::timeout(DEADLINE, wait(second)).await.expect("exits after SIGTERM");
     assert!(exit.success(), "consumer exited with {exit}");
     let (committed, end) = committed_and_end(&args, &group, &args.topics.events).await;

@@ -117,8 +117,8 @@ async fn without_configured_keys_the_gateway_generates_one_and_requires_it() {
 
     // A clean stop removes the file: the key dies with the process.
     let mut gateway = gateway;
-    let pid = gateway.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let pid = nix::unistd::Pid::from_raw(gateway.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     stream_core::testing::eventually(std::time::Duration::from_secs(30), "producer-api to exit on SIGTERM", || {
         let exited = gateway.child.try_wait().unwrap().is_some();
         async move { exited.then_some(()) }
