@@ -46,11 +46,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
-use futures::FutureExt;
+
 use stream_core::kafka::{self, ProducerOptions};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::{CatchPanicLayer, ResponseForPanic};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -128,7 +129,7 @@ pub fn app(state: AppState) -> Router {
     let router = router
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state.panics.clone(), catch_panic))
+        .layer(catch_panic(state.panics.clone()))
         // A body that trickles in slower than this is answered 408 and the
         // connection closed: a slow upload cannot hold a request slot.
         .layer(RequestBodyTimeoutLayer::new(state.config.body_read_timeout))
@@ -165,19 +166,22 @@ pub fn cors(config: &Config) -> Option<CorsLayer> {
 /// Turns a handler panic into a 500 in the API's error format, and counts
 /// it, instead of dropping the connection: a panic is a bug, and it must be
 /// visible (`http_panics_total`, [`AppState::panics`]) rather than silent.
-pub async fn catch_panic(State(panics): State<Arc<AtomicU64>>, request: Request, next: Next) -> Response {
-    match std::panic::AssertUnwindSafe(next.run(request)).catch_unwind().await {
-        Ok(response) => response,
-        Err(panic) => {
-            panics.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("http_panics_total").increment(1);
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic".into());
-            AppError::Internal(format!("handler panicked: {what}")).into_response()
-        }
+pub fn catch_panic(panics: Arc<AtomicU64>) -> CatchPanicLayer<PanicTo500> {
+    CatchPanicLayer::custom(PanicTo500(panics))
+}
+
+/// The answer [`catch_panic`] gives, counting into its counter.
+#[derive(Debug, Clone)]
+pub struct PanicTo500(Arc<AtomicU64>);
+
+impl ResponseForPanic for PanicTo500 {
+    type ResponseBody = axum::body::Body;
+
+    fn response_for_panic(&mut self, panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("http_panics_total").increment(1);
+        let what = stream_core::telemetry::panic_message(&*panic);
+        AppError::Internal(format!("handler panicked: {what}")).into_response()
     }
 }
 
@@ -341,7 +345,7 @@ mod tests {
         let router = Router::new()
             .route("/boom", get(|| async { panic!("boom") as &'static str }))
             .route("/fine", get(|| async { "ok" }))
-            .layer(middleware::from_fn_with_state(panics.clone(), catch_panic));
+            .layer(catch_panic(panics.clone()));
         let response = router.clone().oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), 500);
         let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();

@@ -13,6 +13,7 @@ use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use stream_core::schema::trace;
+use stream_core::telemetry;
 use stream_core::{Event, EventResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -147,7 +148,10 @@ impl<P: Processor> PartitionTask<P> {
                 match output {
                     Ok(Ok(output)) => Ok((event, output)),
                     Ok(Err(error)) => Err(dlq::Failure { kind: error.kind(), message: error.to_string() }),
-                    Err(panic) => Err(dlq::Failure { kind: "panic", message: panic_message(panic) }),
+                    Err(panic) => Err(dlq::Failure {
+                        kind: "panic",
+                        message: format!("processor panicked: {}", telemetry::panic_message(&*panic)),
+                    }),
                 }
             }
             Err(error) => {
@@ -193,13 +197,4 @@ impl<P: Processor> PartitionTask<P> {
     pub(super) async fn dead_letter(&self, record: &Record, failure: &dlq::Failure) -> Sent {
         dead_letter(&self.shared, record, failure, self.worker.worker_id).await
     }
-}
-
-pub(super) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("processor panicked: {text}")
 }
