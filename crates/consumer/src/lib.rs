@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::RangedU64ValueParser;
 use clap::Args;
 use stream_core::config::{parse_duration, LogArgs, LogFormat};
 use stream_core::kafka::{self, ConsumerOptions, ProducerOptions, StartFrom};
@@ -58,12 +59,17 @@ be processed (not JSON, say) go to the dead-letter topic with dlq_error,
 dlq_error_kind, dlq_source_topic, dlq_source_partition, dlq_source_offset
 and dlq_time headers, next to their original ce_* headers.";
 
+// Defaults the flags and `Config::for_tests` share.
+const DEFAULT_MAX_IN_FLIGHT: usize = 5_000;
+const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
+
 /// Command-line and environment configuration of the consumer.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Workers (group members) in this process. Partitions are spread over
     /// them; more workers than partitions leaves some idle.
-    #[arg(short = 'w', long, env = "WORKERS", default_value_t = 2)]
+    #[arg(short = 'w', long, env = "WORKERS", default_value_t = 2,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub workers: usize,
 
     /// Consumer group. Processes sharing it split the partitions between
@@ -114,7 +120,8 @@ pub struct Config {
 
     /// Records per partition whose results may await their ack at once.
     /// Higher pipelines more; each is replayed after a crash.
-    #[arg(long, env = "CONSUMER_MAX_IN_FLIGHT", default_value_t = 5_000)]
+    #[arg(long, env = "CONSUMER_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_in_flight: usize,
 
     /// How long the group waits for a silent worker before moving its
@@ -124,12 +131,12 @@ pub struct Config {
 
     /// How long a rebalance or shutdown waits for in-flight results to be
     /// acknowledged before giving up on them (they are then processed again).
-    #[arg(long, env = "DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, env = "DRAIN_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_DRAIN_TIMEOUT)]
     pub drain_timeout: Duration,
 
     /// Connection attempts at start-up (each waits --connect-timeout), with
     /// doubling pauses between them, before giving up.
-    #[arg(long, env = "CONNECT_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "CONNECT_ATTEMPTS", default_value_t = 5, value_parser = RangedU64ValueParser::<u32>::new().range(1..))]
     pub connect_attempts: u32,
 
     /// Period of the throughput log line and of the lag statistics.
@@ -158,9 +165,9 @@ impl Config {
             create_topics: true,
             result_headers: true,
             metrics_addr: None,
-            max_in_flight: 5_000,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             session_timeout: Duration::from_secs(6),
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: parse_duration(DEFAULT_DRAIN_TIMEOUT).expect("the default parses"),
             connect_attempts: 3,
             stats_interval: Duration::from_secs(5),
         }
@@ -170,17 +177,8 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.kafka.validate()?;
         let invalid = |msg: String| Err(anyhow::anyhow!("invalid configuration: {msg}"));
-        if self.workers == 0 || self.workers > 1024 {
-            return invalid(format!("--workers (WORKERS) is {}; use 1 to 1024", self.workers));
-        }
         if self.group.trim().is_empty() {
             return invalid("--group (CONSUMER_GROUP) is empty".into());
-        }
-        if self.max_in_flight == 0 {
-            return invalid("--max-in-flight (CONSUMER_MAX_IN_FLIGHT) must be at least 1".into());
-        }
-        if self.connect_attempts == 0 {
-            return invalid("--connect-attempts (CONNECT_ATTEMPTS) must be at least 1".into());
         }
         if self.stats_interval.is_zero() {
             return invalid("--stats-interval (STATS_INTERVAL) must be longer than 0".into());
@@ -360,10 +358,14 @@ mod tests {
     }
 
     #[test]
-    fn zero_workers_is_rejected_naming_the_flag() {
-        let cli = Cli::try_parse_from(["consumer", "--workers", "0"]).unwrap();
-        let err = cli.config.validate().unwrap_err().to_string();
-        assert!(err.contains("--workers"), "{err}");
+    fn out_of_range_counts_are_rejected_naming_the_flag() {
+        for (flag, value) in
+            [("--workers", "0"), ("--workers", "1025"), ("--max-in-flight", "0"), ("--connect-attempts", "0")]
+        {
+            let err = Cli::try_parse_from(["consumer", flag, value]).err().unwrap_or_else(|| panic!("{flag} {value}"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{flag} {value}");
+            assert!(err.to_string().contains(flag), "{err}");
+        }
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub struct KafkaArgs {
     pub properties: Vec<(String, String)>,
 
     /// How long to wait for the cluster to answer a metadata request at start-up.
-    #[arg(long, env = "KAFKA_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, env = "KAFKA_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_CONNECT_TIMEOUT)]
     pub connect_timeout: Duration,
 
     #[command(flatten)]
@@ -101,7 +101,7 @@ impl KafkaArgs {
             ssl_certificate_location: None,
             ssl_key_location: None,
             properties: Vec::new(),
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: parse_duration(DEFAULT_CONNECT_TIMEOUT).expect("the default parses"),
             topics: TopicArgs::default(),
         }
     }
@@ -128,40 +128,49 @@ impl KafkaArgs {
     }
 }
 
+// Defaults used both by the flags and by the `Default`/`for_brokers`
+// constructors, so the two cannot drift apart.
+const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
+const DEFAULT_EVENTS_TOPIC: &str = "events";
+const DEFAULT_RESULTS_TOPIC: &str = "events.results";
+const DEFAULT_DLQ_TOPIC: &str = "events.dlq";
+const DEFAULT_PARTITIONS: i32 = 6;
+const DEFAULT_REPLICATION_FACTOR: i32 = 1;
+
 /// Names and shape of the project's topics.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Topics")]
 pub struct TopicArgs {
     /// Topic the events are published to (key = stream id).
-    #[arg(long = "events-topic", visible_alias = "topic", env = "EVENTS_TOPIC", default_value = "events")]
+    #[arg(long = "events-topic", visible_alias = "topic", env = "EVENTS_TOPIC", default_value = DEFAULT_EVENTS_TOPIC)]
     pub events: String,
 
     /// Topic processed results are written to (key = stream id).
-    #[arg(long = "results-topic", env = "RESULTS_TOPIC", default_value = "events.results")]
+    #[arg(long = "results-topic", env = "RESULTS_TOPIC", default_value = DEFAULT_RESULTS_TOPIC)]
     pub results: String,
 
     /// Dead-letter topic for events that fail processing.
-    #[arg(long = "dlq-topic", env = "DLQ_TOPIC", default_value = "events.dlq")]
+    #[arg(long = "dlq-topic", env = "DLQ_TOPIC", default_value = DEFAULT_DLQ_TOPIC)]
     pub dlq: String,
 
     /// Partitions for topics this tool creates. More partitions allow more
     /// consumer workers in parallel.
-    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = DEFAULT_PARTITIONS)]
     pub partitions: i32,
 
     /// Replication factor for topics this tool creates (3 on a real cluster).
-    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
+    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = DEFAULT_REPLICATION_FACTOR)]
     pub replication_factor: i32,
 }
 
 impl Default for TopicArgs {
     fn default() -> Self {
         Self {
-            events: "events".into(),
-            results: "events.results".into(),
-            dlq: "events.dlq".into(),
-            partitions: 6,
-            replication_factor: 1,
+            events: DEFAULT_EVENTS_TOPIC.into(),
+            results: DEFAULT_RESULTS_TOPIC.into(),
+            dlq: DEFAULT_DLQ_TOPIC.into(),
+            partitions: DEFAULT_PARTITIONS,
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
         }
     }
 }
