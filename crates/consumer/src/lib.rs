@@ -62,6 +62,7 @@ and dlq_time headers, next to their original ce_* headers.";
 // Defaults the flags and `Config::for_tests` share.
 const DEFAULT_MAX_IN_FLIGHT: usize = 5_000;
 const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
+const MAX_WORKERS: usize = 1024;
 
 /// Command-line and environment configuration of the consumer.
 #[derive(Debug, Clone, Args)]
@@ -69,7 +70,7 @@ pub struct Config {
     /// Workers (group members) in this process. Partitions are spread over
     /// them; more workers than partitions leaves some idle.
     #[arg(short = 'w', long, env = "WORKERS", default_value_t = 2,
-          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_WORKERS as u64))]
     pub workers: usize,
 
     /// Consumer group. Processes sharing it split the partitions between
@@ -177,6 +178,14 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.kafka.validate()?;
         let invalid = |msg: String| Err(anyhow::anyhow!("invalid configuration: {msg}"));
+        // clap enforces these ranges on the command line; a Config built in
+        // code gets the same checks here.
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return invalid(format!("--workers (WORKERS) is {}; use 1 to {MAX_WORKERS}", self.workers));
+        }
+        if self.max_in_flight == 0 || self.connect_attempts == 0 {
+            return invalid("--max-in-flight and --connect-attempts must be at least 1".into());
+        }
         if self.group.trim().is_empty() {
             return invalid("--group (CONSUMER_GROUP) is empty".into());
         }
