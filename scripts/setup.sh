@@ -2,14 +2,27 @@
 # Installs what building, testing and running need on a fresh Debian machine:
 # the C toolchain pieces librdkafka is built with, `just`, and the local broker.
 # Everything is skipped when already present, so it is cheap to run again.
+#
+#   scripts/setup.sh [--browser] [--no-broker]
+#     --browser    also Chromium, which only the live page's browser test needs
+#     --no-broker  skip the local broker (scripts/broker.sh install does it)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 say() { echo "setup: $*" >&2; }
+BROWSER=0; BROKER=1
+for arg in "$@"; do
+  case "$arg" in
+    --browser) BROWSER=1 ;;
+    --no-broker) BROKER=0 ;;
+    *) say "unknown option $arg"; exit 2 ;;
+  esac
+done
 
 # librdkafka (vendored by rdkafka-sys) is compiled with make and a C compiler;
 # TLS/SASL-SCRAM support links OpenSSL, compression links zlib.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev python3 curl)
 # Chromium drives the live page's browser test headless.
-packages=(build-essential pkg-config libssl-dev zlib1g-dev python3 curl chromium)
+((BROWSER)) && packages+=(chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -31,4 +44,5 @@ if ! command -v just >/dev/null 2>&1; then
   else cargo install just --locked --quiet; fi
 fi
 
-"$ROOT/scripts/broker.sh" install
+((BROKER)) && "$ROOT/scripts/broker.sh" install
+exit 0
