@@ -113,6 +113,8 @@ pub fn routes(config: &Config) -> Vec<Route> {
         route(Method::POST, "/stream/start", post(streams::start).layer(single)),
         route(Method::POST, "/stream/{id}/send", post(streams::send).layer(single)),
         route(Method::GET, "/stream/{id}/results", get(streams::results)),
+        // The seed's WebSocket path; the same handler, so the same views.
+        route(Method::GET, "/stream/{id}/stream", get(streams::results)),
         route(Method::DELETE, "/stream/{id}", delete(streams::delete)),
         route(Method::GET, "/", get(page::serve)),
         route(Method::GET, "/healthz", get(ops::healthz)),

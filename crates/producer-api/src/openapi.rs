@@ -67,6 +67,34 @@ fn stream_id_param() -> Value {
     json!({ "name": "id", "in": "path", "required": true, "schema": stream_id_schema() })
 }
 
+/// `GET /stream/{id}/results`, also served as `/stream/{id}/stream` (the
+/// seed's WebSocket path).
+fn results_operation(security: &Value) -> Value {
+    let map = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => unreachable!("responses are objects"),
+    };
+    json!({
+        "summary": "Results of a stream: WebSocket (upgrade; both ways), Server-Sent Events (Accept: text/event-stream), or JSON of the most recent results",
+        "description": "WebSocket frames are JSON objects with a type: result (EventResult fields at top level), ack {id, partition, offset} for each event the client sends as a text frame ({\"data\": ...}, or any other JSON value taken as the event itself), error {error}, notice {dropped, message} when the connection's buffer overflowed. Browsers may pass the key as ?api_key=.",
+        "security": security,
+        "parameters": [stream_id_param(), { "name": "api_key", "in": "query", "required": false, "schema": { "type": "string" } }],
+        "responses": authed(map(json!({
+            "101": { "description": "Switching to WebSocket" },
+            "200": {
+                "description": "Recent results (JSON), or an SSE stream of `result` and `notice` events",
+                "content": {
+                    "application/json": { "schema": { "$ref": "#/components/schemas/RecentResults" } },
+                    "text/event-stream": { "schema": { "type": "string" } }
+                }
+            },
+            "403": error("The stream belongs to another key"),
+            "404": error("Unknown stream"),
+            "503": unavailable()
+        })))
+    })
+}
+
 /// The whole document.
 pub fn document() -> Value {
     let security = json!([{ "apiKey": [] }, { "bearer": [] }]);
@@ -119,14 +147,17 @@ pub fn document() -> Value {
             "/stream/start": { "post": {
                 "summary": "Start a stream owned by the calling key (body optional)",
                 "security": security,
-                "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/StartRequest" } } } },
+                "requestBody": { "required": false, "content": {
+                    "application/json": { "schema": { "$ref": "#/components/schemas/StartRequest" } },
+                    "application/x-www-form-urlencoded": { "schema": { "$ref": "#/components/schemas/StartForm" } }
+                } },
                 "responses": authed(map(json!({
                     "201": ok("Started", "StreamRef"),
                     "200": ok("Already started by this key", "StreamRef"),
                     "400": error("Malformed JSON"),
                     "403": error("The id belongs to another key"),
                     "413": error("Body too large"),
-                    "415": error("Content-Type is not application/json"),
+                    "415": error("Content-Type is neither application/json nor a form"),
                     "422": error("Invalid stream_id"),
                     "429": too_many("The key already owns --max-streams-per-key streams (MAX_STREAMS_PER_KEY, default 1000), or too many requests in flight"),
                     "503": unavailable()
@@ -154,25 +185,8 @@ pub fn document() -> Value {
                     "503": unavailable()
                 })))
             }},
-            "/stream/{id}/results": { "get": {
-                "summary": "Results of a stream: WebSocket (upgrade; both ways), Server-Sent Events (Accept: text/event-stream), or JSON of the most recent results",
-                "description": "WebSocket frames are JSON objects with a type: result (EventResult fields at top level), ack {id, partition, offset} for each event the client sends as a text frame ({\"data\": ...}, or any other JSON value taken as the event itself), error {error}, notice {dropped, message} when the connection's buffer overflowed. Browsers may pass the key as ?api_key=.",
-                "security": security,
-                "parameters": [stream_id_param(), { "name": "api_key", "in": "query", "required": false, "schema": { "type": "string" } }],
-                "responses": authed(map(json!({
-                    "101": { "description": "Switching to WebSocket" },
-                    "200": {
-                        "description": "Recent results (JSON), or an SSE stream of `result` and `notice` events",
-                        "content": {
-                            "application/json": { "schema": { "$ref": "#/components/schemas/RecentResults" } },
-                            "text/event-stream": { "schema": { "type": "string" } }
-                        }
-                    },
-                    "403": error("The stream belongs to another key"),
-                    "404": error("Unknown stream"),
-                    "503": unavailable()
-                })))
-            }},
+            "/stream/{id}/results": { "get": results_operation(&security) },
+            "/stream/{id}/stream": { "get": results_operation(&security) },
             "/stream/{id}": { "delete": {
                 "summary": "Delete a stream; its WebSockets close with code 1000 and SSE streams end",
                 "security": security,
@@ -255,6 +269,10 @@ pub fn document() -> Value {
                         "type": ["string", "null"], "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$",
                         "description": "Omitted or null: the server picks a UUID"
                     } }
+                },
+                "StartForm": {
+                    "type": "object", "additionalProperties": false,
+                    "properties": { "stream_id": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$" } }
                 },
                 "StreamRef": { "type": "object", "required": ["stream_id"], "properties": { "stream_id": { "type": "string" } } },
                 "SendRequest": {

@@ -65,10 +65,13 @@ pub async fn start(
     let body = body?;
     let request = if body.trim_ascii().is_empty() {
         StartRequest::default()
+    } else if media_type(&headers) == "application/x-www-form-urlencoded" {
+        // The seed's clients post `stream_id=abc` as an HTML form.
+        start_form(&body)?
     } else {
         if !is_json(&headers) {
             return Err(AppError::UnsupportedMediaType(
-                "send the body with Content-Type: application/json (or send no body)".into(),
+                "send the body with Content-Type: application/json or as a form (or send no body)".into(),
             ));
         }
         let shape_error = |e: serde_json::Error| {
@@ -110,6 +113,22 @@ pub async fn start(
         Claimed::Existing => StatusCode::OK,
     };
     Ok((status, Json(StreamRef { stream_id })).into_response())
+}
+
+/// A form-encoded start (`stream_id=abc`): the same one optional field as
+/// the JSON body; any other field is refused as in JSON.
+fn start_form(body: &[u8]) -> Result<StartRequest, AppError> {
+    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+        .map_err(|err| AppError::MalformedJson(format!("malformed form body: {err}")))?;
+    let mut request = StartRequest::default();
+    for (name, value) in fields {
+        match name.as_str() {
+            "stream_id" if request.stream_id.is_none() => request.stream_id = Some(value),
+            "stream_id" => return Err(AppError::Unprocessable("stream_id given twice".into())),
+            other => return Err(AppError::Unprocessable(format!("unknown form field {other:?}; expected stream_id"))),
+        }
+    }
+    Ok(request)
 }
 
 /// One key may own at most `--max-streams-per-key` streams, so a single
