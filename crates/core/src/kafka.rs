@@ -324,6 +324,31 @@ pub fn group_consumer<C: ConsumerContext + 'static>(
 /// A consumer outside any group, for reading partitions it assigns itself
 /// (the API's results router, tests, bench). It never commits.
 pub fn reader(args: &KafkaArgs, start_from: StartFrom) -> Result<StreamConsumer<TracingContext>> {
+    create(&finish(reader_config(args, start_from), args), TracingContext)
+}
+
+/// A group-less reader of one partition of `topic` from `offset`, for a
+/// client catching up from the log (the gateway's resumed and overrun
+/// subscribers). One exists per catching-up connection, so its local
+/// queue is kept small: librdkafka's default (64 MiB and 100,000 messages
+/// per partition) would let a thousand catching-up clients take gigabytes.
+/// Reading stops at the queue's bound until the client takes records.
+pub fn partition_reader(
+    args: &KafkaArgs,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<StreamConsumer<TracingContext>> {
+    let mut config = reader_config(args, StartFrom::Earliest);
+    config.set("queued.max.messages.kbytes", "1024").set("queued.min.messages", "1000");
+    let consumer: StreamConsumer<TracingContext> = create(&finish(config, args), TracingContext)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+fn reader_config(args: &KafkaArgs, start_from: StartFrom) -> ClientConfig {
     let mut config = base_config(args);
     config
         // librdkafka wants a group id for any consumer; this one is never
@@ -340,7 +365,7 @@ pub fn reader(args: &KafkaArgs, start_from: StartFrom) -> Result<StreamConsumer<
         )
         .set("enable.partition.eof", "false");
     fetch_settings(&mut config, READER_FETCH_WAIT);
-    create(&finish(config, args), TracingContext)
+    config
 }
 
 /// How long a group member's fetch may wait for data (`fetch.wait.max.ms`).
