@@ -3,7 +3,7 @@
 //! `cargo bench -p producer-api`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use producer_api::results::Delivered;
+use producer_api::results::{Delivered, Pos};
 use serde_json::json;
 use stream_core::schema::{EventResult, Timestamp};
 
@@ -19,7 +19,11 @@ fn frames(c: &mut Criterion) {
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
     };
     let record = serde_json::to_vec(&result).unwrap();
-    c.bench_function("result record -> frame (as routed)", |b| b.iter(|| Delivered::parse(&record).unwrap()));
+    let key = result.stream_id.clone().unwrap();
+    let pos = Pos { partition: 3, offset: 123_456_789 };
+    c.bench_function("result record -> frame (as routed)", |b| {
+        b.iter(|| Delivered::decode(&record, Some(key.as_bytes()), pos).unwrap())
+    });
     c.bench_function("result record -> frame (parse and re-serialise, as before)", |b| {
         b.iter(|| {
             let parsed: EventResult = serde_json::from_slice(&record).unwrap();

@@ -52,10 +52,18 @@ pub struct Config {
     pub max_batch_records: usize,
 
     /// Results buffered per WebSocket or SSE connection. When a slow reader
-    /// lets it fill, the oldest results are dropped and a `notice` frame says
-    /// how many.
+    /// lets it fill, the connection reads on from the results topic instead
+    /// (one reader per such connection, until it has caught up), so nothing
+    /// is skipped and memory stays bounded.
     #[arg(long, env = "WS_BUFFER", default_value_t = 256)]
     pub ws_buffer: usize,
+
+    /// Event ids each result connection remembers to skip a second result
+    /// for the same event (a consumer's replay after a crash); on a resume
+    /// from a cursor, also how many records before it are read back to
+    /// learn them. 0 turns deduplication off.
+    #[arg(long, env = "DEDUP_WINDOW", default_value_t = 1000)]
+    pub dedup_window: usize,
 
     /// Most recent results kept per open stream for `GET /stream/{id}/results`
     /// without an upgrade. Results of unknown streams are not kept.
@@ -146,6 +154,7 @@ impl Config {
             max_batch_bytes: 16 * 1024 * 1024,
             max_batch_records: 10_000,
             ws_buffer: 256,
+            dedup_window: 1000,
             recent_results: 100,
             max_in_flight: 10_000,
             max_streams_per_key: 1000,

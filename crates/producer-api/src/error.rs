@@ -18,6 +18,13 @@ pub enum AppError {
     /// 400: the body is not JSON (or not UTF-8 NDJSON).
     #[error("malformed JSON")]
     MalformedJson(String),
+    /// 400: a query parameter or header of the wrong form (a malformed
+    /// cursor, a cursor of another stream, a limit out of range).
+    #[error("invalid parameter")]
+    BadParameter(String),
+    /// 410: the cursor names results the topic no longer retains.
+    #[error("cursor expired: its results are no longer retained")]
+    CursorExpired { earliest: String },
     /// 401: no API key, or one that is not configured.
     #[error("missing or invalid API key")]
     Unauthorized,
@@ -68,7 +75,8 @@ impl AppError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedJson(_) | Self::BadParameter(_) => StatusCode::BAD_REQUEST,
+            Self::CursorExpired { .. } => StatusCode::GONE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::UnknownStream(_) | Self::NoRoute => StatusCode::NOT_FOUND,
@@ -90,9 +98,11 @@ impl AppError {
             | Self::TooLarge(d)
             | Self::UnsupportedMediaType(d)
             | Self::Unprocessable(d)
+            | Self::BadParameter(d)
             | Self::QuotaExceeded { detail: d, .. }
             | Self::Unavailable { detail: d, .. } => Some(Value::String(d.clone())),
             Self::UnknownStream(id) => Some(json!({ "stream_id": id })),
+            Self::CursorExpired { earliest } => Some(json!({ "earliest": earliest })),
             _ => None,
         }
     }

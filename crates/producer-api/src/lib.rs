@@ -13,7 +13,8 @@
 //! - [`publish`]: the producer wrapper (acks, timeouts, 503s) and
 //!   `/publish`, `/publish/batch`.
 //! - [`registry`]: stream ownership in a compacted topic.
-//! - [`results`]: the results reader and per-stream fan-out.
+//! - [`results`]: the results reader, per-stream fan-out, cursors.
+//! - [`feed`]: one subscriber's results: live, from the log, each once.
 //! - [`streams`]: `/stream/...` handlers; [`ws`]: WebSocket and SSE.
 //! - [`serve`]: the connection loop (connection limit, header timeout).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; [`openapi`]: `/openapi.json`.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod openapi;
 pub mod ops;
 pub mod page;
@@ -59,7 +61,7 @@ pub use crate::config::Config;
 pub use crate::error::AppError;
 use crate::publish::Publisher;
 use crate::registry::Registry;
-use crate::results::{Hub, ResultsReader};
+use crate::results::{Hub, ResultsLog, ResultsReader};
 
 /// Everything a handler needs. A clone is one reference count: axum clones
 /// the state for every extractor and middleware of every request, and a
@@ -83,6 +85,9 @@ pub struct AppStateInner {
     pub publisher: Arc<Publisher>,
     pub registry: Arc<Registry>,
     pub hub: Arc<Hub>,
+    /// The results topic, for subscribers that read from a cursor or fell
+    /// behind the live feed.
+    pub log: Arc<ResultsLog>,
     /// Cancelled when the server starts shutting down: long-lived
     /// connections (WebSocket, SSE) watch it and end themselves.
     pub shutdown: CancellationToken,
@@ -237,6 +242,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     let hub = Hub::new(config.ws_buffer, config.recent_results);
     let registry = Registry::start(args, &config.streams_topic, hub.clone()).context("reading the stream registry")?;
     let results_reader = ResultsReader::start(args).await.context("reading the results topic")?;
+    let log = results_reader.log(args, config.request_timeout);
     let state = AppState(Arc::new(AppStateInner {
         keys: auth::ApiKeys::new(config.keys()),
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -244,6 +250,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         publisher,
         registry: registry.clone(),
         hub,
+        log,
         shutdown: CancellationToken::new(),
         panics: Arc::new(AtomicU64::new(0)),
         subscriptions: ws::PerKey::default(),

@@ -3,7 +3,7 @@
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::extract::{media_type, SendPayload, StreamPath};
+use crate::feed::{Feed, Item, Start};
 use crate::publish::{add_traceparent, traceparent, SOURCE};
 use crate::registry::{Claimed, StartSlot};
 use crate::serve::ConnectionSlot;
@@ -233,18 +234,73 @@ pub async fn delete(
     Ok(Json(json!({ "stream_id": stream_id, "deleted": true })))
 }
 
-/// `GET /stream/{id}/results`: a WebSocket when upgrading, Server-Sent
-/// Events when the client accepts `text/event-stream`, otherwise JSON of
-/// the most recent results.
+/// Results one long poll returns when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Most results one long poll returns.
+pub const MAX_LIMIT: usize = 1000;
+/// Longest `wait` of a long poll, in seconds: below the timeouts of
+/// common proxies and HTTP clients; a client polls again.
+pub const MAX_WAIT_SECS: f64 = 10.0;
+
+/// The query of `GET /stream/{id}/results` (`api_key` is read by [`Caller`]).
+#[derive(Debug, Default, Deserialize)]
+struct ResultsQuery {
+    after: Option<String>,
+    from: Option<String>,
+    limit: Option<String>,
+    wait: Option<String>,
+}
+
+/// `limit` and `wait` of a long poll.
+struct Poll {
+    limit: usize,
+    wait: std::time::Duration,
+}
+
+impl ResultsQuery {
+    fn poll(&self) -> Result<Poll, AppError> {
+        let limit = match &self.limit {
+            None => DEFAULT_LIMIT,
+            Some(text) => text.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
+                AppError::BadParameter(format!("limit={text:?}: give a whole number from 1 to {MAX_LIMIT}"))
+            })?,
+        };
+        let wait = match &self.wait {
+            None => 0.0,
+            Some(text) => text.parse::<f64>().ok().filter(|s| (0.0..=MAX_WAIT_SECS).contains(s)).ok_or_else(|| {
+                AppError::BadParameter(format!("wait={text:?}: give seconds from 0 to {MAX_WAIT_SECS}"))
+            })?,
+        };
+        Ok(Poll { limit, wait: std::time::Duration::from_secs_f64(wait) })
+    }
+}
+
+/// `GET /stream/{id}/results` (also `/stream/{id}/stream`): a WebSocket
+/// when upgrading, Server-Sent Events when the client accepts
+/// `text/event-stream`, otherwise JSON: with `after` or `from`, a long poll
+/// of the results after that point; without, the most recent results.
+/// Every result carries its cursor (see [`crate::feed`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn results(
     State(state): State<AppState>,
     caller: Caller,
     StreamPath(stream_id): StreamPath,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     connection: Option<Extension<ConnectionSlot>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     authorize(&state, &caller, &stream_id, state.publisher.deadline()).await?;
+    let query: ResultsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|err| AppError::BadParameter(format!("malformed query: {err}")))?;
+    let poll = query.poll()?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => {
+            Some(value.to_str().map_err(|_| AppError::BadParameter("Last-Event-ID is not a cursor".into()))?.trim())
+        }
+    };
+    let start = Start::from_request(&stream_id, last_event_id, query.after.as_deref(), query.from.as_deref())?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -261,20 +317,79 @@ pub async fn results(
             }
         })?;
         let held = ws::Held { key, connection: connection.map(|Extension(slot)| slot) };
-        let subscription = state.hub.subscribe(&stream_id).ok_or_else(|| AppError::UnknownStream(stream_id.clone()))?;
+        let feed = open_feed(&state, &stream_id, start).await?;
         return Ok(match upgrade {
-            Ok(upgrade) => ws::upgrade(state, stream_id, subscription, held, upgrade),
-            Err(_) => ws::sse(state, subscription, held),
+            Ok(upgrade) => ws::upgrade(state, stream_id, feed, held, upgrade),
+            Err(_) => ws::sse(state, feed, held),
         });
     }
-    #[derive(Serialize)]
-    struct Recent<'a> {
-        stream_id: &'a str,
-        results: Vec<&'a serde_json::value::RawValue>,
+    if start == Start::Live {
+        let recent = state.hub.recent(&stream_id);
+        let next = recent.last().map(|d| d.cursor().to_owned());
+        return Ok(results_body(&stream_id, &recent, next, false));
     }
-    let recent = state.hub.recent(&stream_id);
-    let results = recent.iter().map(|d| d.result.as_ref()).collect();
-    Ok(Json(Recent { stream_id: &stream_id, results }).into_response())
+    long_poll(&state, &stream_id, start, poll).await
+}
+
+async fn open_feed(state: &AppState, stream_id: &str, start: Start) -> Result<Feed, AppError> {
+    let subscription = state.hub.subscribe(stream_id).ok_or_else(|| AppError::UnknownStream(stream_id.to_owned()))?;
+    Feed::open(state.log.clone(), subscription, start, state.config.dedup_window).await
+}
+
+/// The JSON pull: returns as soon as at least one result is in hand (with
+/// whatever follows it at once, up to `limit`), or after `wait` with none.
+/// Reading the log does not count against `wait`: results already written
+/// are returned even with `wait=0`.
+async fn long_poll(state: &AppState, stream_id: &str, start: Start, poll: Poll) -> Result<Response, AppError> {
+    let mut feed = open_feed(state, stream_id, start).await?;
+    let mut results = Vec::new();
+    let waited = Instant::now() + poll.wait;
+    let log_deadline = state.publisher.deadline();
+    while results.len() < poll.limit {
+        let by = if feed.catching_up() {
+            log_deadline
+        } else if results.is_empty() {
+            waited
+        } else {
+            // What arrived together with the first result.
+            Instant::now() + stream_core::kafka::READER_FETCH_WAIT
+        };
+        match tokio::time::timeout_at(by, feed.next()).await {
+            Ok(Item::Result(delivered)) => results.push(delivered),
+            Ok(Item::Notice(_) | Item::Live) => continue,
+            Ok(Item::Closed(_)) | Err(_) => break,
+        }
+    }
+    let next = results.last().map(|d| d.cursor().to_owned()).or_else(|| feed.cursor().map(|c| c.encode(stream_id)));
+    Ok(results_body(stream_id, &results, next, true))
+}
+
+/// `{"stream_id", "results": [frames], "next"?}`, written from the frames
+/// as they are (each a JSON object).
+fn results_body(
+    stream_id: &str,
+    results: &[std::sync::Arc<crate::results::Delivered>],
+    next: Option<String>,
+    always_next: bool,
+) -> Response {
+    let size: usize = results.iter().map(|d| d.frame.len() + 1).sum();
+    let mut body = String::with_capacity(size + 64 + stream_id.len());
+    body.push_str("{\"stream_id\":");
+    body.push_str(&Value::from(stream_id).to_string());
+    body.push_str(",\"results\":[");
+    for (n, delivered) in results.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(delivered.frame.as_str());
+    }
+    body.push(']');
+    if next.is_some() || always_next {
+        body.push_str(",\"next\":");
+        body.push_str(&Value::from(next).to_string());
+    }
+    body.push('}');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[cfg(test)]

@@ -1,12 +1,16 @@
 //! Pushing results to clients: WebSocket (both ways) and Server-Sent Events.
 //!
 //! Frames are JSON text objects with a `type`:
-//! - `result`: every [`EventResult`](stream_core::EventResult) field at top level;
+//! - `result`: `cursor` (the result's place in the results topic; see
+//!   [`crate::feed`]) and every [`EventResult`](stream_core::EventResult)
+//!   field at top level;
 //! - `ack`: `{id, partition, offset}` for an event the client sent on the
 //!   socket, as `{"data": ...}` or as any other JSON value;
 //! - `error`: `{error}` for a client frame that could not be published;
-//! - `notice`: `{dropped, message}` when this connection's buffer overflowed
-//!   and its oldest results were dropped.
+//! - `notice`: `{expired, earliest, message}` when results this connection
+//!   was behind on expired from the results topic before it read them (a
+//!   connection that reads slowly is otherwise served from the topic, not
+//!   dropped from).
 //!
 //! When the stream is deleted the socket closes with code 1000 (SSE ends);
 //! at server shutdown it closes with 1001 after the pending acks are sent.
@@ -25,8 +29,8 @@ use serde_json::{json, Value};
 use stream_core::schema::Event;
 
 use crate::error::AppError;
+use crate::feed::{Feed, Item};
 use crate::publish::{Ack, SOURCE};
-use crate::results::{Next, Subscription};
 use crate::serve::ConnectionSlot;
 use crate::streams::payload_of;
 use crate::AppState;
@@ -100,13 +104,7 @@ pub struct Held {
     pub connection: Option<ConnectionSlot>,
 }
 
-pub fn upgrade(
-    state: AppState,
-    stream_id: String,
-    subscription: Subscription,
-    held: Held,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+pub fn upgrade(state: AppState, stream_id: String, feed: Feed, held: Held, upgrade: WebSocketUpgrade) -> Response {
     let max = state.config.max_body_bytes;
     upgrade
         // tungstenite allocates its read buffer up front (128 KiB by
@@ -114,17 +112,7 @@ pub fn upgrade(
         .read_buffer_size(4 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run_socket(state, stream_id, subscription, held, socket))
-}
-
-fn notice(dropped: u64) -> Utf8Bytes {
-    json!({
-        "type": "notice",
-        "dropped": dropped,
-        "message": format!("{dropped} results were dropped because this connection read too slowly"),
-    })
-    .to_string()
-    .into()
+        .on_upgrade(move |socket| run_socket(state, stream_id, feed, held, socket))
 }
 
 fn error_frame(error: &AppError) -> Utf8Bytes {
@@ -137,7 +125,7 @@ fn ack_frame(ack: &Ack) -> Utf8Bytes {
     json!({ "type": "ack", "id": ack.id, "partition": ack.partition, "offset": ack.offset }).to_string().into()
 }
 
-async fn run_socket(state: AppState, stream_id: String, subscription: Subscription, held: Held, socket: WebSocket) {
+async fn run_socket(state: AppState, stream_id: String, mut feed: Feed, held: Held, socket: WebSocket) {
     let _held = held;
     let _gauge = Gauge::open("websocket");
     let (mut sink, mut incoming) = socket.split();
@@ -180,10 +168,11 @@ async fn run_socket(state: AppState, stream_id: String, subscription: Subscripti
                 Ok(ack) => ack_frame(&ack),
                 Err(error) => error_frame(&error),
             }),
-            next = subscription.next(), if closing.is_none() => Message::Text(match next {
-                Next::Result(delivered) => delivered.frame.clone(),
-                Next::Dropped(n) => notice(n),
-                Next::Closed(reason) => {
+            item = feed.next(), if closing.is_none() => Message::Text(match item {
+                Item::Result(delivered) => delivered.frame.clone(),
+                Item::Notice(notice) => notice,
+                Item::Live => continue,
+                Item::Closed(reason) => {
                     closing = Some(CloseFrame { code: 1000, reason: reason.into() });
                     continue;
                 }
@@ -261,17 +250,24 @@ fn client_event(stream_id: &str, text: &str) -> Result<Event, AppError> {
 }
 
 /// Server-Sent Events: `event: result` with the same JSON as WebSocket
-/// frames, `event: notice` after drops. Ends when the stream is deleted or
-/// the server shuts down.
-pub fn sse(state: AppState, subscription: Subscription, held: Held) -> Response {
+/// frames and the result's cursor as the event's `id` (so a browser's
+/// reconnect sends it back as `Last-Event-ID`), `event: notice` when
+/// results expired before this connection read them. Ends when the stream
+/// is deleted or the server shuts down.
+pub fn sse(state: AppState, feed: Feed, held: Held) -> Response {
     let gauge = (Gauge::open("sse"), held);
-    let events = futures::stream::unfold((subscription, gauge), |(subscription, gauge)| async move {
-        let event = match subscription.next().await {
-            Next::Result(delivered) => SseEvent::default().event("result").data(delivered.frame.as_str()),
-            Next::Dropped(n) => SseEvent::default().event("notice").data(notice(n).as_str()),
-            Next::Closed(_) => return None,
+    let events = futures::stream::unfold((feed, gauge), |(mut feed, gauge)| async move {
+        let event = loop {
+            break match feed.next().await {
+                Item::Result(delivered) => {
+                    SseEvent::default().event("result").id(delivered.cursor()).data(delivered.frame.as_str())
+                }
+                Item::Notice(notice) => SseEvent::default().event("notice").data(notice.as_str()),
+                Item::Live => continue,
+                Item::Closed(_) => return None,
+            };
         };
-        Some((Ok::<_, Infallible>(event), (subscription, gauge)))
+        Some((Ok::<_, Infallible>(event), (feed, gauge)))
     });
     let events = events.take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()

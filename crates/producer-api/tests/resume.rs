@@ -1,0 +1,488 @@
+//! Results that survive a reconnect: every result carries a cursor; SSE
+//! (`Last-Event-ID`), WebSocket (`?after=`) and the JSON long poll resume
+//! right after it with exactly the rest, in order; a slow subscriber is
+//! served from the log; a consumer's replayed results reach a subscriber
+//! once.
+
+mod child;
+mod common;
+
+use std::time::Duration;
+
+use common::{send, start_stream, KEY_A};
+use futures::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::TopicPartitionList;
+use serde_json::{json, Value};
+use stream_core::kafka::{self, ProducerOptions};
+use stream_core::schema::{Event, EventResult};
+use stream_core::testing::eventually;
+use stream_core::KafkaArgs;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// An open Server-Sent Events response and what has been read of it.
+struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Sse {
+    async fn open(base: &str, stream: &str, key: &str, last_event_id: Option<&str>, query: &str) -> Sse {
+        let mut request = common::client()
+            .get(format!("{base}/stream/{stream}/results{query}"))
+            .header("X-API-Key", key)
+            .header("Accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        Sse { response, buffer: String::new() }
+    }
+
+    /// The next `result` event: its id and its data.
+    async fn next_result(&mut self) -> (String, Value) {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                while let Some(end) = self.buffer.find("\n\n") {
+                    let event: String = self.buffer.drain(..end + 2).collect();
+                    if !event.lines().any(|l| l == "event: result") {
+                        assert!(!event.contains("event: notice"), "unexpected notice: {event}");
+                        continue;
+                    }
+                    let id = event.lines().find_map(|l| l.strip_prefix("id: ")).expect("a result event has an id");
+                    let data = event.lines().find_map(|l| l.strip_prefix("data: ")).expect("data");
+                    return (id.to_owned(), serde_json::from_str(data).unwrap());
+                }
+                let chunk = self.response.chunk().await.unwrap().expect("the SSE stream stays open");
+                self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        })
+        .await
+        .expect("a result event within 30 s")
+    }
+}
+
+/// `n` of a result of an event sent by [`send_n`].
+fn n_of(result: &Value) -> i64 {
+    result["output"]["echo"]["n"].as_i64().unwrap_or_else(|| panic!("no n in {result}"))
+}
+
+async fn send_n(base: &common::TestApp, stream: &str, range: std::ops::Range<i64>) {
+    for n in range {
+        let (status, body) = send(base, KEY_A, stream, json!({"data": {"n": n}})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// A WebSocket on `stream`'s results with `query`.
+async fn ws(app_ws_url: String) -> common::Socket {
+    let mut request = app_ws_url.into_client_request().unwrap();
+    request.headers_mut().insert("X-API-Key", KEY_A.parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade").0
+}
+
+#[tokio::test]
+async fn sse_resumes_after_last_event_id_with_exactly_the_rest_in_order() {
+    let (kafka, app) = common::spawn_app().await;
+    let stop = CancellationToken::new();
+    let processor = common::spawn_processor(&kafka, stop.clone());
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "sse"}))).await.0, 201);
+
+    let base = app.url("");
+    let mut sse = Sse::open(&base, "sse", KEY_A, None, "").await;
+    send_n(&app, "sse", 0..10).await;
+    let mut last = String::new();
+    for expect in 0..5 {
+        let (id, data) = sse.next_result().await;
+        assert_eq!(n_of(&data), expect);
+        assert_eq!(data["cursor"], id.as_str(), "the event id is the frame's cursor");
+        last = id;
+    }
+    // The connection drops mid-stream; the client keeps sending.
+    drop(sse);
+    send_n(&app, "sse", 10..20).await;
+
+    let mut sse = Sse::open(&base, "sse", KEY_A, Some(&last), "").await;
+    for expect in 5..20 {
+        assert_eq!(n_of(&sse.next_result().await.1), expect);
+    }
+    // Then it is live, and nothing came twice: the next result is the next event's.
+    send_n(&app, "sse", 20..21).await;
+    assert_eq!(n_of(&sse.next_result().await.1), 20);
+
+    // A browser's reconnect sends Last-Event-ID with the URL it first used:
+    // the header wins over the URL's older cursor.
+    let (_, first) = Sse::open(&base, "sse", KEY_A, None, "?from=beginning").await.next_result().await;
+    assert_eq!(n_of(&first), 0);
+    let after_first = first["cursor"].as_str().unwrap().to_owned();
+    let mut sse = Sse::open(&base, "sse", KEY_A, Some(&last), &format!("?after={after_first}")).await;
+    assert_eq!(n_of(&sse.next_result().await.1), 5);
+
+    stop.cancel();
+    processor.await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_resumes_after_a_cursor_and_joins_the_live_feed() {
+    let (kafka, app) = common::spawn_app().await;
+    let stop = CancellationToken::new();
+    let processor = common::spawn_processor(&kafka, stop.clone());
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "ws"}))).await.0, 201);
+
+    let mut socket = ws(app.ws_url("/stream/ws/results")).await;
+    send_n(&app, "ws", 0..8).await;
+    let mut cursor = String::new();
+    for expect in 0..4 {
+        let frame = common::next_frame(&mut socket, "result").await;
+        assert_eq!(n_of(&frame), expect);
+        cursor = frame["cursor"].as_str().expect("frames carry a cursor").to_owned();
+    }
+    drop(socket);
+    send_n(&app, "ws", 8..15).await;
+
+    // The seed's path takes the cursor too.
+    let mut socket = ws(app.ws_url(&format!("/stream/ws/stream?after={cursor}"))).await;
+    for expect in 4..15 {
+        assert_eq!(n_of(&common::next_frame(&mut socket, "result").await), expect);
+    }
+    send_n(&app, "ws", 15..16).await;
+    assert_eq!(n_of(&common::next_frame(&mut socket, "result").await), 15);
+
+    // From the beginning, on a second socket.
+    let mut all = ws(app.ws_url("/stream/ws/results?from=beginning")).await;
+    for expect in 0..16 {
+        assert_eq!(n_of(&common::next_frame(&mut all, "result").await), expect);
+    }
+
+    stop.cancel();
+    processor.await.unwrap();
+    app.stop().await;
+}
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let response = common::client().get(url).header("X-API-Key", KEY_A).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_json_long_poll_pages_through_a_stream() {
+    let (kafka, app) = common::spawn_app().await;
+    let stop = CancellationToken::new();
+    let processor = common::spawn_processor(&kafka, stop.clone());
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "poll"}))).await.0, 201);
+    send_n(&app, "poll", 0..25).await;
+
+    // Page by page with `next`, 10 at a time, until all 25 are read.
+    let mut seen = Vec::new();
+    let mut url = app.url("/stream/poll/results?from=beginning&limit=10&wait=5");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < 25 {
+        assert!(tokio::time::Instant::now() < deadline, "only {seen:?} paged through within 60 s");
+        let (status, page) = get_json(&url).await;
+        assert_eq!(status, 200, "{page}");
+        let results = page["results"].as_array().unwrap();
+        assert!(results.len() <= 10, "limit honoured");
+        seen.extend(results.iter().map(n_of));
+        let next = page["next"].as_str().expect("a page names the next cursor");
+        if let Some(last) = results.last() {
+            assert_eq!(last["cursor"], next);
+        }
+        url = app.url(&format!("/stream/poll/results?after={next}&limit=10&wait=5"));
+    }
+    assert_eq!(seen, (0..25).collect::<Vec<_>>(), "every result once, in order");
+
+    // Level with the stream: a poll with a short wait answers empty, with
+    // the same cursor to poll from again.
+    let (status, page) = get_json(&url.replace("wait=5", "wait=0.2")).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["results"], json!([]));
+    let next = page["next"].as_str().unwrap().to_owned();
+    assert!(url.contains(&next));
+
+    // A long poll returns as soon as a result arrives.
+    let poll_url = app.url(&format!("/stream/poll/results?after={next}&wait=10"));
+    let poll = tokio::spawn(async move { get_json(&poll_url).await });
+    send_n(&app, "poll", 25..26).await;
+    let (status, page) = poll.await.unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["results"].as_array().map(|r| r.iter().map(n_of).collect::<Vec<_>>()), Some(vec![25]));
+
+    // Without after/from: the recent results, as before, now with cursors.
+    let (_, recent) = get_json(&app.url("/stream/poll/results")).await;
+    let recent = recent["results"].as_array().unwrap();
+    assert_eq!(recent.len(), 26);
+    assert!(recent.iter().all(|r| r["cursor"].is_string()));
+
+    stop.cancel();
+    processor.await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_and_expired_cursors_are_refused() {
+    let (kafka, app) = common::spawn_app().await;
+    let stop = CancellationToken::new();
+    let processor = common::spawn_processor(&kafka, stop.clone());
+    for stream in ["mine", "other"] {
+        assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": stream}))).await.0, 201);
+    }
+    send_n(&app, "mine", 0..3).await;
+    send_n(&app, "other", 0..1).await;
+    let (_, page) = get_json(&app.url("/stream/other/results?from=beginning&wait=10")).await;
+    let other_cursor = page["results"][0]["cursor"].as_str().unwrap().to_owned();
+    let (_, page) = get_json(&app.url("/stream/mine/results?from=beginning&limit=1&wait=10")).await;
+    let first = page["results"][0]["cursor"].as_str().unwrap().to_owned();
+
+    for query in [
+        "?after=garbage".to_owned(),
+        format!("?after={other_cursor}"),
+        "?from=end".to_owned(),
+        format!("?after={first}&from=beginning"),
+        "?from=beginning&limit=0".to_owned(),
+        "?from=beginning&limit=1001".to_owned(),
+        "?from=beginning&wait=11".to_owned(),
+        "?from=beginning&wait=soon".to_owned(),
+    ] {
+        let (status, body) = get_json(&app.url(&format!("/stream/mine/results{query}"))).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"].is_string());
+    }
+    // SSE and WebSocket refuse before they start.
+    let sse = common::client()
+        .get(app.url("/stream/mine/results"))
+        .header("X-API-Key", KEY_A)
+        .header("Accept", "text/event-stream")
+        .header("Last-Event-ID", &other_cursor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 400);
+    let mut request = app.ws_url("/stream/mine/results?after=1-2").into_client_request().unwrap();
+    request.headers_mut().insert("X-API-Key", KEY_A.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+
+    // Records before the cursor deleted (as retention does): 410 with the
+    // earliest cursor still served, from which the rest reads.
+    let partition: i32 = first.split('-').next().unwrap().parse().unwrap();
+    let (_, all) = get_json(&app.url("/stream/mine/results?from=beginning&wait=10")).await;
+    let third = all["results"][2].clone();
+    let third_offset = third["cursor"].as_str().unwrap().split('-').nth(1).unwrap().parse::<i64>().unwrap() - 1;
+    delete_records_before(&kafka, &kafka.topics.results, partition, third_offset).await;
+    let (status, body) = get_json(&app.url(&format!("/stream/mine/results?after={first}"))).await;
+    assert_eq!(status, 410, "{body}");
+    let earliest = body["detail"]["earliest"].as_str().expect("410 names the earliest cursor").to_owned();
+    let (status, page) = get_json(&app.url(&format!("/stream/mine/results?after={earliest}&wait=10"))).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["results"][0]["event_id"], third["event_id"]);
+    let sse = common::client()
+        .get(app.url("/stream/mine/results"))
+        .header("X-API-Key", KEY_A)
+        .header("Accept", "text/event-stream")
+        .header("Last-Event-ID", &first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 410);
+
+    stop.cancel();
+    processor.await.unwrap();
+    app.stop().await;
+}
+
+/// Deletes the records of `topic`/`partition` before `offset`, as
+/// retention would.
+async fn delete_records_before(kafka: &KafkaArgs, topic: &str, partition: i32, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = kafka::base_config(kafka).create().expect("an admin client");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset)).unwrap();
+    let done = admin.delete_records(&tpl, &AdminOptions::new()).await.expect("the broker deletes records");
+    for element in done.elements() {
+        element.error().expect("records deleted");
+    }
+}
+
+/// Writes a result for `event` straight to the results topic, as a
+/// consumer does (twice when it replays after a crash).
+async fn write_result(producer: &kafka::Producer, kafka: &KafkaArgs, event: &Event, n: i64) {
+    let result = EventResult::answering(event, Some(1), json!({"echo": {"n": n}}));
+    let record = result.to_event("/test", event);
+    kafka::delivered(kafka::enqueue(producer, &kafka.topics.results, &record).unwrap()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replayed_result_reaches_a_subscriber_once_live_and_across_a_resume() {
+    let (kafka, app) = common::spawn_app().await;
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "dup"}))).await.0, 201);
+    let producer = kafka::producer(&kafka, &ProducerOptions::default()).unwrap();
+    let events: Vec<Event> = (0..4).map(|n| Event::json("/test", Some("dup".into()), &json!({"n": n}))).collect();
+
+    let mut socket = ws(app.ws_url("/stream/dup/results")).await;
+    // A consumer crashed after writing the results of events 0 and 1 and
+    // before committing: it writes them again, then goes on.
+    for n in [0, 1, 0, 1, 2] {
+        write_result(&producer, &kafka, &events[n as usize], n).await;
+    }
+    let mut cursor_of_1 = String::new();
+    for expect in 0..3 {
+        let frame = common::next_frame(&mut socket, "result").await;
+        assert_eq!(n_of(&frame), expect, "each event's result once, in order");
+        if expect == 1 {
+            cursor_of_1 = frame["cursor"].as_str().unwrap().to_owned();
+        }
+    }
+    write_result(&producer, &kafka, &events[3], 3).await;
+    assert_eq!(n_of(&common::next_frame(&mut socket, "result").await), 3, "no repeat came between");
+
+    // Resumed after event 1's first result: the replays of 0 and 1 that
+    // follow it in the log were delivered before the resume; they are skipped.
+    let mut resumed = ws(app.ws_url(&format!("/stream/dup/results?after={cursor_of_1}"))).await;
+    for expect in [2, 3] {
+        assert_eq!(n_of(&common::next_frame(&mut resumed, "result").await), expect);
+    }
+    let (_, page) = get_json(&app.url(&format!("/stream/dup/results?after={cursor_of_1}&wait=5"))).await;
+    assert_eq!(page["results"].as_array().unwrap().iter().map(n_of).collect::<Vec<_>>(), [2, 3]);
+    app.stop().await;
+}
+
+/// A client that stops reading long enough for its live buffer to
+/// overflow gets every result anyway, from the log, in order, and no
+/// notice.
+#[tokio::test]
+async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka.clone());
+    config.ws_buffer = 4;
+    let app = common::start(config).await;
+    let stop = CancellationToken::new();
+    let processor = common::spawn_processor(&kafka, stop.clone());
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "slow"}))).await.0, 201);
+
+    // A socket with a tiny receive buffer that is not read for now.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let tcp = tcp.connect(app.addr).await.unwrap();
+    let mut request = app.ws_url("/stream/slow/results").into_client_request().unwrap();
+    request.headers_mut().insert("X-API-Key", KEY_A.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+
+    // Batches of results until the live buffer has overflowed (the socket
+    // buffers in between take a few MB first), then one more batch.
+    let pad = "x".repeat(8 * 1024);
+    let mut count: i64 = 0;
+    let mut overflowed_at = None;
+    while overflowed_at.is_none_or(|at| count < at + 100) {
+        assert!(count < 3000, "3000 results of 8 KiB did not overflow a 4-result buffer");
+        let records: Vec<Value> =
+            (count..count + 100).map(|n| json!({"message": {"n": n, "pad": pad}, "key": "slow"})).collect();
+        let response =
+            common::client().post(app.url("/publish/batch")).header("X-API-Key", KEY_A).json(&records).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        count += 100;
+        if overflowed_at.is_none() {
+            let last = count - 1;
+            eventually(Duration::from_secs(60), "the batch's results routed", || async {
+                let (_, recent) = get_json(&app.url("/stream/slow/results")).await;
+                (recent["results"].as_array()?.last().map(n_of) == Some(last)).then_some(())
+            })
+            .await;
+            if metric(&app, "results_dropped_total").await > 0.0 {
+                overflowed_at = Some(count);
+            }
+        }
+    }
+    let count_all = count;
+    assert!(app.state.hub.subscribers() == 1);
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while got.len() < count_all as usize {
+            match socket.next().await.expect("socket open").expect("frame") {
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                    assert_eq!(frame["type"], "result", "no notice: {frame}");
+                    got.push(n_of(&frame));
+                }
+                Message::Close(frame) => panic!("closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {count_all} results within 60 s", got.len()));
+    assert_eq!(got, (0..count_all).collect::<Vec<_>>(), "every result once, in order");
+    assert!(metric(&app, "results_catch_ups_total").await >= 1.0, "the log served what the buffer dropped");
+
+    stop.cancel();
+    processor.await.unwrap();
+    app.stop().await;
+}
+
+async fn metric(app: &common::TestApp, name: &str) -> f64 {
+    let text = common::client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The gateway killed (SIGKILL) while a client watches: the client resumes
+/// on a fresh gateway process with its cursor and misses nothing.
+#[tokio::test]
+async fn resume_on_a_fresh_gateway_after_sigkill() {
+    const KEY: &str = "resume-kill-key";
+    let kafka = stream_core::testing::kafka_args();
+    let stop = CancellationToken::new();
+    let mut first = child::Gateway::start(&kafka, KEY, &[]).await;
+    let processor = common::spawn_processor(&kafka, stop.clone());
+    let response = common::client()
+        .post(first.url("/stream/start"))
+        .header("X-API-Key", KEY)
+        .json(&json!({"stream_id": "killed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let send_to = |gateway: &child::Gateway, n: i64| {
+        common::client()
+            .post(gateway.url("/stream/killed/send"))
+            .header("X-API-Key", KEY)
+            .json(&json!({"data": {"n": n}}))
+            .send()
+    };
+
+    let base = first.url("");
+    let mut sse = Sse::open(&base, "killed", KEY, None, "").await;
+    for n in 0..5 {
+        assert_eq!(send_to(&first, n).await.unwrap().status(), 200);
+    }
+    let mut last = String::new();
+    for expect in 0..3 {
+        let (id, data) = sse.next_result().await;
+        assert_eq!(n_of(&data), expect);
+        last = id;
+    }
+    first.kill();
+    drop(sse);
+
+    let second = child::Gateway::start(&kafka, KEY, &[]).await;
+    for n in 5..10 {
+        assert_eq!(send_to(&second, n).await.unwrap().status(), 200);
+    }
+    let mut sse = Sse::open(&second.url(""), "killed", KEY, Some(&last), "").await;
+    for expect in 3..10 {
+        assert_eq!(n_of(&sse.next_result().await.1), expect);
+    }
+    assert_eq!(send_to(&second, 10).await.unwrap().status(), 200);
+    assert_eq!(n_of(&sse.next_result().await.1), 10);
+
+    stop.cancel();
+    processor.await.unwrap();
+}
