@@ -64,7 +64,7 @@ done
 status=0
 # From the report directory: schemathesis keeps its example database in
 # ./.schemathesis, which does not belong in the work tree.
-(cd "$report" && schemathesis run "http://127.0.0.1:$port/openapi.json" \
+(cd "$report" && schemathesis --config-file "$ROOT/scripts/schemathesis.toml" run "http://127.0.0.1:$port/openapi.json" \
     --checks all --exclude-checks use_after_free \
     --header "X-API-Key: $KEY" \
     --max-examples "$EXAMPLES" \

@@ -53,17 +53,17 @@ pub enum Start {
 impl Start {
     /// The start a request asks for: `Last-Event-ID` (a browser's SSE
     /// reconnect sends it by itself, with the URL it first used, so it wins
-    /// over the URL's `after`), else `after`, else `from=beginning`.
+    /// over the URL's `after`), else `after`, else `from=beginning`. A
+    /// cursor is a later point than the beginning, so it wins over `from`
+    /// (a client that started with `from=beginning` and resumes keeps its
+    /// URL). An empty `Last-Event-ID` is none (as in the SSE standard).
     pub fn from_request(
         stream: &str,
         last_event_id: Option<&str>,
         after: Option<&str>,
         from: Option<&str>,
     ) -> Result<Self, AppError> {
-        match (last_event_id.or(after), from) {
-            (Some(_), Some(_)) if last_event_id.is_none() => {
-                Err(AppError::BadParameter("give either after or from, not both".into()))
-            }
+        match (last_event_id.filter(|id| !id.is_empty()).or(after), from) {
             (Some(text), _) => match Cursor::parse(text, stream) {
                 Ok(cursor) => Ok(Self::After(cursor)),
                 Err(CursorError::Malformed) => {
@@ -419,7 +419,14 @@ mod tests {
         // A browser's reconnect: Last-Event-ID beats the URL's after.
         let resumed = Start::from_request("s", Some(&later), Some(&cursor), Some("beginning")).unwrap();
         assert_eq!(resumed, Start::After(Cursor { partition: 0, next: 9 }));
-        for (after, from) in [(Some("junk"), None), (None, Some("end")), (Some(cursor.as_str()), Some("beginning"))] {
+        let both = Start::from_request("s", None, Some(&cursor), Some("beginning")).unwrap();
+        assert_eq!(both, Start::After(Cursor { partition: 0, next: 5 }), "a cursor wins over from");
+        assert_eq!(
+            Start::from_request("s", Some(""), None, None).unwrap(),
+            Start::Live,
+            "an empty Last-Event-ID is none"
+        );
+        for (after, from) in [(Some("junk"), None), (None, Some("end")), (Some(""), None)] {
             let err = Start::from_request("s", None, after, from).unwrap_err();
             assert_eq!(err.status(), 400, "{after:?} {from:?}");
         }

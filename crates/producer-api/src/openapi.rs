@@ -74,22 +74,36 @@ fn results_operation(security: &Value) -> Value {
         Value::Object(m) => m,
         _ => unreachable!("responses are objects"),
     };
+    let cursor = "A result's `cursor`, as it was delivered: resume right after that result";
     json!({
-        "summary": "Results of a stream: WebSocket (upgrade; both ways), Server-Sent Events (Accept: text/event-stream), or JSON of the most recent results",
-        "description": "WebSocket frames are JSON objects with a type: result (EventResult fields at top level), ack {id, partition, offset} for each event the client sends as a text frame ({\"data\": ...}, or any other JSON value taken as the event itself), error {error}, notice {dropped, message} when the connection's buffer overflowed. Browsers may pass the key as ?api_key=.",
+        "summary": "Results of a stream: WebSocket (upgrade; both ways), Server-Sent Events (Accept: text/event-stream), or JSON: a long poll from a cursor, or the most recent results",
+        "description": "Every result carries a `cursor`, its place in the results topic (an opaque token). Resume right after it with `after` (WebSocket, SSE, JSON) or the `Last-Event-ID` header (SSE; each SSE event's id is its cursor, so browsers send it by themselves); `from=beginning` starts at the stream's oldest retained result; without either, results from now on (JSON: the most recent ones). A resumed connection reads the log and then joins the live results with no gap and no repeat, on any replica. Each connection delivers one result per event id (a consumer's replay after a crash is skipped). A connection that reads slowly is served from the log, not dropped from. WebSocket frames are JSON objects with a type: result (cursor, then the EventResult fields at top level), ack {id, partition, offset} for each event the client sends as a text frame ({\"data\": ...}, or any other JSON value taken as the event itself), error {error}, notice {expired, earliest, message} when results expired from the log before the connection read them. With `after` or `from`, the JSON answer is a long poll: it returns as soon as at least one result is available (with what follows at once, up to `limit`), or after `wait` seconds with none; poll again with `next`. Browsers may pass the key as ?api_key=.",
         "security": security,
-        "parameters": [stream_id_param(), { "name": "api_key", "in": "query", "required": false, "schema": { "type": "string" } }],
+        "parameters": [
+            stream_id_param(),
+            { "name": "api_key", "in": "query", "required": false, "schema": { "type": "string" } },
+            { "name": "after", "in": "query", "required": false, "description": cursor, "schema": { "$ref": "#/components/schemas/Cursor" } },
+            { "name": "from", "in": "query", "required": false, "description": "beginning: start at the stream's oldest retained result (a cursor, if given too, wins)", "schema": { "type": "string", "enum": ["beginning"] } },
+            { "name": "limit", "in": "query", "required": false, "description": "JSON long poll: most results in one answer", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
+            { "name": "wait", "in": "query", "required": false, "description": "JSON long poll: seconds to wait for a result when none is available", "schema": { "type": "number", "minimum": 0, "maximum": 10, "default": 0 } },
+            { "name": "Last-Event-ID", "in": "header", "required": false, "description": format!("{cursor} (SSE reconnects); wins over `after`; empty: none"), "schema": { "anyOf": [{ "$ref": "#/components/schemas/Cursor" }, { "const": "" }] } }
+        ],
         "responses": authed(map(json!({
             "101": { "description": "Switching to WebSocket" },
             "200": {
-                "description": "Recent results (JSON), or an SSE stream of `result` and `notice` events",
+                "description": "JSON results (a long poll page with `after`/`from`, else the most recent), or an SSE stream of `result` events (id: the cursor) and `notice` events",
                 "content": {
-                    "application/json": { "schema": { "$ref": "#/components/schemas/RecentResults" } },
+                    "application/json": { "schema": { "$ref": "#/components/schemas/Results" } },
                     "text/event-stream": { "schema": { "type": "string" } }
                 }
             },
+            "400": error("Malformed cursor, a cursor of another stream, or limit/wait out of range"),
             "403": error("The stream belongs to another key"),
             "404": error("Unknown stream"),
+            "410": {
+                "description": "The cursor's results are no longer retained; resume from detail.earliest",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Expired" } } }
+            },
             "503": unavailable()
         })))
     })
@@ -303,11 +317,42 @@ pub fn document() -> Value {
                         "output": {}
                     }
                 },
-                "RecentResults": {
+                "Cursor": {
+                    "type": "string", "pattern": "^[0-9]{1,9}-[0-9]{1,18}-[0-9a-f]{8}$",
+                    "description": "A result's place in the results topic; opaque: pass it back as it was"
+                },
+                "Result": {
                     "type": "object",
+                    "description": "A result as delivered: type and cursor, then the EventResult fields",
+                    "required": ["type", "cursor", "event_id"],
+                    "properties": {
+                        "type": { "const": "result" }, "cursor": { "$ref": "#/components/schemas/Cursor" },
+                        "event_id": { "type": "string" }, "stream_id": { "type": ["string", "null"] },
+                        "event_time": { "type": "string", "format": "date-time" },
+                        "processed_at": { "type": "string", "format": "date-time" },
+                        "worker_id": { "type": ["integer", "null"] }, "latency_us": { "type": "integer" },
+                        "output": {}
+                    }
+                },
+                "Results": {
+                    "type": "object", "required": ["stream_id", "results"],
                     "properties": {
                         "stream_id": { "type": "string" },
-                        "results": { "type": "array", "items": { "$ref": "#/components/schemas/EventResult" } }
+                        "results": { "type": "array", "items": { "$ref": "#/components/schemas/Result" } },
+                        "next": {
+                            "oneOf": [{ "$ref": "#/components/schemas/Cursor" }, { "type": "null" }],
+                            "description": "Poll again with after=next (the last result's cursor; with none, where this poll ended)"
+                        }
+                    }
+                },
+                "Expired": {
+                    "type": "object", "required": ["error", "detail"],
+                    "properties": {
+                        "error": { "type": "string" },
+                        "detail": {
+                            "type": "object", "required": ["earliest"],
+                            "properties": { "earliest": { "$ref": "#/components/schemas/Cursor" } }
+                        }
                     }
                 }
             }

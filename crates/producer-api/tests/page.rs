@@ -168,6 +168,29 @@ async fn a_person_starts_a_stream_sends_an_event_and_sees_the_result() {
     let sent = common::read_all(&kafka, &kafka.topics.events).await;
     assert!(sent.iter().any(|e| e.id == event_id.as_str().unwrap()), "row {event_id} is not an event that was sent");
 
+    // The person leaves the page; a result arrives meanwhile; they come
+    // back (or reload): the page shows what it showed, and resumes its
+    // socket after the last result it had, so the new one appears too.
+    let stream = stream.as_str().unwrap().to_owned();
+    browser.call("Page.navigate", json!({ "url": "about:blank" })).await;
+    let (status, ack) = common::send(&app, common::KEY_A, &stream, json!({"data": {"while": "away"}})).await;
+    assert_eq!(status, 200, "{ack}");
+    let recent_url = app.url(&format!("/stream/{stream}/results"));
+    stream_core::testing::eventually(Duration::from_secs(60), "the result of the event sent while away", || async {
+        let response = common::client().get(&recent_url).header("X-API-Key", common::KEY_A).send().await.ok()?;
+        response.text().await.ok()?.contains("away").then_some(())
+    })
+    .await;
+    browser.call("Page.navigate", json!({ "url": app.url("/") })).await;
+    let rows = browser
+        .wait_for(
+            "document.querySelectorAll('#results tr').length === 2 && document.getElementById('results').innerText",
+            Duration::from_secs(30),
+        )
+        .await;
+    let rows = rows.as_str().unwrap();
+    assert!(rows.contains("away") && rows.contains("30.5"), "after coming back the page shows: {rows}");
+
     stop.cancel();
     consumer.await.unwrap().unwrap();
     app.stop().await;
