@@ -58,11 +58,15 @@ pub struct Config {
     #[arg(long, env = "WS_BUFFER", default_value_t = 256)]
     pub ws_buffer: usize,
 
-    /// Event ids each result connection remembers to skip a second result
-    /// for the same event (a consumer's replay after a crash); on a resume
-    /// from a cursor, also how many records before it are read back to
-    /// learn them. 0 turns deduplication off.
-    #[arg(long, env = "DEDUP_WINDOW", default_value_t = 1000)]
+    /// Event ids remembered per open stream (and per connection while it
+    /// reads from the results topic) to skip a second result for the same
+    /// event, a consumer's replay after a crash: about 24 bytes each. On a
+    /// resume from a cursor, also how many records before it are read back
+    /// to learn them. A replay is skipped when its original is among the
+    /// stream's last this-many results; a consumer replays at most its
+    /// uncommitted work (`--max-in-flight` 5,000 per partition, plus a
+    /// second). 0 turns deduplication off.
+    #[arg(long, env = "DEDUP_WINDOW", default_value_t = 10_000)]
     pub dedup_window: usize,
 
     /// Most recent results kept per open stream for `GET /stream/{id}/results`
@@ -154,7 +158,7 @@ impl Config {
             max_batch_bytes: 16 * 1024 * 1024,
             max_batch_records: 10_000,
             ws_buffer: 256,
-            dedup_window: 1000,
+            dedup_window: 10_000,
             recent_results: 100,
             max_in_flight: 10_000,
             max_streams_per_key: 1000,

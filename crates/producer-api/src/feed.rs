@@ -14,19 +14,19 @@
 //! ([`stream_core::kafka::partition_reader`]).
 //!
 //! Deduplication: a consumer that crashes may write a second result for
-//! an event. Each feed remembers the event ids of the last `window`
-//! results it delivered (8 bytes each, so at most `window` x ~24 bytes
-//! per connection) and skips a result whose event id is among them. On a
-//! resume it first reads back up to `window` records of the partition
-//! before the cursor, only to remember their event ids. So a repeat is
-//! recognised when its original is among the stream's last `window`
-//! results before it (and, across a resume, also within `window` records
-//! of the partition before the cursor). A consumer's repeats follow their
-//! originals within its uncommitted work (about a second of results), far
-//! inside the default window of 1,000.
+//! an event. The hub keeps, per open stream, the event ids of its last
+//! `window` results and does not route a result whose event id is among
+//! them, so live subscribers never see such a replay. A feed reading the
+//! log applies the same rule with its own memory (it may read replays
+//! whose originals this process never routed), and on a resume first reads
+//! back up to `window` records of the partition before the cursor, only to
+//! learn their event ids. So a replay is skipped when its original is
+//! among the stream's last `window` results before it (across a resume,
+//! also within `window` records of the partition before the cursor). A
+//! consumer replays at most its uncommitted work, far inside the default
+//! window of 10,000. Memory: about 24 bytes per remembered id, per stream,
+//! and per connection that has read from the log.
 
-use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use serde_json::json;
 use stream_core::kafka::TracingContext;
 
 use crate::error::AppError;
-use crate::results::{Cursor, CursorError, Delivered, Next, Pos, ResultsLog, Subscription};
+use crate::results::{Cursor, CursorError, Delivered, Next, Pos, ResultsLog, Seen, Subscription};
 
 /// Where a feed starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +195,7 @@ impl Feed {
             let Some(catch_up) = self.catch_up.as_deref_mut() else {
                 match self.subscription.next().await {
                     Next::Result(delivered) => {
-                        if self.accept(&delivered) {
+                        if self.accept(&delivered, false) {
                             return Item::Result(delivered);
                         }
                     }
@@ -305,7 +305,7 @@ impl Feed {
                 continue;
             }
             let delivered = Arc::new(decoded.delivered);
-            if self.accept(&delivered) {
+            if self.accept(&delivered, true) {
                 metrics::counter!("results_from_log_total").increment(1);
                 return Item::Result(delivered);
             }
@@ -314,20 +314,22 @@ impl Feed {
 
     /// Whether to deliver `delivered`: not if it is at or before the last
     /// result passed on (the live feed repeating what the log gave), nor if
-    /// its event's result was delivered already (a consumer's replay).
-    fn accept(&mut self, delivered: &Delivered) -> bool {
+    /// its event's result was delivered already (a consumer's replay). The
+    /// hub already keeps replays out of the live feed (per stream); this
+    /// feed's own memory covers what it read from the log, whose replays
+    /// the hub may not have seen (before this process started).
+    fn accept(&mut self, delivered: &Delivered, from_log: bool) -> bool {
         if let Some(last) = self.last {
             if last.partition == delivered.pos.partition && delivered.pos.offset <= last.offset {
                 return false;
             }
         }
         self.last = Some(delivered.pos);
-        if self.seen.insert(delivered.event) {
-            true
-        } else {
+        let fresh = if from_log { self.seen.insert(delivered.event) } else { !self.seen.contains(delivered.event) };
+        if !fresh {
             metrics::counter!("results_duplicates_skipped_total").increment(1);
-            false
         }
+        fresh
     }
 }
 
@@ -342,71 +344,9 @@ fn expired_notice(missed: i64, earliest: &str) -> Utf8Bytes {
     .into()
 }
 
-/// The event-id hashes of the last `cap` results, oldest evicted first.
-struct Seen {
-    set: HashSet<u64, BuildHasherDefault<IdHasher>>,
-    order: VecDeque<u64>,
-    cap: usize,
-}
-
-impl Seen {
-    fn new(cap: usize) -> Self {
-        Self { set: HashSet::default(), order: VecDeque::new(), cap }
-    }
-
-    /// False if `id` is remembered already.
-    fn insert(&mut self, id: u64) -> bool {
-        if self.cap == 0 {
-            return true;
-        }
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
-
-/// The ids are hashes already; hashing them again buys nothing.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | b as u64;
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seen_forgets_the_oldest_beyond_its_window() {
-        let mut seen = Seen::new(2);
-        assert!(seen.insert(1) && seen.insert(2));
-        assert!(!seen.insert(1) && !seen.insert(2));
-        assert!(seen.insert(3));
-        assert!(seen.insert(1), "1 left the window when 3 came");
-        assert!(!seen.insert(3));
-        let mut off = Seen::new(0);
-        assert!(off.insert(1) && off.insert(1));
-    }
 
     #[test]
     fn start_from_request() {

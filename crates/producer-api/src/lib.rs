@@ -239,7 +239,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     };
     let producer = kafka::producer(args, &options).context("creating the producer")?;
     let publisher = Arc::new(Publisher::new(producer, config.request_timeout));
-    let hub = Hub::new(config.ws_buffer, config.recent_results);
+    let hub = Hub::new(config.ws_buffer, config.recent_results, config.dedup_window);
     let registry = Registry::start(args, &config.streams_topic, hub.clone()).context("reading the stream registry")?;
     let results_reader = ResultsReader::start(args).await.context("reading the results topic")?;
     let log = results_reader.log(args, config.request_timeout);

@@ -10,7 +10,8 @@
 //! waits for a subscriber, so one slow client cannot delay another stream.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -325,10 +326,12 @@ impl Mailbox {
     }
 }
 
-#[derive(Default)]
 struct Slot {
     recent: VecDeque<Arc<Delivered>>,
     subscribers: Vec<Arc<Mailbox>>,
+    /// Event ids of the stream's last results: a consumer's replay of one
+    /// of them is not routed (see [`Hub::new`]).
+    seen: Seen,
 }
 
 /// Open streams and their subscribers.
@@ -336,16 +339,31 @@ pub struct Hub {
     slots: Mutex<HashMap<String, Slot>>,
     mailbox_capacity: usize,
     recent: usize,
+    dedup_window: usize,
 }
 
 impl Hub {
-    pub fn new(mailbox_capacity: usize, recent: usize) -> Arc<Self> {
-        Arc::new(Self { slots: Mutex::new(HashMap::new()), mailbox_capacity: mailbox_capacity.max(1), recent })
+    /// Subscribers' mailboxes hold `mailbox_capacity` results; each stream
+    /// keeps its `recent` last results for the JSON view, and the event
+    /// ids of its last `dedup_window` results (8 bytes each, ~24 with the
+    /// set's overhead, allocated as results come): a result whose event id
+    /// is among them is a consumer's replay and is not routed.
+    pub fn new(mailbox_capacity: usize, recent: usize, dedup_window: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Mutex::new(HashMap::new()),
+            mailbox_capacity: mailbox_capacity.max(1),
+            recent,
+            dedup_window,
+        })
     }
 
     /// Makes room for a stream's results (the stream was started).
     pub fn open(&self, stream: &str) {
-        self.slots.lock().expect("hub lock").entry(stream.to_owned()).or_default();
+        self.slots.lock().expect("hub lock").entry(stream.to_owned()).or_insert_with(|| Slot {
+            recent: VecDeque::new(),
+            subscribers: Vec::new(),
+            seen: Seen::new(self.dedup_window),
+        });
     }
 
     /// Forgets a stream and ends its subscriptions with `reason`.
@@ -364,6 +382,10 @@ impl Hub {
         let Some(slot) = slots.get_mut(stream) else {
             return false;
         };
+        if !slot.seen.insert(delivered.event) {
+            metrics::counter!("results_duplicates_skipped_total").increment(1);
+            return true;
+        }
         if self.recent > 0 {
             if slot.recent.len() >= self.recent {
                 slot.recent.pop_front();
@@ -400,6 +422,60 @@ impl Hub {
     /// Open subscriptions, all streams together.
     pub fn subscribers(&self) -> usize {
         self.slots.lock().expect("hub lock").values().map(|s| s.subscribers.len()).sum()
+    }
+}
+
+/// The event-id hashes of the last `cap` results, oldest evicted first.
+pub(crate) struct Seen {
+    set: HashSet<u64, BuildHasherDefault<IdHasher>>,
+    order: VecDeque<u64>,
+    cap: usize,
+}
+
+impl Seen {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self { set: HashSet::default(), order: VecDeque::new(), cap }
+    }
+
+    /// False if `id` is remembered already.
+    pub(crate) fn insert(&mut self, id: u64) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.set.contains(&id)
+    }
+}
+
+/// The ids are hashes already; hashing them again buys nothing.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -709,7 +785,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_mailbox_drops_the_oldest_and_says_so() {
-        let hub = Hub::new(2, 3);
+        let hub = Hub::new(2, 3, 100);
         assert!(hub.subscribe("s").is_none(), "only open streams can be watched");
         hub.open("s");
         let sub = hub.subscribe("s").unwrap();
@@ -734,9 +810,38 @@ mod tests {
         assert!(hub.recent("s").is_empty());
     }
 
+    #[test]
+    fn seen_forgets_the_oldest_beyond_its_window() {
+        let mut seen = Seen::new(2);
+        assert!(seen.insert(1) && seen.insert(2));
+        assert!(!seen.insert(1) && !seen.insert(2));
+        assert!(seen.insert(3));
+        assert!(seen.insert(1), "1 left the window when 3 came");
+        assert!(!seen.insert(3));
+        let mut off = Seen::new(0);
+        assert!(off.insert(1) && off.insert(1));
+    }
+
+    #[tokio::test]
+    async fn a_replayed_result_is_not_routed() {
+        let hub = Hub::new(8, 8, 100);
+        hub.open("s");
+        let sub = hub.subscribe("s").unwrap();
+        for n in [1, 2, 1, 3] {
+            assert!(hub.route("s", result(n)));
+        }
+        for expect in [1, 2, 3] {
+            match sub.next().await {
+                Next::Result(d) => assert_eq!(latency(&d), expect),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(hub.recent("s").len(), 3);
+    }
+
     #[tokio::test]
     async fn dropping_a_subscription_unsubscribes() {
-        let hub = Hub::new(4, 0);
+        let hub = Hub::new(4, 0, 100);
         hub.open("s");
         let a = hub.subscribe("s").unwrap();
         let b = hub.subscribe("s").unwrap();
