@@ -18,9 +18,9 @@
 //! `window` results and does not route a result whose event id is among
 //! them, so live subscribers never see such a replay. A feed reading the
 //! log applies the same rule with its own memory (it may read replays
-//! whose originals this process never routed), and on a resume first reads
-//! back up to `window` records of the partition before the cursor, only to
-//! learn their event ids. So a replay is skipped when its original is
+//! whose originals this process never routed), and on a resume (or an
+//! overflow) first reads back up to `window` records of the partition
+//! before the cursor, only to learn their event ids. So a replay is skipped when its original is
 //! among the stream's last `window` results before it (across a resume,
 //! also within `window` records of the partition before the cursor). A
 //! consumer replays at most its uncommitted work, far inside the default
@@ -115,6 +115,8 @@ pub struct Feed {
     /// results at or before it are not delivered again.
     last: Option<Pos>,
     seen: Seen,
+    /// Event ids remembered, and records read back before a resume.
+    window: usize,
     catch_up: Option<Box<CatchUp>>,
     notice: Option<Utf8Bytes>,
 }
@@ -133,7 +135,8 @@ impl Feed {
         start: Start,
         window: usize,
     ) -> Result<Self, AppError> {
-        let mut feed = Self { log, subscription, last: None, seen: Seen::new(window), catch_up: None, notice: None };
+        let mut feed =
+            Self { log, subscription, last: None, seen: Seen::new(window), window, catch_up: None, notice: None };
         match start {
             Start::Live => {}
             Start::After(cursor) => {
@@ -201,7 +204,10 @@ impl Feed {
                     }
                     Next::Dropped { count, from } => {
                         // A slow reader: serve it from the log where its
-                        // buffer overflowed, instead of skipping.
+                        // buffer overflowed, instead of skipping. The
+                        // records before that are read back first, only to
+                        // learn their event ids: this feed delivered them
+                        // live, and a replay of one may be among the dropped.
                         metrics::counter!("results_catch_ups_total").increment(1);
                         tracing::debug!(
                             stream = self.subscription.stream(),
@@ -210,7 +216,7 @@ impl Feed {
                         );
                         self.catch_up = Some(Box::new(CatchUp {
                             partition: from.partition,
-                            next: from.offset,
+                            next: from.offset.saturating_sub(self.window as i64).max(0),
                             silent_before: from.offset,
                             until: None,
                             reader: None,
@@ -232,11 +238,14 @@ impl Feed {
                     Ok((low, high)) => {
                         let catch_up = self.catch_up.as_deref_mut().expect("catching up");
                         if catch_up.next < low {
-                            metrics::counter!("results_expired_total").increment((low - catch_up.next) as u64);
-                            self.notice = Some(expired_notice(
-                                low - catch_up.next,
-                                &Cursor { partition, next: low }.encode(self.subscription.stream()),
-                            ));
+                            // Only records this feed was to deliver count as
+                            // missed; the look-back before them may be gone.
+                            let missed = low - catch_up.next.max(catch_up.silent_before);
+                            if missed > 0 {
+                                metrics::counter!("results_expired_total").increment(missed as u64);
+                                let earliest = Cursor { partition, next: low }.encode(self.subscription.stream());
+                                self.notice = Some(expired_notice(missed, &earliest));
+                            }
                             catch_up.next = low;
                             catch_up.reader = None;
                         }

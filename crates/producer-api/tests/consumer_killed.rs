@@ -86,7 +86,12 @@ fn start_consumer(kafka: &KafkaArgs, group: &str) -> tokio::process::Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_result_frame_per_event_while_the_consumer_is_sigkilled_twice() {
-    let (kafka, app) = common::spawn_app().await;
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka.clone());
+    // A small live buffer, so the restarted consumer's burst overflows it
+    // and the subscriber is also served from the log.
+    config.ws_buffer = 8;
+    let app = common::start(config).await;
     assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "watched"}))).await.0, 201);
     let mut socket = common::connect(&app, KEY_A, "watched").await;
     let group = stream_core::testing::unique_name("killed-consumer");
@@ -122,8 +127,10 @@ async fn one_result_frame_per_event_while_the_consumer_is_sigkilled_twice() {
     wait_for(&mut per_event, &mut seen_rx, EVENTS + 1, "the last event").await;
 
     let in_topic = common::read_all(&kafka, &kafka.topics.results).await.len();
+    let metrics = common::client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let catch_ups = metrics.lines().find(|l| l.starts_with("results_catch_ups_total")).unwrap_or("no catch-up");
     eprintln!(
-        "{} events, {in_topic} results in the topic, {} result frames",
+        "{} events, {in_topic} results in the topic, {} result frames ({catch_ups})",
         sent.len(),
         per_event.values().sum::<usize>()
     );
