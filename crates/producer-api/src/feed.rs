@@ -161,9 +161,12 @@ impl Feed {
                 }));
             }
             Start::Beginning => {
+                // The oldest retained record: nothing before it counts as
+                // missed.
                 let partition = feed.log.partition_of(feed.subscription.stream());
+                let (low, _) = feed.log.watermarks(partition).await?;
                 feed.catch_up =
-                    Some(Box::new(CatchUp { partition, next: 0, silent_before: 0, until: None, reader: None }));
+                    Some(Box::new(CatchUp { partition, next: low, silent_before: low, until: None, reader: None }));
             }
         }
         Ok(feed)
@@ -179,8 +182,10 @@ impl Feed {
     /// once it has a position.
     pub fn cursor(&self) -> Option<Cursor> {
         match (&self.catch_up, self.last) {
+            // Never before the point it started delivering from (while it
+            // reads back only to learn event ids).
             (Some(catch_up), _) if catch_up.until.is_some() => {
-                Some(Cursor { partition: catch_up.partition, next: catch_up.next })
+                Some(Cursor { partition: catch_up.partition, next: catch_up.next.max(catch_up.silent_before) })
             }
             (_, Some(last)) => Some(Cursor::after(last)),
             _ => None,

@@ -291,6 +291,11 @@ async fn bad_and_expired_cursors_are_refused() {
         .await
         .unwrap();
     assert_eq!(sse.status(), 410);
+    // The beginning is now the oldest retained result, with no notice.
+    let (_, page) = get_json(&app.url("/stream/mine/results?from=beginning&wait=10")).await;
+    assert_eq!(page["results"][0]["event_id"], third["event_id"]);
+    let (_, data) = Sse::open(&app.url(""), "mine", KEY_A, None, "?from=beginning").await.next_result().await;
+    assert_eq!(data["event_id"], third["event_id"]);
 
     stop.cancel();
     processor.await.unwrap();
