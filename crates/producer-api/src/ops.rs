@@ -93,7 +93,26 @@ pub fn describe_metrics() {
     describe_counter!("results_routed_total", "Results handed to at least one subscriber.");
     describe_counter!("results_unrouted_total", "Results with no subscriber on this gateway, or no stream id.");
     describe_counter!("results_unreadable_total", "Records of the results topic that are not a result.");
-    describe_counter!("results_dropped_total", "Results dropped for a subscriber too slow to take them.");
+    describe_counter!(
+        "results_dropped_total",
+        "Results dropped from a slow subscriber's live buffer; it then reads them from the results topic."
+    );
+    describe_counter!(
+        "results_catch_ups_total",
+        "Times a subscriber's live buffer overflowed and it switched to reading the results topic."
+    );
+    describe_counter!(
+        "results_from_log_total",
+        "Results delivered from the results topic (resumes, from=beginning, slow subscribers)."
+    );
+    describe_counter!(
+        "results_duplicates_skipped_total",
+        "Results not delivered because their event's result already was (a consumer's replay)."
+    );
+    describe_counter!(
+        "results_expired_total",
+        "Results a subscriber was behind on that had left the topic before it read them."
+    );
     describe_histogram!(
         "result_delivery_latency_seconds",
         Unit::Seconds,

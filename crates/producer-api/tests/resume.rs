@@ -428,6 +428,9 @@ async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
     .unwrap_or_else(|_| panic!("only {} of {count_all} results within 60 s", got.len()));
     assert_eq!(got, (0..count_all).collect::<Vec<_>>(), "every result once, in order");
     assert!(metric(&app, "results_catch_ups_total").await >= 1.0, "the log served what the buffer dropped");
+    let text = common::client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let problems = stream_core::metrics::lint(&text);
+    assert!(problems.is_empty(), "promtool would complain: {problems:#?}");
 
     stop.cancel();
     processor.await.unwrap();
