@@ -24,6 +24,31 @@ fn frames(c: &mut Criterion) {
     c.bench_function("result record -> frame (as routed)", |b| {
         b.iter(|| Delivered::decode(&record, Some(key.as_bytes()), pos).unwrap())
     });
+    // The splice as it was before cursors (commit f2ec7b8's
+    // Delivered::parse): the head parsed, then the whole value parsed
+    // again into a RawValue, the type put in front. No cursor, no key.
+    c.bench_function("result record -> frame (spliced, before cursors)", |b| {
+        b.iter(|| {
+            #[derive(serde::Deserialize)]
+            struct Head<'a> {
+                #[allow(dead_code)]
+                #[serde(borrow)]
+                event_id: &'a serde_json::value::RawValue,
+                #[serde(default, borrow)]
+                stream_id: Option<std::borrow::Cow<'a, str>>,
+                #[allow(dead_code)]
+                event_time: Timestamp,
+            }
+            let head: Head<'_> = serde_json::from_slice(&record).unwrap();
+            let stream = head.stream_id.map(std::borrow::Cow::into_owned);
+            let raw: Box<serde_json::value::RawValue> = serde_json::from_slice(&record).unwrap();
+            let body = raw.get().strip_prefix('{').unwrap().trim_start();
+            let mut frame = String::with_capacity(raw.get().len() + 17);
+            frame.push_str("{\"type\":\"result\",");
+            frame.push_str(body);
+            (raw, frame, stream)
+        })
+    });
     c.bench_function("result record -> frame (parse and re-serialise, as before)", |b| {
         b.iter(|| {
             let parsed: EventResult = serde_json::from_slice(&record).unwrap();
