@@ -122,6 +122,15 @@ async fn sse_resumes_after_last_event_id_with_exactly_the_rest_in_order() {
     let mut sse = Sse::open(&base, "sse", KEY_A, Some(&last), &format!("?after={after_first}")).await;
     assert_eq!(n_of(&sse.next_result().await.1), 5);
 
+    // Another replica resumes from the same cursor.
+    let replica = common::start(common::config(kafka.clone())).await;
+    let mut sse = Sse::open(&replica.url(""), "sse", KEY_A, Some(&last), "").await;
+    for expect in 5..21 {
+        assert_eq!(n_of(&sse.next_result().await.1), expect);
+    }
+    drop(sse);
+    replica.stop().await;
+
     stop.cancel();
     processor.await.unwrap();
     app.stop().await;
