@@ -8,7 +8,8 @@
 #
 # Memory storage by default (fast, forgotten on stop); --sqlite keeps the data
 # in FILE (default target/broker/nisshi.db) across restarts.
-# Environment: BROKER_PORT (19092), BROKER_DIR (target/broker), NISSHI_BIN.
+# Environment: BROKER_PORT (19092), BROKER_DIR (target/broker), NISSHI_BIN,
+# NISSHI_OPT_LEVEL (1; the optimisation level `install` compiles with).
 set -euo pipefail
 
 NISSHI_VERSION=0.8.1
@@ -39,10 +40,17 @@ install() {
     return
   fi
   command -v cargo >/dev/null || die "cargo is not installed; install Rust from rustup first"
-  say "installing nisshi ${NISSHI_VERSION} from crates.io (about 12 minutes of compiling on 2 cores, once)"
+  local opt="${NISSHI_OPT_LEVEL:-1}"
+  say "installing nisshi ${NISSHI_VERSION} from crates.io (opt-level $opt; 22 CPU-minutes of compiling at opt-level 1, once)"
   # nisshi declares rustc 1.96 but builds and runs with 1.95; --locked uses the
   # dependency versions it was released and tested with.
-  cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+  # Only the storage engines this project runs (memory:// is dynostore's,
+  # sqlite:// libsql's); the default set adds postgres. opt-level 1 instead
+  # of 3 cuts LLVM's share of the build; the broker then spends about 10 %
+  # more CPU per record in bulk publishing and up to 20 % in the API case
+  # (README, Performance). NISSHI_OPT_LEVEL=3 builds it for benchmarks.
+  CARGO_PROFILE_RELEASE_OPT_LEVEL="$opt" cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+    --no-default-features --features dynostore,libsql \
     || die "cargo install nisshi ${NISSHI_VERSION} failed (see the compiler output above)"
 }
 
