@@ -1,0 +1,25 @@
+//! Kafka wiring: every librdkafka property the project sets is set here.
+//!
+//! Binaries ask for a producer, a group consumer, a reader or an admin
+//! client through the factories below; users can still override any property
+//! with `-X key=value`, which is applied after everything set here.
+//!
+//! # Layout
+//!
+//! - `client`: the factories, and the type aliases binaries use;
+//! - `context`: log, error, rebalance and commit callbacks;
+//! - `assign`: partition assignment and watching for group-less readers;
+//! - `send`: enqueue an event, await its ack;
+//! - `admin`: topics and cluster metadata.
+
+mod admin;
+mod assign;
+mod client;
+mod context;
+mod send;
+
+pub use admin::*;
+pub use assign::*;
+pub use client::*;
+pub use context::*;
+pub use send::*;
