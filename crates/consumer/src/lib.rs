@@ -11,9 +11,11 @@
 //!
 //! - [`Config`]: the command line (every flag also an environment variable).
 //! - [`processor`]: the [`Processor`] trait and [`DefaultProcessor`].
-//! - `worker`: group members polled on their own threads, one task per
-//!   partition, pipelined result produces, in-order offset storing,
-//!   finishing and committing on revoke and shutdown.
+//! - `worker`: group members polled on their own threads (`poll`), one
+//!   task per partition (`partition`), pipelined result produces with
+//!   retries and dead letters (`delivery`), finishing and committing on
+//!   revoke and shutdown (`context`).
+//! - `record`: a consumed record handed to its partition task uncopied.
 //! - [`dlq`]: the dead-letter record and its headers.
 //! - [`stats`]: counters for the periodic throughput line.
 //! - `startup`: broker connection with retries, topic checks.
