@@ -133,6 +133,39 @@ pub struct Config {
     #[arg(long, env = "WS_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
     pub ws_idle_timeout: Duration,
 
+    /// How long an `Idempotency-Key` is remembered per API key: a repeat
+    /// within it gets the first response back and writes nothing.
+    #[arg(long, env = "IDEMPOTENCY_TTL", value_parser = parse_duration, default_value = "1h")]
+    pub idempotency_ttl: Duration,
+
+    /// Most idempotency keys remembered at once, over all API keys (fixed
+    /// size entries of at most about 300 bytes, so the default bounds them
+    /// to about 30 MiB). When
+    /// full, the oldest is forgotten before its TTL (and counted in
+    /// `idempotency_evictions_total`).
+    #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
+    pub idempotency_max_keys: usize,
+
+    /// Events per second each API key may publish (over /publish, each
+    /// record of /publish/batch, stream sends and WebSocket event frames);
+    /// beyond it requests get 429. Fractions allowed (0.5: one every two
+    /// seconds). Unset or 0: no limit.
+    #[arg(long, env = "RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+
+    /// Events a key may send at once above its rate before being limited
+    /// (and the largest batch it can send). Default: one second's worth of
+    /// the rate (at least 1).
+    #[arg(long, env = "RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+
+    /// A JSON Schema (2020-12) file every event payload must match; a
+    /// mismatch is answered 422 and nothing is written. Read once at
+    /// start-up: a missing or invalid file stops the gateway. `$ref`s must
+    /// point inside the file (no network or file lookups).
+    #[arg(long, env = "EVENT_SCHEMA")]
+    pub event_schema: Option<PathBuf>,
+
     /// Time given to in-flight requests and the producer flush at shutdown.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_timeout: Duration,
@@ -172,6 +205,11 @@ impl Config {
             ws_ping_interval: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
+            idempotency_ttl: Duration::from_secs(3600),
+            idempotency_max_keys: 100_000,
+            rate_limit: None,
+            rate_limit_burst: None,
+            event_schema: None,
         }
     }
 
@@ -225,6 +263,7 @@ impl Config {
             ("--max-batch-bytes", self.max_batch_bytes),
             ("--max-connections", self.max_connections),
             ("--max-websockets-per-key", self.max_websockets_per_key),
+            ("--idempotency-max-keys", self.idempotency_max_keys),
         ] {
             if value == 0 {
                 anyhow::bail!("{flag} must be at least 1");
@@ -241,10 +280,22 @@ impl Config {
             ("--body-read-timeout", self.body_read_timeout),
             ("--ws-ping-interval", self.ws_ping_interval),
             ("--ws-idle-timeout", self.ws_idle_timeout),
+            ("--idempotency-ttl", self.idempotency_ttl),
         ] {
             if value.is_zero() {
                 anyhow::bail!("{flag} must be positive");
             }
+        }
+        if self.rate_limit_burst == Some(0) {
+            anyhow::bail!("--rate-limit-burst must be at least 1");
+        }
+        if let Some(rate) = self.rate_limit {
+            if !(0.0..=1e9).contains(&rate) {
+                anyhow::bail!("--rate-limit must be between 0 (no limit) and 1e9 events per second, not {rate}");
+            }
+        }
+        if self.rate_limit_burst.is_some() && self.rate_limit.unwrap_or(0.0) == 0.0 {
+            anyhow::bail!("--rate-limit-burst is set but --rate-limit is not: set RATE_LIMIT (events per second) too");
         }
         Ok(())
     }

@@ -52,6 +52,22 @@ pub enum AppError {
     /// 422: valid JSON of the wrong shape.
     #[error("invalid request")]
     Unprocessable(String),
+    /// 422: the event payload does not match `--event-schema`; one entry
+    /// per mismatch, `{path, message}` (path: a JSON Pointer into the event).
+    #[error("event does not match the schema")]
+    SchemaMismatch(Vec<SchemaViolation>),
+    /// 422: an `Idempotency-Key` already used by this API key for a
+    /// different request.
+    #[error("idempotency key already used for a different request")]
+    IdempotencyConflict,
+    /// 429: the caller's key sent more events than `--rate-limit` allows.
+    #[error("rate limited")]
+    RateLimited {
+        /// When enough capacity is back for the refused events.
+        retry_after: Duration,
+        /// The key's burst: events it may send at once.
+        limit: u32,
+    },
     /// 429: the server is already handling as many requests as allowed.
     #[error("too many requests in flight")]
     TooManyRequests,
@@ -84,8 +100,12 @@ impl AppError {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unprocessable(_) | Self::SchemaMismatch(_) | Self::IdempotencyConflict => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::TooManyRequests | Self::QuotaExceeded { .. } | Self::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -103,6 +123,12 @@ impl AppError {
             | Self::Unavailable { detail: d, .. } => Some(Value::String(d.clone())),
             Self::UnknownStream(id) => Some(json!({ "stream_id": id })),
             Self::CursorExpired { earliest } => Some(json!({ "earliest": earliest })),
+            Self::SchemaMismatch(errors) => Some(json!({ "errors": errors })),
+            Self::IdempotencyConflict => Some(Value::String(
+                "this Idempotency-Key was first sent with another body (or to another route or stream); \
+                 use a new key for a new request"
+                    .into(),
+            )),
             _ => None,
         }
     }
@@ -112,6 +138,9 @@ impl AppError {
         let mut body = json!({ "error": self.to_string() });
         if let Some(detail) = self.detail() {
             body["detail"] = detail;
+        }
+        if let Self::RateLimited { retry_after, .. } = self {
+            body["retry_after_ms"] = Value::from(retry_after_ms(*retry_after));
         }
         body
     }
@@ -132,10 +161,20 @@ impl IntoResponse for AppError {
                 Some(retry_after.as_secs().max(1))
             }
             Self::TooManyRequests => Some(1),
+            Self::RateLimited { retry_after, .. } => Some(whole_seconds(*retry_after)),
             _ => None,
         };
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::RateLimited { retry_after, limit } = &self {
+            // draft-ietf-httpapi-ratelimit-headers: the quota (the burst),
+            // what is left of it (nothing), and seconds until it allows
+            // the refused request again.
+            let headers = response.headers_mut();
+            headers.insert("ratelimit-limit", HeaderValue::from(*limit));
+            headers.insert("ratelimit-remaining", HeaderValue::from(0));
+            headers.insert("ratelimit-reset", HeaderValue::from(whole_seconds(*retry_after)));
         }
         response
     }
@@ -173,6 +212,29 @@ impl From<BytesRejection> for AppError {
     }
 }
 
+/// One way an event fails `--event-schema`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SchemaViolation {
+    /// JSON Pointer to the offending part of the event (`""`: the whole event).
+    pub path: String,
+    /// What is wrong, without echoing the value.
+    pub message: String,
+}
+
+/// A wait in whole seconds, rounded up and at least 1 (`Retry-After`
+/// cannot say "0.2 s", and 0 would invite an immediate retry).
+pub fn whole_seconds(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// A wait in milliseconds, rounded up, for WebSocket clients that can
+/// retry sooner than a second.
+pub fn retry_after_ms(wait: Duration) -> u64 {
+    let ms = wait.as_millis() as u64;
+    ms + u64::from(wait.as_nanos() % 1_000_000 > 0)
+}
+
 /// Whether `error` or anything in its source chain is an `E`.
 fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
@@ -194,6 +256,32 @@ mod tests {
         let response = AppError::unavailable("queue full").into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn rate_limited_rounds_its_waits_up() {
+        let error = AppError::RateLimited { retry_after: Duration::from_millis(1200), limit: 5 };
+        assert_eq!(error.body(), json!({"error": "rate limited", "retry_after_ms": 1200}));
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()["ratelimit-limit"], "5");
+        assert_eq!(response.headers()["ratelimit-remaining"], "0");
+        assert_eq!(response.headers()["ratelimit-reset"], "2");
+        assert_eq!(whole_seconds(Duration::from_millis(3)), 1);
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_ms(Duration::from_micros(1500)), 2);
+    }
+
+    #[test]
+    fn schema_mismatch_lists_its_errors() {
+        let error = AppError::SchemaMismatch(vec![SchemaViolation { path: "/t".into(), message: "m".into() }]);
+        assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            error.body(),
+            json!({"error": "event does not match the schema", "detail": {"errors": [{"path": "/t", "message": "m"}]}})
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`results`]: the results reader, per-stream fan-out, cursors.
 //! - [`feed`]: one subscriber's results: live, from the log, each once.
 //! - [`streams`]: `/stream/...` handlers; [`ws`]: WebSocket and SSE.
+//! - [`idempotency`]: `Idempotency-Key` (one write per key, replays);
+//!   [`ratelimit`]: per-key rate limits; [`validation`]: the event schema.
 //! - [`serve`]: the connection loop (connection limit, header timeout).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; [`openapi`]: `/openapi.json`.
 
@@ -26,14 +28,17 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod idempotency;
 pub mod openapi;
 pub mod ops;
 pub mod page;
 pub mod publish;
+pub mod ratelimit;
 pub mod registry;
 pub mod results;
 pub mod serve;
 pub mod streams;
+pub mod validation;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -96,7 +101,32 @@ pub struct AppStateInner {
     pub panics: Arc<AtomicU64>,
     /// Result connections (WebSocket, SSE) open per API key fingerprint.
     pub subscriptions: ws::PerKey,
+    /// Recent `Idempotency-Key`s and where their events went; touched only
+    /// by requests that carry the header.
+    pub idempotency: idempotency::Idempotency,
+    /// Per-key limiters of `--rate-limit`; `None` (the default): no limit,
+    /// and no cost per event.
+    pub rate_limits: Option<ratelimit::RateLimits>,
+    /// `--event-schema`, compiled; `None` (the default): payloads are not
+    /// checked.
+    pub schema: Option<validation::EventSchema>,
     in_flight: Arc<Semaphore>,
+}
+
+impl AppStateInner {
+    /// Takes `events` from `owner`'s rate allowance, all or none (nothing
+    /// to do without `--rate-limit`).
+    pub fn admit(&self, owner: &str, events: usize) -> Result<(), AppError> {
+        match &self.rate_limits {
+            Some(limits) => limits.check(owner, events),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks an event payload against `--event-schema`, if one is set.
+    pub fn check_schema(&self, event: &serde_json::Value) -> Result<(), AppError> {
+        validation::check(self.schema.as_ref(), event)
+    }
 }
 
 /// One route of the API. The router is built from this list, and the
@@ -164,8 +194,19 @@ pub fn cors(config: &Config) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("x-api-key")])
-            .expose_headers([header::RETRY_AFTER])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static(idempotency::HEADER),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static(idempotency::REPLAYED),
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+            ])
             .max_age(Duration::from_secs(600)),
     )
 }
@@ -220,6 +261,20 @@ struct Parts {
 
 async fn connect(config: Config) -> anyhow::Result<Parts> {
     config.validate()?;
+    // Before any connection: a bad schema file is a configuration error
+    // the operator should see at once, not after a broker timeout.
+    let schema = config.event_schema.as_deref().map(validation::EventSchema::load).transpose()?;
+    if let Some(path) = &config.event_schema {
+        tracing::info!(schema = %path.display(), "event payloads are validated against the schema");
+    }
+    let rate_limits = ratelimit::RateLimits::new(
+        config.rate_limit,
+        config.rate_limit_burst,
+        config.keys().iter().map(|key| Arc::from(auth::fingerprint(key))),
+    );
+    if rate_limits.is_some() {
+        tracing::info!(rate = config.rate_limit, burst = config.rate_limit_burst, "per-key rate limit on");
+    }
     // Install the recorder before anything records: samples taken before
     // it exists are lost.
     stream_core::metrics::handle();
@@ -243,6 +298,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     let registry = Registry::start(args, &config.streams_topic, hub.clone()).context("reading the stream registry")?;
     let results_reader = ResultsReader::start(args).await.context("reading the results topic")?;
     let log = results_reader.log(args, config.request_timeout);
+    let (config_ttl, config_max_keys) = (config.idempotency_ttl, config.idempotency_max_keys);
     let state = AppState(Arc::new(AppStateInner {
         keys: auth::ApiKeys::new(config.keys()),
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -254,6 +310,9 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         shutdown: CancellationToken::new(),
         panics: Arc::new(AtomicU64::new(0)),
         subscriptions: ws::PerKey::default(),
+        idempotency: idempotency::Idempotency::new(config_ttl, config_max_keys),
+        rate_limits,
+        schema,
     }));
     Ok(Parts { state, registry_reader: registry, results_reader })
 }

@@ -21,6 +21,7 @@ use tokio::time::Instant as TokioInstant;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::extract::AppJson;
+use crate::idempotency::{self, Fingerprint, Written};
 use crate::AppState;
 
 /// `ce_source` of every event the gateway writes.
@@ -167,6 +168,18 @@ struct PublishFields {
 }
 
 impl PublishRequest {
+    /// What this request asks for, to tell a retry (same message bytes,
+    /// key and headers) from another request under the same
+    /// `Idempotency-Key`. The trace context is left out: a retry may carry
+    /// a new one.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let key = self.key.as_deref().map(str::as_bytes);
+        let has_key: &[u8] = if key.is_some() { b"1" } else { b"0" };
+        let headers = self.headers.iter().flat_map(|(name, value)| [name.as_bytes(), value.as_bytes()]);
+        let parts: [&[u8]; 4] = [b"publish", self.message.get().as_bytes(), has_key, key.unwrap_or_default()];
+        Fingerprint::of(parts.into_iter().chain(headers))
+    }
+
     /// The event this request describes.
     pub fn into_event(self, traceparent: Option<&str>) -> Result<Event, AppError> {
         for name in self.headers.keys() {
@@ -203,16 +216,68 @@ pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
     headers.get(ce::TRACEPARENT).and_then(|v| v.to_str().ok())
 }
 
-/// `POST /publish`: one event, answered after the broker's ack.
+/// `POST /publish`: one event, answered after the broker's ack. With an
+/// `Idempotency-Key`, at most one event per key (see [`idempotency`]).
 pub async fn publish(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     headers: HeaderMap,
     AppJson(request): AppJson<PublishRequest>,
-) -> Result<Json<Ack>, AppError> {
+) -> Result<Response, AppError> {
+    if let Some(schema) = &state.schema {
+        schema.check_raw(&request.message)?;
+    }
+    let key = idempotency::Key::from_headers(&caller.owner, &headers)?;
+    let fingerprint = key.as_ref().map(|_| request.fingerprint());
     let event = request.into_event(traceparent(&headers))?;
     let topic = &state.config.kafka.topics.events;
-    Ok(Json(state.publisher.publish(topic, &event).await?))
+    match key.zip(fingerprint) {
+        None => {
+            state.admit(&caller.owner, 1)?;
+            Ok(Json(state.publisher.publish(topic, &event).await?).into_response())
+        }
+        Some((key, fingerprint)) => {
+            let (ack, replayed) = publish_once(&state, &caller, &key, fingerprint, event).await?;
+            Ok(replay_marked(Json(ack).into_response(), replayed))
+        }
+    }
+}
+
+/// Publishes `event` at most once per idempotency key: the first request
+/// writes it (with the id derived from the key), repeats get its ack back
+/// with `replayed` set. Rate limits count only the write.
+pub async fn publish_once(
+    state: &AppState,
+    caller: &Caller,
+    key: &idempotency::Key,
+    fingerprint: Fingerprint,
+    mut event: Event,
+) -> Result<(Ack, bool), AppError> {
+    let topic = &state.config.kafka.topics.events;
+    let deadline = state.publisher.deadline();
+    let (written, replayed) = state
+        .idempotency
+        .run(key, fingerprint, deadline, |id| {
+            event.id = id;
+            let admitted = state.admit(&caller.owner, 1);
+            let (state, topic) = (state.clone(), topic.clone());
+            async move {
+                admitted?;
+                let ack = state.publisher.publish(&topic, &event).await?;
+                Ok(Written { partition: ack.partition, offset: ack.offset })
+            }
+        })
+        .await?;
+    let ack = Ack { id: key.event_id(), topic: topic.clone(), partition: written.partition, offset: written.offset };
+    Ok((ack, replayed))
+}
+
+/// Marks a replayed response `Idempotent-Replayed: true`.
+pub fn replay_marked(mut response: Response, replayed: bool) -> Response {
+    if replayed {
+        response.headers_mut().insert(idempotency::REPLAYED, axum::http::HeaderValue::from_static("true"));
+    }
+    response
 }
 
 /// One record's outcome in a batch.
@@ -317,15 +382,27 @@ fn parse_batch(framing: Framing, body: &[u8], max: usize) -> Result<Vec<Result<P
 /// gets its own result.
 pub async fn publish_batch(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, AppError> {
     let framing = framing(&headers)?;
     let body = body?;
-    let requests = parse_batch(framing, &body, state.config.max_batch_records)?;
+    let mut requests = parse_batch(framing, &body, state.config.max_batch_records)?;
     if requests.is_empty() {
         return Err(AppError::Unprocessable("the batch has no records".into()));
+    }
+    if let Some(schema) = &state.schema {
+        for request in requests.iter_mut() {
+            if let Err(error) = request.as_ref().map_or(Ok(()), |r| schema.check_raw(&r.message)) {
+                *request = Err(error);
+            }
+        }
+    }
+    if state.rate_limits.is_some() {
+        // Every record that is to be written counts, and the batch is
+        // admitted whole or refused whole: never half-written.
+        state.admit(&caller.owner, requests.iter().filter(|r| r.is_ok()).count())?;
     }
     let topic = &state.config.kafka.topics.events;
     let deadline = state.publisher.deadline();

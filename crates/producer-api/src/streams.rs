@@ -18,7 +18,8 @@ use crate::auth::Caller;
 use crate::error::AppError;
 use crate::extract::{media_type, SendPayload, StreamPath};
 use crate::feed::{Feed, Item, Start};
-use crate::publish::{add_traceparent, traceparent, SOURCE};
+use crate::idempotency::{self, Fingerprint};
+use crate::publish::{add_traceparent, publish_once, replay_marked, traceparent, SOURCE};
 use crate::registry::{Claimed, StartSlot};
 use crate::serve::ConnectionSlot;
 use crate::{ws, AppState};
@@ -200,22 +201,35 @@ pub struct SendAck {
     pub offset: i64,
 }
 
-/// `POST /stream/{id}/send`: publishes one event keyed by the stream id.
+/// `POST /stream/{id}/send`: publishes one event keyed by the stream id
+/// (at most once per `Idempotency-Key`).
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     StreamPath(stream_id): StreamPath,
     headers: HeaderMap,
     SendPayload(data): SendPayload,
-) -> Result<Json<SendAck>, AppError> {
+) -> Result<Response, AppError> {
     let deadline = state.publisher.deadline();
     authorize(&state, &caller, &stream_id, deadline).await?;
+    state.check_schema(&data)?;
+    let key = idempotency::Key::from_headers(&caller.owner, &headers)?;
     let mut event = Event::json(SOURCE, Some(stream_id.clone()), &data);
     add_traceparent(&mut event, traceparent(&headers));
     let topic = &state.config.kafka.topics.events;
-    let future = state.publisher.enqueue(topic, &event)?;
-    let ack = state.publisher.acked(event.id, topic, future, deadline).await?;
-    Ok(Json(SendAck { id: ack.id, stream_id, topic: ack.topic, partition: ack.partition, offset: ack.offset }))
+    let (ack, replayed) = match key {
+        None => {
+            state.admit(&caller.owner, 1)?;
+            let future = state.publisher.enqueue(topic, &event)?;
+            (state.publisher.acked(event.id, topic, future, deadline).await?, false)
+        }
+        Some(key) => {
+            let fingerprint = Fingerprint::of([&b"send"[..], stream_id.as_bytes(), event.data.as_slice()]);
+            publish_once(&state, &caller, &key, fingerprint, event).await?
+        }
+    };
+    let ack = SendAck { id: ack.id, stream_id, topic: ack.topic, partition: ack.partition, offset: ack.offset };
+    Ok(replay_marked(Json(ack).into_response(), replayed))
 }
 
 /// `DELETE /stream/{id}`: closes the stream everywhere; its watchers'

@@ -6,7 +6,8 @@
 //!   field at top level;
 //! - `ack`: `{id, partition, offset}` for an event the client sent on the
 //!   socket, as `{"data": ...}` or as any other JSON value;
-//! - `error`: `{error}` for a client frame that could not be published;
+//! - `error`: `{error, detail?}` for a client frame that was not published
+//!   (`retry_after_ms` too when it was over `--rate-limit`);
 //! - `notice`: `{expired, earliest, message}` when results this connection
 //!   was behind on expired from the results topic before it read them (a
 //!   connection that reads slowly is otherwise served from the topic, not
@@ -33,6 +34,7 @@ use crate::feed::{Feed, Item};
 use crate::publish::{Ack, SOURCE};
 use crate::serve::ConnectionSlot;
 use crate::streams::payload_of;
+use crate::validation::EventSchema;
 use crate::AppState;
 
 /// Events a client may have sent on one socket without an ack yet; beyond
@@ -126,6 +128,7 @@ fn ack_frame(ack: &Ack) -> Utf8Bytes {
 }
 
 async fn run_socket(state: AppState, stream_id: String, mut feed: Feed, held: Held, socket: WebSocket) {
+    let owner = held.key.owner.clone();
     let _held = held;
     let _gauge = Gauge::open("websocket");
     let (mut sink, mut incoming) = socket.split();
@@ -180,7 +183,9 @@ async fn run_socket(state: AppState, stream_id: String, mut feed: Feed, held: He
             message = incoming.next(), if closing.is_none() && acks.len() < MAX_PENDING_ACKS => Message::Text(match message {
                 Some(Ok(Message::Text(text))) => {
                     last_heard = tokio::time::Instant::now();
-                    match client_event(&stream_id, text.as_str()) {
+                    let event = client_event(&stream_id, text.as_str(), state.schema.as_ref())
+                        .and_then(|event| state.admit(&owner, 1).map(|()| event));
+                    match event {
                         Ok(event) => match state.publisher.enqueue(&topic, &event) {
                             Ok(future) => {
                                 let publisher = state.publisher.clone();
@@ -239,13 +244,14 @@ async fn run_socket(state: AppState, stream_id: String, mut feed: Feed, held: He
 /// An event from a client text frame: `{"data": ...}` (or `{"message":
 /// ...}`) as on `POST /stream/{id}/send`; any other JSON value is itself the
 /// event's data, so a client may send its events as they are. Text that is
-/// not JSON is refused.
-fn client_event(stream_id: &str, text: &str) -> Result<Event, AppError> {
+/// not JSON is refused, and so is data that does not match `--event-schema`.
+fn client_event(stream_id: &str, text: &str, schema: Option<&EventSchema>) -> Result<Event, AppError> {
     let body: Value = serde_json::from_str(text).map_err(|e| AppError::MalformedJson(e.to_string()))?;
     let data = match body {
         Value::Object(ref fields) if fields.contains_key("data") || fields.contains_key("message") => payload_of(body)?,
         other => other,
     };
+    crate::validation::check(schema, &data)?;
     Ok(Event::json(SOURCE, Some(stream_id.to_owned()), &data))
 }
 
@@ -279,16 +285,16 @@ mod tests {
 
     #[test]
     fn client_frames() {
-        let event = client_event("s1", r#"{"data": {"x": 1}}"#).unwrap();
+        let event = client_event("s1", r#"{"data": {"x": 1}}"#, None).unwrap();
         assert_eq!(event.key.as_deref(), Some("s1"));
         assert_eq!(event.json_data().unwrap(), json!({"x": 1}));
-        assert!(client_event("s1", r#"{"message": 2}"#).is_ok());
-        assert_eq!(client_event("s1", "{nope").unwrap_err().status().as_u16(), 400);
+        assert!(client_event("s1", r#"{"message": 2}"#, None).is_ok());
+        assert_eq!(client_event("s1", "{nope", None).unwrap_err().status().as_u16(), 400);
         // Anything else that is JSON is the event itself.
-        assert_eq!(client_event("s1", r#"{"x": 1}"#).unwrap().json_data().unwrap(), json!({"x": 1}));
-        assert_eq!(client_event("s1", "[1, 2]").unwrap().json_data().unwrap(), json!([1, 2]));
-        assert_eq!(client_event("s1", r#""hi""#).unwrap().json_data().unwrap(), json!("hi"));
-        assert_eq!(client_event("s1", "hi").unwrap_err().status().as_u16(), 400);
+        assert_eq!(client_event("s1", r#"{"x": 1}"#, None).unwrap().json_data().unwrap(), json!({"x": 1}));
+        assert_eq!(client_event("s1", "[1, 2]", None).unwrap().json_data().unwrap(), json!([1, 2]));
+        assert_eq!(client_event("s1", r#""hi""#, None).unwrap().json_data().unwrap(), json!("hi"));
+        assert_eq!(client_event("s1", "hi", None).unwrap_err().status().as_u16(), 400);
         let frame: Value = serde_json::from_str(error_frame(&AppError::Forbidden).as_str()).unwrap();
         assert_eq!(frame["type"], "error");
         assert!(frame["error"].is_string());

@@ -188,3 +188,58 @@ pub async fn next_frame_within(socket: &mut Socket, kind: &str, deadline: Durati
     .await
     .unwrap_or_else(|_| panic!("no {kind} frame within {deadline:?}"))
 }
+
+/// The next JSON text frame whose type is one of `kinds`, skipping others.
+pub async fn next_frame_any(socket: &mut Socket, kinds: &[&str]) -> Value {
+    let deadline = Duration::from_secs(20);
+    tokio::time::timeout(deadline, async {
+        loop {
+            match socket.next().await.expect("socket open").expect("frame") {
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if kinds.iter().any(|kind| frame["type"] == *kind) {
+                        return frame;
+                    }
+                }
+                Message::Close(frame) => panic!("closed while waiting for {kinds:?}: {frame:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kinds:?} frame within {deadline:?}"))
+}
+
+/// A JSON Schema file for the tests (removed when dropped): objects with a
+/// string `sensor` and a numeric `temperature`.
+pub struct SchemaFile(pub std::path::PathBuf);
+
+impl SchemaFile {
+    pub fn sensor_readings() -> Self {
+        Self::with(&json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "required": ["sensor", "temperature"],
+            "properties": {
+                "sensor": { "type": "string" },
+                "temperature": { "type": "number" }
+            }
+        }))
+    }
+
+    pub fn with(schema: &Value) -> Self {
+        Self::text(&schema.to_string())
+    }
+
+    pub fn text(text: &str) -> Self {
+        let path = std::env::temp_dir().join(stream_core::testing::unique_name("event-schema") + ".json");
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for SchemaFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
