@@ -49,6 +49,40 @@ fn too_many(description: &str) -> Value {
     })
 }
 
+fn rate_limited(description: &str) -> Value {
+    let whole = |d: &str| json!({ "schema": { "type": "integer", "minimum": 0 }, "description": d });
+    json!({
+        "description": description,
+        "headers": {
+            "Retry-After": whole("Seconds to wait (at least 1)"),
+            "RateLimit-Limit": whole("Events the key may send at once (its burst); with --rate-limit only"),
+            "RateLimit-Remaining": whole("Events the key may send now; with --rate-limit only"),
+            "RateLimit-Reset": whole("Seconds until the refused events would be allowed; with --rate-limit only")
+        },
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+/// `Idempotency-Key`, on the routes that honour it.
+fn idempotency_key_param() -> Value {
+    json!({
+        "name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "Send the event at most once per key: a repeat by the same API key within --idempotency-ttl (IDEMPOTENCY_TTL, default 1h) gets the first response back, marked Idempotent-Replayed: true, and writes nothing; a repeat while the first is in flight waits for it; the same key with a different request is refused with 422. The event id is derived from the API key and this key, so retries through different replicas carry one ce_id.",
+        "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]*[\\x21-\\x7e][\\x20-\\x7e]*$" }
+    })
+}
+
+/// A 200 that may be a replay of an earlier request with the same
+/// `Idempotency-Key`.
+fn ok_replayable(description: &str, schema: &str) -> Value {
+    let mut response = ok(description, schema);
+    response["headers"] = json!({ "Idempotent-Replayed": {
+        "schema": { "type": "string", "enum": ["true"] },
+        "description": "Present on a repeat of an Idempotency-Key: this is the first request's response, and nothing new was written"
+    } });
+    response
+}
+
 /// The responses every authenticated JSON route can give.
 fn authed(mut responses: serde_json::Map<String, Value>) -> Value {
     responses.insert("401".into(), error("Missing or invalid API key"));
@@ -77,7 +111,7 @@ fn results_operation(security: &Value) -> Value {
     let cursor = "A result's `cursor`, as it was delivered: resume right after that result";
     json!({
         "summary": "Results of a stream: WebSocket (upgrade; both ways), Server-Sent Events (Accept: text/event-stream), or JSON: a long poll from a cursor, or the most recent results",
-        "description": "Every result carries a `cursor`, its place in the results topic (an opaque token). Resume right after it with `after` (WebSocket, SSE, JSON) or the `Last-Event-ID` header (SSE; each SSE event's id is its cursor, so browsers send it by themselves); `from=beginning` starts at the stream's oldest retained result; without either, results from now on (JSON: the most recent ones). A resumed connection reads the log and then joins the live results with no gap and no repeat, on any replica. Each connection delivers one result per event id (a consumer's replay after a crash is skipped). A connection that reads slowly is served from the log, not dropped from. WebSocket frames are JSON objects with a type: result (cursor, then the EventResult fields at top level), ack {id, partition, offset} for each event the client sends as a text frame ({\"data\": ...}, or any other JSON value taken as the event itself), error {error}, notice {expired, earliest, message} when results expired from the log before the connection read them. With `after` or `from`, the JSON answer is a long poll: it returns as soon as at least one result is available (with what follows at once, up to `limit`), or after `wait` seconds with none; poll again with `next`. Browsers may pass the key as ?api_key=.",
+        "description": "Every result carries a `cursor`, its place in the results topic (an opaque token). Resume right after it with `after` (WebSocket, SSE, JSON) or the `Last-Event-ID` header (SSE; each SSE event's id is its cursor, so browsers send it by themselves); `from=beginning` starts at the stream's oldest retained result; without either, results from now on (JSON: the most recent ones). A resumed connection reads the log and then joins the live results with no gap and no repeat, on any replica. Each connection delivers one result per event id (a consumer's replay after a crash is skipped). A connection that reads slowly is served from the log, not dropped from. WebSocket frames are JSON objects with a type: result (cursor, then the EventResult fields at top level), ack {id, partition, offset} for each event the client sends as a text frame ({\"data\": ...}, or any other JSON value taken as the event itself), error {error, detail?} for a frame that was not published (a payload that does not match --event-schema has detail.errors [{path, message}]; over --rate-limit it is {\"error\": \"rate limited\", \"retry_after_ms\": N}), notice {expired, earliest, message} when results expired from the log before the connection read them. With `after` or `from`, the JSON answer is a long poll: it returns as soon as at least one result is available (with what follows at once, up to `limit`), or after `wait` seconds with none; poll again with `next`. Browsers may pass the key as ?api_key=.",
         "security": security,
         "parameters": [
             stream_id_param(),
@@ -127,13 +161,15 @@ pub fn document() -> Value {
             "/publish": { "post": {
                 "summary": "Publish one event; replies after the broker acknowledged it (acks=all)",
                 "security": security,
+                "parameters": [idempotency_key_param()],
                 "requestBody": json_body("PublishRequest"),
                 "responses": authed(map(json!({
-                    "200": ok("Written", "Ack"),
+                    "200": ok_replayable("Written (or, with a repeated Idempotency-Key, written earlier)", "Ack"),
                     "400": error("Malformed JSON"),
                     "413": error("Body larger than --max-body-bytes"),
                     "415": error("Content-Type is not application/json"),
-                    "422": error("Valid JSON of the wrong shape, or a reserved header"),
+                    "422": error("Valid JSON of the wrong shape, or a reserved header; a message that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that is malformed or was used for a different request"),
+                    "429": rate_limited("The key is over --rate-limit (see the RateLimit headers), or too many requests in flight"),
                     "503": unavailable()
                 })))
             }},
@@ -150,11 +186,12 @@ pub fn document() -> Value {
                     }
                 },
                 "responses": authed(map(json!({
-                    "200": ok("Per-record results (some records may have failed)", "BatchResult"),
+                    "200": ok("Per-record results (some records may have failed; a record that does not match --event-schema has status 422 and detail.errors)", "BatchResult"),
                     "400": error("The body is not JSON"),
-                    "413": error("More bytes than --max-batch-bytes or records than --max-batch-records"),
+                    "413": error("More bytes than --max-batch-bytes, records than --max-batch-records, or events than the key's --rate-limit-burst"),
                     "415": error("Content-Type is neither application/json nor application/x-ndjson"),
                     "422": error("Not an array, or empty"),
+                    "429": rate_limited("The batch's records do not fit in the key's --rate-limit now: nothing was written (a batch is admitted whole or refused whole); or too many requests in flight"),
                     "503": unavailable()
                 })))
             }},
@@ -180,7 +217,7 @@ pub fn document() -> Value {
             "/stream/{id}/send": { "post": {
                 "summary": "Publish one event on a stream (record key = stream id)",
                 "security": security,
-                "parameters": [stream_id_param()],
+                "parameters": [stream_id_param(), idempotency_key_param()],
                 "requestBody": {
                     "required": true,
                     "content": {
@@ -189,13 +226,14 @@ pub fn document() -> Value {
                     }
                 },
                 "responses": authed(map(json!({
-                    "200": ok("Written", "SendAck"),
+                    "200": ok_replayable("Written (or, with a repeated Idempotency-Key, written earlier)", "SendAck"),
                     "400": error("Malformed JSON or form"),
                     "403": error("The stream belongs to another key"),
                     "404": error("Unknown stream"),
                     "413": error("Body too large"),
                     "415": error("Content-Type is neither application/json nor a form"),
-                    "422": error("Neither data nor message given"),
+                    "422": error("Neither data nor message given; data that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that is malformed or was used for a different request"),
+                    "429": rate_limited("The key is over --rate-limit (see the RateLimit headers), or too many requests in flight"),
                     "503": unavailable()
                 })))
             }},
@@ -245,7 +283,11 @@ pub fn document() -> Value {
             "schemas": {
                 "Error": {
                     "type": "object", "required": ["error"],
-                    "properties": { "error": { "type": "string" }, "detail": {} }
+                    "properties": {
+                        "error": { "type": "string" },
+                        "detail": { "description": "More about the error: text, or an object (a schema mismatch: {\"errors\": [{\"path\": JSON Pointer, \"message\": string}]})" },
+                        "retry_after_ms": { "type": "integer", "description": "When rate limited: milliseconds until the refused events would be allowed" }
+                    }
                 },
                 "PublishRequest": {
                     "type": "object", "required": ["message"],

@@ -195,3 +195,39 @@ async fn a_person_starts_a_stream_sends_an_event_and_sees_the_result() {
     consumer.await.unwrap().unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_page_shows_why_an_event_does_not_match_the_schema() {
+    let schema = common::SchemaFile::sensor_readings();
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka.clone());
+    config.event_schema = Some(schema.0.clone());
+    let app = common::start(config).await;
+
+    let mut browser = Browser::launch().await;
+    browser.call("Page.navigate", json!({ "url": app.url("/") })).await;
+    browser
+        .wait_for("document.readyState === 'complete' && !!document.getElementById('start')", Duration::from_secs(30))
+        .await;
+    browser
+        .eval(&format!(
+            "document.getElementById('key').value = '{}'; document.getElementById('start').click(); true",
+            common::KEY_A
+        ))
+        .await;
+    browser.wait_for("!document.getElementById('send').disabled", Duration::from_secs(30)).await;
+    browser
+        .eval(r#"document.getElementById('payload').value = '{"sensor": "s1", "temperature": "hot"}'; document.getElementById('send').click(); true"#)
+        .await;
+    let status = browser
+        .wait_for(
+            "document.getElementById('status').className === 'error' && document.getElementById('status').textContent",
+            Duration::from_secs(30),
+        )
+        .await;
+    let status = status.as_str().unwrap();
+    assert!(status.contains("422") && status.contains("event does not match the schema"), "{status}");
+    assert!(status.contains("/temperature") && status.contains("number"), "the page says where: {status}");
+    assert!(common::read_all(&kafka, &kafka.topics.events).await.is_empty(), "nothing was written");
+    app.stop().await;
+}
