@@ -181,3 +181,24 @@ async fn a_key_is_forgotten_after_its_ttl() {
     assert_eq!(events.len(), 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_replicas_that_each_accept_the_same_retry_write_one_event_id() {
+    // Replicas do not share their memory of keys: each writes once, but
+    // both writes carry the id derived from the keys, so consumers and the
+    // gateways' fan-out, which deduplicate by event id, see one event.
+    let kafka = stream_core::testing::kafka_args();
+    let first = common::start(common::config(kafka.clone())).await;
+    let second = common::start(common::config(kafka.clone())).await;
+    let body = json!({"message": {"payment": 12}});
+    let (status, _, a) = post(&first, "/publish", KEY_A, "pay-12", &body).await;
+    assert_eq!(status, 200, "{a}");
+    let (status, _, b) = post(&second, "/publish", KEY_A, "pay-12", &body).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(a["id"], b["id"]);
+    let events = common::read_all(&kafka, &kafka.topics.events).await;
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.id == expected_id(KEY_A, "pay-12")), "{events:?}");
+    first.stop().await;
+    second.stop().await;
+}
