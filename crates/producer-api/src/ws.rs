@@ -15,19 +15,27 @@
 //!
 //! When the stream is deleted the socket closes with code 1000 (SSE ends);
 //! at server shutdown it closes with 1001 after the pending acks are sent.
+//! A peer silent past the idle timeout gets 1001 too; a message over the
+//! size limit 1009, text that is not UTF-8 1007, any other broken frame
+//! 1002, and a panic in the socket's task 1011.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::stream::FuturesOrdered;
-use futures::{SinkExt, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use stream_core::schema::Event;
+use stream_core::telemetry;
+use tokio_tungstenite::tungstenite;
 
 use crate::error::AppError;
 use crate::feed::{Feed, Item};
@@ -114,7 +122,12 @@ pub fn upgrade(state: AppState, stream_id: String, feed: Feed, held: Held, upgra
         .read_buffer_size(4 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run_socket(state, stream_id, feed, held, socket))
+        .on_upgrade(move |socket| {
+            let panics = state.panics.clone();
+            guarded(socket, panics, move |sink, incoming| {
+                Box::pin(run_socket(state, stream_id, feed, held, sink, incoming))
+            })
+        })
 }
 
 fn error_frame(error: &AppError) -> Utf8Bytes {
@@ -127,11 +140,51 @@ fn ack_frame(ack: &Ack) -> Utf8Bytes {
     json!({ "type": "ack", "id": ack.id, "partition": ack.partition, "offset": ack.offset }).to_string().into()
 }
 
-async fn run_socket(state: AppState, stream_id: String, mut feed: Feed, held: Held, socket: WebSocket) {
+/// The sending half of a socket.
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Runs `serve` over the two halves of `socket`. A panic inside it would
+/// otherwise drop the connection without a word and go uncounted: it is
+/// counted like a handler panic (`http_panics_total`,
+/// [`AppState::panics`]), logged, and answered with close code 1011
+/// (internal error) on the sending half, which outlives the panicked task.
+pub async fn guarded<F>(socket: WebSocket, panics: Arc<AtomicU64>, serve: F)
+where
+    F: for<'a> FnOnce(&'a mut Sink, SplitStream<WebSocket>) -> BoxFuture<'a, ()>,
+{
+    let (mut sink, incoming) = socket.split();
+    let served = AssertUnwindSafe(serve(&mut sink, incoming)).catch_unwind().await;
+    if let Err(panic) = served {
+        panics.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("http_panics_total").increment(1);
+        tracing::error!(panic = telemetry::panic_message(&*panic), "a WebSocket task panicked; closing it with 1011");
+        let close = Message::Close(Some(CloseFrame { code: 1011, reason: "internal error".into() }));
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+    }
+}
+
+/// The close code for an error reading a client's frames: 1009 for a
+/// message over the size limit, 1007 for text that is not UTF-8, 1002 for
+/// anything else that breaks the protocol.
+fn close_code(error: axum::Error) -> u16 {
+    match error.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
+        Ok(tungstenite::Error::Capacity(_)) => 1009,
+        Ok(tungstenite::Error::Utf8(_)) => 1007,
+        _ => 1002,
+    }
+}
+
+async fn run_socket(
+    state: AppState,
+    stream_id: String,
+    mut feed: Feed,
+    held: Held,
+    sink: &mut Sink,
+    mut incoming: SplitStream<WebSocket>,
+) {
     let owner = held.key.owner.clone();
     let _held = held;
     let _gauge = Gauge::open("websocket");
-    let (mut sink, mut incoming) = socket.split();
     let mut acks = FuturesOrdered::new();
     let topic = state.config.kafka.topics.events.clone();
     let shutdown = state.shutdown.clone();
@@ -213,13 +266,13 @@ async fn run_socket(state: AppState, stream_id: String, mut feed: Feed, held: He
                 // protocol: say why in a close frame (best effort; the
                 // connection may already be unusable) and end the socket.
                 Some(Err(err)) => {
-                    let text = err.to_string();
-                    let (code, reason) = if text.contains("too long") || text.contains("too big") {
-                        (1009, "message larger than the limit")
-                    } else {
-                        (1002, "protocol error")
+                    tracing::debug!(%err, "closing a WebSocket after a bad frame");
+                    let code = close_code(err);
+                    let reason = match code {
+                        1009 => "message larger than the limit",
+                        1007 => "text that is not UTF-8",
+                        _ => "protocol error",
                     };
-                    tracing::debug!(%err, code, "closing a WebSocket after a bad frame");
                     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                     break;
                 }
@@ -282,6 +335,53 @@ pub fn sse(state: AppState, feed: Feed, held: Held) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_codes_name_the_fault() {
+        use tungstenite::error::{CapacityError, ProtocolError};
+        let code = |e: tungstenite::Error| close_code(axum::Error::new(e));
+        assert_eq!(code(tungstenite::Error::Capacity(CapacityError::MessageTooLong { size: 10, max_size: 1 })), 1009);
+        assert_eq!(code(tungstenite::Error::Protocol(ProtocolError::UnmaskedFrameFromClient)), 1002);
+        assert_eq!(code(tungstenite::Error::Protocol(ProtocolError::FragmentedControlFrame)), 1002);
+        let not_utf8 = String::from_utf8(vec![0xff]).unwrap_err().utf8_error();
+        assert_eq!(code(tungstenite::Error::Utf8(not_utf8.to_string())), 1007);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_socket_task_is_counted_and_closes_with_1011() {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let panics = Arc::new(AtomicU64::new(0));
+        let counter = panics.clone();
+        let app = axum::Router::new().route(
+            "/boom",
+            axum::routing::get(move |upgrade: WebSocketUpgrade| {
+                let panics = counter.clone();
+                async move {
+                    upgrade.on_upgrade(move |socket| {
+                        guarded(socket, panics, |_sink, mut incoming| {
+                            Box::pin(async move {
+                                // Panics once the client has spoken, mid-conversation.
+                                let _ = incoming.next().await;
+                                panic!("boom");
+                            })
+                        })
+                    })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/boom")).await.unwrap();
+        client.send(tungstenite::Message::Text("hello".into())).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(10), client.next()).await.expect("closed in time");
+        match closed {
+            Some(Ok(tungstenite::Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Error),
+            other => panic!("expected a close frame with 1011, got {other:?}"),
+        }
+        assert_eq!(panics.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn client_frames() {
