@@ -37,6 +37,19 @@ where
     }
 }
 
+/// The payload of a stream send: `{"data": ...}`, or the older
+/// `{"message": ...}`.
+pub fn payload_of(body: serde_json::Value) -> Result<serde_json::Value, AppError> {
+    match body {
+        serde_json::Value::Object(mut fields) => {
+            fields.remove("data").or_else(|| fields.remove("message")).ok_or_else(|| {
+                AppError::Unprocessable("expected {\"data\": <any JSON>} (or {\"message\": <any JSON>})".into())
+            })
+        }
+        _ => Err(AppError::Unprocessable("expected a JSON object {\"data\": <any JSON>}".into())),
+    }
+}
+
 /// The payload of a stream send: JSON `{"data": any}` (or `{"message":
 /// any}`), or an HTML form (`application/x-www-form-urlencoded`) with a
 /// `data` or `message` field, as the seed's clients post it; a form field's
@@ -50,7 +63,7 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
         if media_type(req.headers()) != "application/x-www-form-urlencoded" {
             let AppJson(body) = AppJson::<serde_json::Value>::from_request(req, state).await?;
-            return crate::streams::payload_of(body).map(Self);
+            return payload_of(body).map(Self);
         }
         let body = axum::body::Bytes::from_request(req, state).await?;
         let trimmed = body.trim_ascii_start();
@@ -87,5 +100,22 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
                 Err(AppError::UnknownStream(String::from_utf8_lossy(raw.as_bytes()).into_owned()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[test]
+    fn payload_forms() {
+        assert_eq!(payload_of(json!({"data": {"x": 1}})).unwrap(), json!({"x": 1}));
+        assert_eq!(payload_of(json!({"message": "hi"})).unwrap(), json!("hi"));
+        assert_eq!(payload_of(json!({"data": null})).unwrap(), Value::Null);
+        assert_eq!(payload_of(json!({"other": 1})).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(payload_of(json!([1])).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

@@ -10,8 +10,9 @@
 //! - [`config`]: flags and environment variables.
 //! - [`error`]: [`AppError`], the one error type, and its JSON body.
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
-//! - [`publish`]: the producer wrapper (acks, timeouts, 503s) and
-//!   `/publish`, `/publish/batch`.
+//! - [`extract`]: body extractors (JSON, stream-send payloads, forms).
+//! - [`producer`]: the producer wrapper (acks, timeouts, 503s).
+//! - [`publish`]: `/publish`, `/publish/batch`.
 //! - [`registry`]: stream ownership in a compacted topic.
 //! - [`results`]: the results reader, per-stream fan-out, cursors.
 //! - [`feed`]: one subscriber's results: live, from the log, each once.
@@ -32,6 +33,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod ops;
 pub mod page;
+pub mod producer;
 pub mod publish;
 pub mod ratelimit;
 pub mod registry;
@@ -64,7 +66,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use crate::config::Config;
 pub use crate::error::AppError;
-use crate::publish::Publisher;
+use crate::producer::Publisher;
 use crate::registry::Registry;
 use crate::results::{Hub, ResultsLog, ResultsReader};
 

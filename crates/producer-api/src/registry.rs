@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::AppError;
-use crate::publish::Publisher;
+use crate::producer::Publisher;
 use crate::results::{partition_check, watch_partitions, Hub, ReaderHealth};
 
 /// The value of an ownership record.

@@ -19,7 +19,8 @@ use crate::error::AppError;
 use crate::extract::{media_type, SendPayload, StreamPath};
 use crate::feed::{Feed, Item, Start};
 use crate::idempotency::{self, Fingerprint};
-use crate::publish::{add_traceparent, publish_once, replay_marked, traceparent, SOURCE};
+use crate::producer::SOURCE;
+use crate::publish::{add_traceparent, publish_once, replay_marked, traceparent};
 use crate::registry::{Claimed, StartSlot};
 use crate::serve::ConnectionSlot;
 use crate::{ws, AppState};
@@ -177,17 +178,6 @@ pub async fn authorize(state: &AppState, caller: &Caller, stream: &str, deadline
         Some(owner) if owner == caller.owner => Ok(()),
         Some(_) => Err(AppError::Forbidden),
         None => Err(AppError::UnknownStream(stream.to_owned())),
-    }
-}
-
-/// The payload of a stream send: `{"data": ...}`, or the older
-/// `{"message": ...}`.
-pub fn payload_of(body: Value) -> Result<Value, AppError> {
-    match body {
-        Value::Object(mut fields) => fields.remove("data").or_else(|| fields.remove("message")).ok_or_else(|| {
-            AppError::Unprocessable("expected {\"data\": <any JSON>} (or {\"message\": <any JSON>})".into())
-        }),
-        _ => Err(AppError::Unprocessable("expected a JSON object {\"data\": <any JSON>}".into())),
     }
 }
 
@@ -418,14 +408,5 @@ mod tests {
         for bad in ["", "a b", "a/b", "é", &"a".repeat(MAX_STREAM_ID + 1)] {
             assert!(validate_stream_id(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn payload_forms() {
-        assert_eq!(payload_of(json!({"data": {"x": 1}})).unwrap(), json!({"x": 1}));
-        assert_eq!(payload_of(json!({"message": "hi"})).unwrap(), json!("hi"));
-        assert_eq!(payload_of(json!({"data": null})).unwrap(), Value::Null);
-        assert_eq!(payload_of(json!({"other": 1})).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(payload_of(json!([1])).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

@@ -38,10 +38,10 @@ use stream_core::telemetry;
 use tokio_tungstenite::tungstenite;
 
 use crate::error::AppError;
+use crate::extract::payload_of;
 use crate::feed::{Feed, Item};
-use crate::publish::{Ack, SOURCE};
+use crate::producer::{Ack, SOURCE};
 use crate::serve::ConnectionSlot;
-use crate::streams::payload_of;
 use crate::validation::EventSchema;
 use crate::AppState;
 

@@ -6,7 +6,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use common::{KEY_A, KEY_B};
-use producer_api::publish::Ack;
+use producer_api::producer::Ack;
 use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
 use tower::ServiceExt;
