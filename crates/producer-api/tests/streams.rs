@@ -41,10 +41,8 @@ async fn websocket_round_trip_through_a_processor() {
 
     // An event sent on the socket is acked there, then its result arrives.
     socket.send(Message::text(r#"{"data": {"n": 2}}"#)).await.unwrap();
-    let ack = next_frame(&mut socket, "ack").await;
+    let (ack, result) = common::ack_and_result(&mut socket).await;
     assert!(ack["offset"].as_i64().unwrap() >= 0 && ack["partition"].is_number());
-    let result = next_frame(&mut socket, "result").await;
-    assert_eq!(result["event_id"], ack["id"]);
     assert_eq!(result["output"]["echo"], json!({"n": 2}));
 
     // The seed's field name works too; bad frames get an error frame and
@@ -53,8 +51,8 @@ async fn websocket_round_trip_through_a_processor() {
     let error = next_frame(&mut socket, "error").await;
     assert!(error["error"].as_str().unwrap().contains("JSON"), "{error}");
     socket.send(Message::text(r#"{"message": "three"}"#)).await.unwrap();
-    let ack = next_frame(&mut socket, "ack").await;
-    assert_eq!(next_frame(&mut socket, "result").await["event_id"], ack["id"]);
+    let (_, result) = common::ack_and_result(&mut socket).await;
+    assert_eq!(result["output"]["echo"], json!("three"));
 
     // Without an upgrade: the recent results as JSON.
     let recent: Value = common::client()

@@ -189,6 +189,27 @@ pub async fn next_frame_within(socket: &mut Socket, kind: &str, deadline: Durati
     .unwrap_or_else(|_| panic!("no {kind} frame within {deadline:?}"))
 }
 
+/// The ack of an event sent on `socket` and that event's result frame.
+/// The result may come first: the processor can read the event before the
+/// broker's acknowledgement reaches the gateway.
+pub async fn ack_and_result(socket: &mut Socket) -> (Value, Value) {
+    let mut ack: Option<Value> = None;
+    let mut results = Vec::new();
+    loop {
+        let frame = next_frame_any(socket, &["ack", "result"]).await;
+        if frame["type"] == "ack" {
+            ack = Some(frame);
+        } else {
+            results.push(frame);
+        }
+        if let Some(ack) = &ack {
+            if let Some(result) = results.iter().find(|r| r["event_id"] == ack["id"]) {
+                return (ack.clone(), result.clone());
+            }
+        }
+    }
+}
+
 /// The next JSON text frame whose type is one of `kinds`, skipping others.
 pub async fn next_frame_any(socket: &mut Socket, kinds: &[&str]) -> Value {
     let deadline = Duration::from_secs(20);
