@@ -6,9 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use producer_api::{AppState, Application, Config};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use stream_core::kafka::{self, ProducerOptions, StartFrom, TracingContext};
@@ -79,16 +81,24 @@ pub fn spawn_processor(kafka: &KafkaArgs, stop: CancellationToken) -> JoinHandle
     let producer = kafka::producer(kafka, &ProducerOptions::default()).unwrap();
     let results = kafka.topics.results.clone();
     tokio::spawn(async move {
+        // Results are enqueued without waiting for each ack (librdkafka
+        // keeps them in order): waiting per record made this stand-in the
+        // bottleneck of tests that send thousands of events.
+        let mut acks = futures::stream::FuturesOrdered::<BoxFuture<'static, OwnedDeliveryResult>>::new();
         loop {
             let msg = tokio::select! {
                 _ = stop.cancelled() => return,
+                Some(delivered) = acks.next(), if !acks.is_empty() => {
+                    delivered.expect("result delivered");
+                    continue;
+                }
                 msg = reader.recv() => msg.expect("processor reads events"),
             };
             let event = Event::from_message(&msg).expect("events decode");
             let result = EventResult::answering(&event, Some(7), json!({ "echo": event.json_data().ok() }));
             let out = result.to_event("/test-processor", &event);
             let future = kafka::enqueue(&producer, &results, &out).expect("enqueue result");
-            kafka::delivered(future).await.expect("result delivered");
+            acks.push_back(Box::pin(kafka::delivered(future)));
         }
     })
 }
