@@ -27,9 +27,10 @@ impl Record {
     #[allow(unsafe_code)]
     pub(crate) fn new(message: BorrowedMessage<'_>, consumer: &Arc<Member>) -> Self {
         // SAFETY: the lifetime ties the message to its consumer (it is freed
-        // with the consumer's fetch buffers); the record owns a reference to
-        // that very consumer and drops the message first, so the message
-        // never outlives it. `BorrowedMessage` is `Send` and `Sync`, and
+        // with the consumer's fetch buffers); `consumer` must be the one
+        // that polled it (the one call site, the poll loop, passes its
+        // own), the record owns a reference to it and drops the message
+        // first, so the message never outlives it. `BorrowedMessage` is `Send` and `Sync`, and
         // librdkafka lets a message be destroyed from any thread.
         let message = unsafe { std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(message) };
         Self { message, _consumer: consumer.clone() }
