@@ -2,20 +2,10 @@
 
 mod common;
 
-use common::KEY_A;
 use serde_json::{json, Value};
 
 async fn post_batch(app: &common::TestApp, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let response = common::client()
-        .post(app.url("/publish/batch"))
-        .header("X-API-Key", KEY_A)
-        .header("Content-Type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    common::post_as(app, "/publish/batch", content_type, body).await
 }
 
 #[tokio::test]

@@ -37,14 +37,6 @@ fn expected_id(api_key: &str, idem: &str) -> String {
     Key::new(&producer_api::auth::fingerprint(api_key), idem).event_id()
 }
 
-async fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "{what} did not happen within 20 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_retry_after_the_client_gave_up_gets_the_first_response_and_writes_nothing() {
     let (kafka, app) = common::spawn_app().await;
@@ -61,7 +53,10 @@ async fn a_retry_after_the_client_gave_up_gets_the_first_response_and_writes_not
         text.len()
     );
     first.write_all(request.as_bytes()).await.unwrap();
-    poll_until("the gateway taking the first attempt", || !app.state.idempotency.is_empty()).await;
+    stream_core::testing::eventually(Duration::from_secs(20), "the gateway taking the first attempt", || async {
+        (!app.state.idempotency.is_empty()).then_some(())
+    })
+    .await;
     drop(first);
 
     let (status, replayed, ack) = post(&app, "/publish", KEY_A, "retry-1", &body).await;

@@ -412,7 +412,7 @@ async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
                 (recent["results"].as_array()?.last().map(n_of) == Some(last)).then_some(())
             })
             .await;
-            if metric(&app, "results_dropped_total").await > 0.0 {
+            if common::metric(&app, "results_dropped_total").await > 0.0 {
                 overflowed_at = Some(count);
             }
         }
@@ -436,7 +436,7 @@ async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
     .await
     .unwrap_or_else(|_| panic!("only {} of {count_all} results within 60 s", got.len()));
     assert_eq!(got, (0..count_all).collect::<Vec<_>>(), "every result once, in order");
-    assert!(metric(&app, "results_catch_ups_total").await >= 1.0, "the log served what the buffer dropped");
+    assert!(common::metric(&app, "results_catch_ups_total").await >= 1.0, "the log served what the buffer dropped");
     let text = common::client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let problems = stream_core::metrics::lint(&text);
     assert!(problems.is_empty(), "promtool would complain: {problems:#?}");
@@ -444,14 +444,6 @@ async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
     stop.cancel();
     processor.await.unwrap();
     app.stop().await;
-}
-
-async fn metric(app: &common::TestApp, name: &str) -> f64 {
-    let text = common::client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// The gateway killed (SIGKILL) while a client watches: the client resumes

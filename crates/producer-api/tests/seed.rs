@@ -12,16 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
 async fn form(app: &common::TestApp, path: &str, body: &'static str) -> (u16, Value) {
-    let response = common::client()
-        .post(app.url(path))
-        .header("X-API-Key", KEY_A)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    common::post_as(app, path, "application/x-www-form-urlencoded", body).await
 }
 
 #[tokio::test]

@@ -60,14 +60,6 @@ async fn flood(app: &common::TestApp, stream: &str, count: usize, size: usize) {
     }
 }
 
-async fn metric(app: &common::TestApp, name: &str) -> f64 {
-    let text = common::client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn slow_and_vanished_websocket_clients_do_not_hold_up_other_streams() {
     let kafka = stream_core::testing::kafka_args();
@@ -121,12 +113,12 @@ async fn slow_and_vanished_websocket_clients_do_not_hold_up_other_streams() {
     // The slow reader really was overrun: its oldest results were dropped
     // rather than queued without bound.
     eventually(Duration::from_secs(30), "results dropped for the slow reader", || async {
-        (metric(&app, "results_dropped_total").await > 0.0).then_some(())
+        (common::metric(&app, "results_dropped_total").await > 0.0).then_some(())
     })
     .await;
     // The vanished client's connection was cleaned up: only two remain.
     eventually(Duration::from_secs(30), "the vanished WebSocket to be closed", || async {
-        (metric(&app, "open_connections{kind=\"websocket\"}").await == 2.0).then_some(())
+        (common::metric(&app, "open_connections{kind=\"websocket\"}").await == 2.0).then_some(())
     })
     .await;
     assert_eq!(app.state.panics.load(std::sync::atomic::Ordering::Relaxed), 0);

@@ -103,6 +103,31 @@ pub fn spawn_processor(kafka: &KafkaArgs, stop: CancellationToken) -> JoinHandle
     })
 }
 
+/// POSTs `body` as `content_type` to `path` with [`KEY_A`]; the status and
+/// the JSON reply (null when there is none).
+pub async fn post_as(app: &TestApp, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let response = client()
+        .post(app.url(path))
+        .header("X-API-Key", KEY_A)
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The sum of the samples of the metric series starting with `name`, as
+/// `/metrics` reports them now.
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Reads the record at `partition`/`offset` of `topic`.
 pub async fn read_record(
     kafka: &KafkaArgs,
