@@ -22,15 +22,13 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
-use stream_core::kafka::{self, PartitionWatch, StartFrom, TopicSpec, TracingContext};
+use stream_core::kafka::{self, PartitionWatch, Producer, StartFrom, TopicSpec, TracingContext};
 use stream_core::schema::Timestamp;
 use stream_core::KafkaArgs;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::AppError;
-use crate::producer::Publisher;
 use crate::results::{partition_check, watch_partitions, Hub, ReaderHealth};
 
 /// The value of an ownership record.
@@ -40,6 +38,22 @@ struct Claim {
     owner: String,
     /// When the stream was started, for operators.
     created_at: Timestamp,
+}
+
+/// Why the registry could not answer; the handlers turn it into HTTP
+/// answers (403, 404, 503), so this module knows nothing of HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// Another API key owns the stream.
+    #[error("this stream belongs to another API key")]
+    OwnedByAnother,
+    /// The stream was never started, or was deleted.
+    #[error("unknown stream {0}")]
+    Unknown(String),
+    /// The topic could not be read or written before the deadline; a
+    /// retry may succeed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Outcome of [`Registry::claim`].
@@ -204,7 +218,7 @@ impl Registry {
     /// The owner of `stream`; when it is unknown here, first catches up with
     /// the topic, so a stream started on another replica a moment ago is
     /// found rather than reported missing.
-    pub async fn owner_fresh(&self, stream: &str, deadline: Instant) -> Result<Option<Arc<str>>, AppError> {
+    pub async fn owner_fresh(&self, stream: &str, deadline: Instant) -> Result<Option<Arc<str>>, RegistryError> {
         if let Some(owner) = self.owner_of(stream) {
             return Ok(Some(owner));
         }
@@ -213,7 +227,7 @@ impl Registry {
     }
 
     /// Waits until everything written to the topic before this call is applied.
-    pub async fn catch_up(&self, deadline: Instant) -> Result<(), AppError> {
+    pub async fn catch_up(&self, deadline: Instant) -> Result<(), RegistryError> {
         let consumer = self.consumer.clone();
         let topic = self.topic.clone();
         let watch = self.partitions.clone();
@@ -228,13 +242,13 @@ impl Registry {
             Ok(ends)
         })
         .await
-        .map_err(|e| AppError::Internal(format!("watermark task: {e}")))?
-        .map_err(|e| AppError::unavailable(format!("cannot read the stream registry's position: {e}")))?;
+        .map_err(|e| RegistryError::Unavailable(format!("watermark task: {e}")))?
+        .map_err(|e| RegistryError::Unavailable(format!("cannot read the stream registry's position: {e}")))?;
         let ends: Vec<(i32, i64)> = ends.into_iter().filter(|(_, high)| *high > 0).collect();
         self.wait_applied(&ends, deadline).await
     }
 
-    async fn wait_applied(&self, targets: &[(i32, i64)], deadline: Instant) -> Result<(), AppError> {
+    async fn wait_applied(&self, targets: &[(i32, i64)], deadline: Instant) -> Result<(), RegistryError> {
         let mut applied = self.applied.subscribe();
         let done = async {
             applied
@@ -244,24 +258,24 @@ impl Registry {
         };
         match tokio::time::timeout_at(deadline, done).await {
             Ok(true) => Ok(()),
-            _ => Err(AppError::unavailable("the stream registry is behind; retry shortly")),
+            _ => Err(RegistryError::Unavailable("the stream registry is behind; retry shortly".into())),
         }
     }
 
-    /// Claims `stream` for `owner`: 403 if another key holds it.
+    /// Claims `stream` for `owner`, unless another key holds it.
     pub async fn claim(
         &self,
-        publisher: &Publisher,
+        producer: &Producer,
         stream: &str,
         owner: &Arc<str>,
         deadline: Instant,
-    ) -> Result<Claimed, AppError> {
+    ) -> Result<Claimed, RegistryError> {
         match self.owner_fresh(stream, deadline).await? {
             Some(current) if current == *owner => return Ok(Claimed::Existing),
-            Some(_) => return Err(AppError::Forbidden),
+            Some(_) => return Err(RegistryError::OwnedByAnother),
             None => {}
         }
-        let (partition, offset) = self.write_claim(publisher, stream, owner, deadline).await?;
+        let (partition, offset) = self.write_claim(producer, stream, owner, deadline).await?;
         self.wait_applied(&[(partition, offset + 1)], deadline).await?;
         match self.owner_of(stream) {
             Some(current) if current == *owner => Ok(Claimed::Created),
@@ -270,11 +284,11 @@ impl Registry {
                 // this key: compaction would keep it and hand the stream to
                 // us after the next restart. Restating the winner's claim
                 // makes the latest record agree with what every reader applied.
-                self.write_claim(publisher, stream, &winner, deadline).await?;
-                Err(AppError::Forbidden)
+                self.write_claim(producer, stream, &winner, deadline).await?;
+                Err(RegistryError::OwnedByAnother)
             }
             // Deleted between our claim and now: the caller may start again.
-            None => Err(AppError::unavailable("the stream was deleted while starting; retry")),
+            None => Err(RegistryError::Unavailable("the stream was deleted while starting; retry".into())),
         }
     }
 
@@ -287,12 +301,12 @@ impl Registry {
     /// stream from the log as before.
     pub async fn claim_new(
         &self,
-        publisher: &Publisher,
+        producer: &Producer,
         stream: &str,
         owner: &Arc<str>,
         deadline: Instant,
-    ) -> Result<Claimed, AppError> {
-        self.write_claim(publisher, stream, owner, deadline).await?;
+    ) -> Result<Claimed, RegistryError> {
+        self.write_claim(producer, stream, owner, deadline).await?;
         self.insert_first(stream, owner.clone());
         Ok(Claimed::Created)
     }
@@ -300,50 +314,59 @@ impl Registry {
     /// Deletes `stream` (a tombstone), after checking the caller owns it.
     pub async fn delete(
         &self,
-        publisher: &Publisher,
+        producer: &Producer,
         stream: &str,
         owner: &Arc<str>,
         deadline: Instant,
-    ) -> Result<(), AppError> {
+    ) -> Result<(), RegistryError> {
         match self.owner_fresh(stream, deadline).await? {
             Some(current) if current == *owner => {}
-            Some(_) => return Err(AppError::Forbidden),
-            None => return Err(AppError::UnknownStream(stream.to_owned())),
+            Some(_) => return Err(RegistryError::OwnedByAnother),
+            None => return Err(RegistryError::Unknown(stream.to_owned())),
         }
-        let (partition, offset) = self.write(publisher, stream, None, deadline).await?;
+        let (partition, offset) = self.write(producer, stream, None, deadline).await?;
         self.wait_applied(&[(partition, offset + 1)], deadline).await
     }
 
     /// Writes a claim of `stream` by `owner`, made now.
     async fn write_claim(
         &self,
-        publisher: &Publisher,
+        producer: &Producer,
         stream: &str,
         owner: &str,
         deadline: Instant,
-    ) -> Result<(i32, i64), AppError> {
+    ) -> Result<(i32, i64), RegistryError> {
         let claim = Claim { owner: owner.to_owned(), created_at: Timestamp::now() };
         let value = serde_json::to_vec(&claim).expect("claims serialise");
-        self.write(publisher, stream, Some(&value), deadline).await
+        self.write(producer, stream, Some(&value), deadline).await
     }
 
+    /// Writes one ownership record (a tombstone without `value`) and waits
+    /// for the broker's acknowledgement until `deadline`.
     async fn write(
         &self,
-        publisher: &Publisher,
+        producer: &Producer,
         stream: &str,
         value: Option<&[u8]>,
         deadline: Instant,
-    ) -> Result<(i32, i64), AppError> {
+    ) -> Result<(i32, i64), RegistryError> {
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(stream);
         if let Some(value) = value {
             record = record.payload(value);
         }
-        let future = publisher
-            .producer()
+        let future = producer
             .send_result(record)
-            .map_err(|(err, _)| AppError::unavailable(format!("cannot queue the ownership record: {err}")))?;
-        let ack = publisher.acked(String::new(), &self.topic, future, deadline).await?;
-        Ok((ack.partition, ack.offset))
+            .map_err(|(err, _)| RegistryError::Unavailable(format!("cannot queue the ownership record: {err}")))?;
+        match tokio::time::timeout_at(deadline, kafka::delivered(future)).await {
+            Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+            Ok(Err((err, _))) => {
+                Err(RegistryError::Unavailable(format!("the broker did not accept the ownership record: {err}")))
+            }
+            Err(_elapsed) => Err(RegistryError::Unavailable(
+                "the broker did not acknowledge the ownership record in time; it may or may not have been written"
+                    .into(),
+            )),
+        }
     }
 }
 

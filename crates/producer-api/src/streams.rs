@@ -21,7 +21,7 @@ use crate::feed::{Feed, Item, Start};
 use crate::idempotency::{self, Fingerprint};
 use crate::producer::SOURCE;
 use crate::publish::{add_traceparent, publish_once, replay_marked, traceparent};
-use crate::registry::{Claimed, StartSlot};
+use crate::registry::{Claimed, RegistryError, StartSlot};
 use crate::serve::ConnectionSlot;
 use crate::{ws, AppState};
 
@@ -97,13 +97,14 @@ pub async fn start(
         Some(stream_id) => {
             validate_stream_id(&stream_id)?;
             let _slot = reserve_quota(&state, &caller, &stream_id)?;
-            let outcome = state.registry.claim(&state.publisher, &stream_id, &caller.owner, deadline).await?;
+            let outcome = state.registry.claim(state.publisher.producer(), &stream_id, &caller.owner, deadline).await?;
             (stream_id, outcome)
         }
         None => {
             let stream_id = uuid::Uuid::new_v4().to_string();
             let _slot = reserve_quota(&state, &caller, &stream_id)?;
-            let outcome = state.registry.claim_new(&state.publisher, &stream_id, &caller.owner, deadline).await?;
+            let outcome =
+                state.registry.claim_new(state.publisher.producer(), &stream_id, &caller.owner, deadline).await?;
             (stream_id, outcome)
         }
     };
@@ -167,6 +168,17 @@ pub const QUOTA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_sec
 fn is_json(headers: &HeaderMap) -> bool {
     let media_type = media_type(headers);
     media_type == "application/json" || media_type.ends_with("+json")
+}
+
+/// The registry's answers as the API gives them.
+impl From<RegistryError> for AppError {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::OwnedByAnother => AppError::Forbidden,
+            RegistryError::Unknown(stream) => AppError::UnknownStream(stream),
+            RegistryError::Unavailable(detail) => AppError::unavailable(detail),
+        }
+    }
 }
 
 /// 404 for an unknown stream, 403 for another key's stream.
@@ -233,7 +245,7 @@ pub async fn delete(
         return Err(AppError::UnknownStream(stream_id));
     }
     let deadline = state.publisher.deadline();
-    state.registry.delete(&state.publisher, &stream_id, &caller.owner, deadline).await?;
+    state.registry.delete(state.publisher.producer(), &stream_id, &caller.owner, deadline).await?;
     metrics::counter!("streams_deleted_total").increment(1);
     Ok(Json(json!({ "stream_id": stream_id, "deleted": true })))
 }
