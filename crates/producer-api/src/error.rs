@@ -4,6 +4,7 @@
 //! code and `{"error": "...", "detail"?: ...}`. Causes the client cannot act
 //! on (librdkafka's wording, internal errors) go to the log, not the body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
@@ -147,14 +148,10 @@ impl AppError {
 }
 
 impl IntoResponse for AppError {
+    /// The status, body and headers, without side effects: the error rides
+    /// along in the response's extensions, and [`report`] logs and counts it.
     fn into_response(self) -> Response {
         let status = self.status();
-        match &self {
-            Self::Internal(cause) => tracing::error!(%cause, "internal error"),
-            Self::Unavailable { detail, .. } => tracing::warn!(%detail, "answering 503"),
-            _ => tracing::debug!(error = %self, detail = ?self.detail(), "request refused"),
-        }
-        metrics::counter!("http_errors_total", "status" => status.as_str().to_owned()).increment(1);
         let mut response = (status, Json(self.body())).into_response();
         let retry_after = match &self {
             Self::Unavailable { retry_after, .. } | Self::QuotaExceeded { retry_after, .. } => {
@@ -176,8 +173,27 @@ impl IntoResponse for AppError {
             headers.insert("ratelimit-remaining", HeaderValue::from(0));
             headers.insert("ratelimit-reset", HeaderValue::from(whole_seconds(*retry_after)));
         }
+        response.extensions_mut().insert(Reported(Arc::new(self)));
         response
     }
+}
+
+/// The error an error response was made from, kept for [`report`].
+#[derive(Debug, Clone)]
+pub struct Reported(pub Arc<AppError>);
+
+/// Logs and counts the error `response` was made from (nothing for other
+/// responses). The request layer calls it once per response, so every
+/// error is seen once however deep it was raised.
+pub fn report(response: &Response) -> Option<&AppError> {
+    let Reported(error) = response.extensions().get::<Reported>()?;
+    match &**error {
+        AppError::Internal(cause) => tracing::error!(%cause, "internal error"),
+        AppError::Unavailable { detail, .. } => tracing::warn!(%detail, "answering 503"),
+        error => tracing::debug!(%error, detail = ?error.detail(), "request refused"),
+    }
+    metrics::counter!("http_errors_total", "status" => response.status().as_str().to_owned()).increment(1);
+    Some(error)
 }
 
 impl From<JsonRejection> for AppError {
@@ -282,6 +298,13 @@ mod tests {
             error.body(),
             json!({"error": "event does not match the schema", "detail": {"errors": [{"path": "/t", "message": "m"}]}})
         );
+    }
+
+    #[test]
+    fn an_error_response_carries_its_error_for_the_report() {
+        let response = AppError::Internal("disk on fire".into()).into_response();
+        assert!(matches!(report(&response), Some(AppError::Internal(cause)) if cause == "disk on fire"));
+        assert!(report(&StatusCode::OK.into_response()).is_none());
     }
 
     #[test]

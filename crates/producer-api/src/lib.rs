@@ -235,16 +235,19 @@ impl ResponseForPanic for PanicTo500 {
     }
 }
 
-/// Per-request metrics, and the in-flight limit that sheds load with 429
+/// Per-request metrics and error reports, and the in-flight limit that sheds load with 429
 /// instead of queueing without bound.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
-        return AppError::TooManyRequests.into_response();
+        let response = AppError::TooManyRequests.into_response();
+        error::report(&response);
+        return response;
     };
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
+    error::report(&response);
     let route = route.unwrap_or_else(|| "unmatched".into());
     let status = response.status().as_u16().to_string();
     let labels = [("method", method.to_string()), ("route", route), ("status", status)];
