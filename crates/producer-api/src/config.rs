@@ -9,12 +9,45 @@ use std::time::Duration;
 use clap::Args;
 use stream_core::config::{parse_duration, KafkaArgs};
 
+// Every default, named once: clap shows it in --help and `Config::for_tests`
+// starts from the same value.
+const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8082";
+const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+const DEFAULT_MAX_BATCH_RECORDS: usize = 10_000;
+const DEFAULT_WS_BUFFER: usize = 256;
+const DEFAULT_DEDUP_WINDOW: usize = 10_000;
+const DEFAULT_RECENT_RESULTS: usize = 100;
+const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+const DEFAULT_MAX_STREAMS_PER_KEY: usize = 1000;
+const DEFAULT_PRODUCER_QUEUE: u32 = 200_000;
+const DEFAULT_MAX_WEBSOCKETS_PER_KEY: usize = 2000;
+const DEFAULT_IDEMPOTENCY_MAX_KEYS: usize = 100_000;
+const DEFAULT_REQUEST_TIMEOUT: &str = "10s";
+const DEFAULT_PRODUCER_LINGER: &str = "1ms";
+const DEFAULT_HEADER_READ_TIMEOUT: &str = "20s";
+const DEFAULT_BODY_READ_TIMEOUT: &str = "30s";
+const DEFAULT_WS_PING_INTERVAL: &str = "20s";
+const DEFAULT_WS_IDLE_TIMEOUT: &str = "60s";
+const DEFAULT_IDEMPOTENCY_TTL: &str = "1h";
+const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+
+/// A count that must be at least 1 (0 would refuse everything or hang).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// A duration default, parsed as clap parses it.
+fn default_duration(text: &str) -> Duration {
+    parse_duration(text).expect("defaults parse")
+}
+
 /// Everything the gateway needs to run; flatten it into a clap parser.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Gateway")]
 pub struct Config {
     /// Address the HTTP server listens on (port 0 picks a free port).
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8082")]
+    #[arg(long, env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR)]
     pub listen_addr: SocketAddr,
 
     /// API keys accepted in `X-API-Key` or `Authorization: Bearer`,
@@ -36,26 +69,26 @@ pub struct Config {
 
     /// Longest a request waits for the broker. A publish not acknowledged by
     /// then is answered 503 with Retry-After; it never hangs.
-    #[arg(long, env = "REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, env = "REQUEST_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_REQUEST_TIMEOUT)]
     pub request_timeout: Duration,
 
     /// Largest request body in bytes for single requests (publish, send, start).
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = at_least_one())]
     pub max_body_bytes: usize,
 
     /// Largest `/publish/batch` body in bytes.
-    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = DEFAULT_MAX_BATCH_BYTES, value_parser = at_least_one())]
     pub max_batch_bytes: usize,
 
     /// Most records in one `/publish/batch` request.
-    #[arg(long, env = "MAX_BATCH_RECORDS", default_value_t = 10_000)]
+    #[arg(long, env = "MAX_BATCH_RECORDS", default_value_t = DEFAULT_MAX_BATCH_RECORDS, value_parser = at_least_one())]
     pub max_batch_records: usize,
 
     /// Results buffered per WebSocket or SSE connection. When a slow reader
     /// lets it fill, the connection reads on from the results topic instead
     /// (one reader per such connection, until it has caught up), so nothing
     /// is skipped and memory stays bounded.
-    #[arg(long, env = "WS_BUFFER", default_value_t = 256)]
+    #[arg(long, env = "WS_BUFFER", default_value_t = DEFAULT_WS_BUFFER, value_parser = at_least_one())]
     pub ws_buffer: usize,
 
     /// Event ids remembered per open stream (and per connection while it
@@ -66,22 +99,22 @@ pub struct Config {
     /// stream's last this-many results; a consumer replays at most its
     /// uncommitted work (`--max-in-flight` 5,000 per partition, plus a
     /// second). 0 turns deduplication off.
-    #[arg(long, env = "DEDUP_WINDOW", default_value_t = 10_000)]
+    #[arg(long, env = "DEDUP_WINDOW", default_value_t = DEFAULT_DEDUP_WINDOW)]
     pub dedup_window: usize,
 
     /// Most recent results kept per open stream for `GET /stream/{id}/results`
     /// without an upgrade. Results of unknown streams are not kept.
-    #[arg(long, env = "RECENT_RESULTS", default_value_t = 100)]
+    #[arg(long, env = "RECENT_RESULTS", default_value_t = DEFAULT_RECENT_RESULTS)]
     pub recent_results: usize,
 
     /// Requests handled at once; beyond it requests are refused with 429 at
     /// once instead of queueing without bound.
-    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 10_000)]
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT, value_parser = at_least_one())]
     pub max_in_flight: usize,
 
     /// Streams one API key may have open at once; a start beyond it gets
     /// 429 with Retry-After. Bounds the memory one client can take.
-    #[arg(long, env = "MAX_STREAMS_PER_KEY", default_value_t = 1000)]
+    #[arg(long, env = "MAX_STREAMS_PER_KEY", default_value_t = DEFAULT_MAX_STREAMS_PER_KEY, value_parser = at_least_one())]
     pub max_streams_per_key: usize,
 
     /// Origins allowed to call the API from a browser (CORS), comma-separated,
@@ -91,19 +124,19 @@ pub struct Config {
     pub cors_origins: Vec<String>,
 
     /// Records the producer may hold unsent; beyond it publishes get 503.
-    #[arg(long, env = "PRODUCER_QUEUE", default_value_t = 200_000)]
+    #[arg(long, env = "PRODUCER_QUEUE", default_value_t = DEFAULT_PRODUCER_QUEUE)]
     pub producer_queue: u32,
 
     /// How long the producer waits to fill a batch. Each request waits for
     /// its ack, so this adds directly to request latency.
-    #[arg(long, env = "PRODUCER_LINGER", value_parser = parse_duration, default_value = "1ms")]
+    #[arg(long, env = "PRODUCER_LINGER", value_parser = parse_duration, default_value = DEFAULT_PRODUCER_LINGER)]
     pub linger: Duration,
 
     /// Connections served at once (HTTP and WebSocket together). Beyond it
     /// a new connection is closed at once, so a flood of idle sockets cannot
     /// use up the process's file descriptors; it is also capped below the
     /// process's open-file limit.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one())]
     pub max_connections: usize,
 
     /// Time a client has to send a request's headers, counted from when its
@@ -111,31 +144,31 @@ pub struct Config {
     /// keep-alive connection idle this long, is closed. (hyper times both
     /// with one timer; 20 s leaves clients room to reuse a pooled
     /// connection after a pause.)
-    #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
+    #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_HEADER_READ_TIMEOUT)]
     pub header_read_timeout: Duration,
 
     /// Time a client has to send a request's whole body (a slow upload is
     /// answered 408 and the connection closed).
-    #[arg(long, env = "BODY_READ_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, env = "BODY_READ_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_BODY_READ_TIMEOUT)]
     pub body_read_timeout: Duration,
 
     /// Result connections (WebSocket or SSE) one API key may hold open at
     /// once; beyond it an upgrade is answered 429 with Retry-After.
-    #[arg(long, env = "MAX_WEBSOCKETS_PER_KEY", default_value_t = 2000)]
+    #[arg(long, env = "MAX_WEBSOCKETS_PER_KEY", default_value_t = DEFAULT_MAX_WEBSOCKETS_PER_KEY, value_parser = at_least_one())]
     pub max_websockets_per_key: usize,
 
     /// How often the server pings an open WebSocket.
-    #[arg(long, env = "WS_PING_INTERVAL", value_parser = parse_duration, default_value = "20s")]
+    #[arg(long, env = "WS_PING_INTERVAL", value_parser = parse_duration, default_value = DEFAULT_WS_PING_INTERVAL)]
     pub ws_ping_interval: Duration,
 
     /// A WebSocket from which nothing (not even a pong) arrived for this
     /// long is closed (1001): its peer has vanished.
-    #[arg(long, env = "WS_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    #[arg(long, env = "WS_IDLE_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_WS_IDLE_TIMEOUT)]
     pub ws_idle_timeout: Duration,
 
     /// How long an `Idempotency-Key` is remembered per API key: a repeat
     /// within it gets the first response back and writes nothing.
-    #[arg(long, env = "IDEMPOTENCY_TTL", value_parser = parse_duration, default_value = "1h")]
+    #[arg(long, env = "IDEMPOTENCY_TTL", value_parser = parse_duration, default_value = DEFAULT_IDEMPOTENCY_TTL)]
     pub idempotency_ttl: Duration,
 
     /// Most idempotency keys remembered at once, over all API keys (fixed
@@ -143,7 +176,7 @@ pub struct Config {
     /// to about 30 MiB). When
     /// full, the oldest is forgotten before its TTL (and counted in
     /// `idempotency_evictions_total`).
-    #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
+    #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = DEFAULT_IDEMPOTENCY_MAX_KEYS, value_parser = at_least_one())]
     pub idempotency_max_keys: usize,
 
     /// Events per second each API key may publish (over /publish, each
@@ -167,7 +200,7 @@ pub struct Config {
     pub event_schema: Option<PathBuf>,
 
     /// Time given to in-flight requests and the producer flush at shutdown.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
     pub shutdown_timeout: Duration,
 
     // Last, so the gateway's own flags are listed first in --help.
@@ -177,7 +210,7 @@ pub struct Config {
 
 impl Config {
     /// A configuration for tests: listens on 127.0.0.1 on a free port,
-    /// short timeouts, everything else at its default.
+    /// shorter timeouts, everything else at its default.
     pub fn for_tests(kafka: KafkaArgs, api_keys: Vec<String>) -> Self {
         let streams_topic = format!("{}.streams", kafka.topics.events);
         Self {
@@ -186,27 +219,28 @@ impl Config {
             api_keys,
             api_key: None,
             streams_topic,
+            // Shorter than in production, so a failing test fails sooner.
             request_timeout: Duration::from_secs(5),
-            max_body_bytes: 1024 * 1024,
-            max_batch_bytes: 16 * 1024 * 1024,
-            max_batch_records: 10_000,
-            ws_buffer: 256,
-            dedup_window: 10_000,
-            recent_results: 100,
-            max_in_flight: 10_000,
-            max_streams_per_key: 1000,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
+            ws_buffer: DEFAULT_WS_BUFFER,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            recent_results: DEFAULT_RECENT_RESULTS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_streams_per_key: DEFAULT_MAX_STREAMS_PER_KEY,
             cors_origins: Vec::new(),
-            producer_queue: 200_000,
-            linger: Duration::from_millis(1),
+            producer_queue: DEFAULT_PRODUCER_QUEUE,
+            linger: default_duration(DEFAULT_PRODUCER_LINGER),
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_read_timeout: Duration::from_secs(20),
-            body_read_timeout: Duration::from_secs(30),
-            max_websockets_per_key: 2000,
-            ws_ping_interval: Duration::from_secs(20),
-            ws_idle_timeout: Duration::from_secs(60),
+            header_read_timeout: default_duration(DEFAULT_HEADER_READ_TIMEOUT),
+            body_read_timeout: default_duration(DEFAULT_BODY_READ_TIMEOUT),
+            max_websockets_per_key: DEFAULT_MAX_WEBSOCKETS_PER_KEY,
+            ws_ping_interval: default_duration(DEFAULT_WS_PING_INTERVAL),
+            ws_idle_timeout: default_duration(DEFAULT_WS_IDLE_TIMEOUT),
             shutdown_timeout: Duration::from_secs(10),
-            idempotency_ttl: Duration::from_secs(3600),
-            idempotency_max_keys: 100_000,
+            idempotency_ttl: default_duration(DEFAULT_IDEMPOTENCY_TTL),
+            idempotency_max_keys: DEFAULT_IDEMPOTENCY_MAX_KEYS,
             rate_limit: None,
             rate_limit_burst: None,
             event_schema: None,
@@ -253,21 +287,6 @@ impl Config {
             .map_err(|why| anyhow::anyhow!("--streams-topic {:?}: {why}", self.streams_topic))?;
         if self.keys().is_empty() {
             anyhow::bail!("no API key configured: set API_KEYS=key1,key2 (or API_KEY=key, or --api-keys)");
-        }
-        for (flag, value) in [
-            ("--max-batch-records", self.max_batch_records),
-            ("--ws-buffer", self.ws_buffer),
-            ("--max-in-flight", self.max_in_flight),
-            ("--max-streams-per-key", self.max_streams_per_key),
-            ("--max-body-bytes", self.max_body_bytes),
-            ("--max-batch-bytes", self.max_batch_bytes),
-            ("--max-connections", self.max_connections),
-            ("--max-websockets-per-key", self.max_websockets_per_key),
-            ("--idempotency-max-keys", self.idempotency_max_keys),
-        ] {
-            if value == 0 {
-                anyhow::bail!("{flag} must be at least 1");
-            }
         }
         for origin in self.cors_origins() {
             if origin != "*" && axum::http::HeaderValue::from_str(&origin).is_err() {
@@ -401,6 +420,16 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "dev-second\n");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn zero_counts_are_refused_naming_the_flag() {
+        for flag in ["--ws-buffer", "--max-in-flight", "--max-connections", "--idempotency-max-keys"] {
+            let err = Cli::try_parse_from(["x", flag, "0"]).err().unwrap_or_else(|| panic!("{flag} 0 accepted"));
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+        // 0 keeps its meaning where it has one: no deduplication.
+        assert_eq!(Cli::try_parse_from(["x", "--dedup-window", "0"]).unwrap().config.dedup_window, 0);
     }
 
     #[test]
