@@ -113,6 +113,16 @@ pub fn describe_metrics() {
         "results_expired_total",
         "Results a subscriber was behind on that had left the topic before it read them."
     );
+    describe_counter!(
+        "idempotent_replays_total",
+        "Requests answered with the first response of their Idempotency-Key, writing nothing."
+    );
+    describe_counter!(
+        "idempotency_evictions_total",
+        "Idempotency keys forgotten before their TTL because IDEMPOTENCY_MAX_KEYS were held."
+    );
+    describe_counter!("rate_limited_total", "Requests and WebSocket frames refused (429) over RATE_LIMIT.");
+    describe_counter!("schema_rejections_total", "Event payloads refused (422) for not matching EVENT_SCHEMA.");
     describe_histogram!(
         "result_delivery_latency_seconds",
         Unit::Seconds,
