@@ -7,7 +7,7 @@ request" (what the IETF idempotency-key draft asks for), which the
 positive_data_acceptance check would count as a valid request refused.
 Only that exact answer is dropped; every other 422 to a schema-valid
 request still fails the run. The reuse itself is tested in
-crates/producer-api/tests/idempotency.rs.
+crates/producer-api/tests/api/idempotency.rs.
 """
 
 import schemathesis

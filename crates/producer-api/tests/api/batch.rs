@@ -1,6 +1,6 @@
 //! `/publish/batch`: JSON arrays and NDJSON, per-record results, limits.
 
-mod common;
+use crate::common;
 
 use serde_json::{json, Value};
 

@@ -3,7 +3,7 @@
 //! burst that overflows the subscriber's live buffer. The subscriber still
 //! gets exactly one result frame per event.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -74,7 +74,7 @@ fn start_consumer(kafka: &KafkaArgs, group: &str) -> tokio::process::Child {
         "dlq": kafka.topics.dlq, "group": group,
     });
     tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["consumer_process", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["consumer_killed::consumer_process", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, spec.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

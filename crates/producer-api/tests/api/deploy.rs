@@ -3,7 +3,7 @@
 //! only at files and ports that exist, and every dashboard query names a
 //! metric that producer-api or the consumer really exports.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

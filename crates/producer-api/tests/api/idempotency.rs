@@ -2,7 +2,7 @@
 //! broker: retries and concurrent repeats write one event, a different body
 //! is refused, and a key is forgotten after its TTL.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! The real binary killed with SIGKILL under concurrent load: no shutdown,
 //! no flush, and still every event it answered 2xx for is in the topic.
 
-mod child;
-mod common;
+use crate::child;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! Start-up failures, backpressure when the broker is gone, recovery when
 //! it returns, and graceful shutdown that loses no acknowledged event.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! closed at once, one key cannot hold more result connections than its
 //! limit, and a WebSocket whose peer went silent is closed.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,7 @@
 //! killed for ten seconds and started again. Every acknowledged event must
 //! be in the topic afterwards and have a result.
 
-mod child;
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

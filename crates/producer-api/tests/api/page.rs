@@ -3,7 +3,7 @@
 //! a person's key, a click on "Start stream", a click on "Send event", and
 //! the processed result appearing in the page's table.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

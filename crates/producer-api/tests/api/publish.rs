@@ -1,7 +1,7 @@
 //! `/publish`, auth, error statuses and the operations routes, against the
 //! real broker.
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};

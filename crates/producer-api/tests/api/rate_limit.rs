@@ -5,7 +5,7 @@
 //! The rate is one event per 1000 s, so nothing refills during a test and
 //! the outcomes do not depend on how fast the machine is.
 
-mod common;
+use crate::common;
 
 use common::{KEY_A, KEY_B};
 use futures::SinkExt;

@@ -2,7 +2,7 @@
 //! checked, a mismatch is a 422 (or an error frame) naming where, nothing
 //! mismatched is written, and a bad schema file stops start-up.
 
-mod common;
+use crate::common;
 
 use common::{SchemaFile, KEY_A};
 use futures::SinkExt;

@@ -1,8 +1,8 @@
 //! Security properties: API keys never reach logs or metrics, CORS is off
 //! unless configured, and broker TLS/SASL settings reach librdkafka.
 
-mod child;
-mod common;
+use crate::child;
+use crate::common;
 
 use futures::SinkExt;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! The seed's own clients, unchanged: they start a stream with a form,
 //! send a form, read results as JSON, and watch `/stream/{id}/stream`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Streams: start, send, results over WebSocket, SSE and JSON, delete, and
 //! ownership shared by replicas and kept across restarts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -243,8 +243,16 @@ async fn results_of_the_real_consumer_reach_the_websocket() {
 #[tokio::test]
 async fn concurrent_starts_on_two_replicas_have_exactly_one_winner() {
     let kafka = stream_core::testing::kafka_args();
-    let a = common::start(common::config(kafka.clone())).await;
-    let b = common::start(common::config(kafka.clone())).await;
+    // The loser reads the registry twice and writes twice before it answers;
+    // on a loaded CI machine that can outlast the 5 s test default, and a 503
+    // ("retry shortly") would say nothing about who won.
+    let replica = || {
+        let mut config = common::config(kafka.clone());
+        config.request_timeout = Duration::from_secs(30);
+        config
+    };
+    let a = common::start(replica()).await;
+    let b = common::start(replica()).await;
     for n in 0..10 {
         let id = format!("race-{n}");
         let body = json!({ "stream_id": id });

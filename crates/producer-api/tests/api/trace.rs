@@ -1,7 +1,7 @@
 //! W3C trace context travels from the HTTP request into the event's headers,
 //! through the consumer, into the result the client receives.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
