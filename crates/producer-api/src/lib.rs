@@ -13,6 +13,7 @@
 //! - [`extract`]: body extractors (JSON, stream-send payloads, forms).
 //! - [`producer`]: the producer wrapper (acks, timeouts, 503s).
 //! - [`publish`]: `/publish`, `/publish/batch`.
+//! - [`reader`]: following a topic (the registry's and the results').
 //! - [`registry`]: stream ownership in a compacted topic.
 //! - [`results`]: the results reader, per-stream fan-out, cursors.
 //! - [`feed`]: one subscriber's results: live, from the log, each once.
@@ -36,6 +37,7 @@ pub mod page;
 pub mod producer;
 pub mod publish;
 pub mod ratelimit;
+pub mod reader;
 pub mod registry;
 pub mod results;
 pub mod serve;

@@ -15,21 +15,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
-use stream_core::kafka::{self, PartitionWatch, Producer, StartFrom, TopicSpec, TracingContext};
+use stream_core::kafka::{self, PartitionWatch, Producer, StartFrom, TopicSpec};
 use stream_core::schema::Timestamp;
 use stream_core::KafkaArgs;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::results::{partition_check, watch_partitions, Hub, ReaderHealth};
+use crate::reader::Follower;
+use crate::results::Hub;
 
 /// The value of an ownership record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,7 +77,6 @@ pub fn topic_spec(name: &str, args: &KafkaArgs) -> TopicSpec {
 
 /// This process's view of the ownership topic.
 pub struct Registry {
-    topic: String,
     streams: RwLock<HashMap<String, Arc<str>>>,
     /// Streams open per owner, for the per-key quota; changed under the
     /// `streams` write lock so the two agree.
@@ -87,9 +86,7 @@ pub struct Registry {
     starting: std::sync::Mutex<HashMap<Arc<str>, usize>>,
     /// Next offset to apply, per partition; waiters watch it.
     applied: watch::Sender<BTreeMap<i32, i64>>,
-    consumer: Arc<StreamConsumer<TracingContext>>,
-    partitions: Arc<PartitionWatch>,
-    timeout: Duration,
+    follower: Follower,
     hub: Arc<Hub>,
 }
 
@@ -100,48 +97,33 @@ impl Registry {
         let consumer = kafka::reader(args, StartFrom::Earliest)?;
         let assigned = kafka::assign_all(&consumer, topic, Offset::Beginning, args.connect_timeout)?;
         Ok(Arc::new(Self {
-            topic: topic.to_owned(),
             streams: RwLock::new(HashMap::new()),
             per_owner: RwLock::new(HashMap::new()),
             starting: std::sync::Mutex::new(HashMap::new()),
             applied: watch::Sender::new(BTreeMap::new()),
-            consumer: Arc::new(consumer),
-            partitions: Arc::new(PartitionWatch::new(topic, assigned)),
-            timeout: args.connect_timeout,
+            follower: Follower {
+                topic: topic.to_owned(),
+                consumer: Arc::new(consumer),
+                partitions: Arc::new(PartitionWatch::new(topic, assigned)),
+                timeout: args.connect_timeout,
+            },
             hub,
         }))
     }
 
     /// Applies ownership records until `stop` is cancelled.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let mut health = ReaderHealth::default();
-        let mut partition_check = partition_check();
-        loop {
-            let message = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = partition_check.tick() => {
-                    watch_partitions(&self.consumer, &self.partitions, self.timeout).await;
-                    continue;
+        self.follower
+            .run(&stop, |msg| {
+                if let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                    self.apply(key, msg.payload());
                 }
-                message = self.consumer.recv() => message,
-            };
-            match message {
-                Ok(msg) => {
-                    health.ok(&self.topic);
-                    if let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) {
-                        self.apply(key, msg.payload());
-                    }
-                    let (partition, next) = (msg.partition(), msg.offset() + 1);
-                    self.applied.send_modify(|applied| {
-                        applied.insert(partition, next);
-                    });
-                }
-                Err(err) => {
-                    health.failed(&self.topic, &err);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
+                let (partition, next) = (msg.partition(), msg.offset() + 1);
+                self.applied.send_modify(|applied| {
+                    applied.insert(partition, next);
+                });
+            })
+            .await;
     }
 
     fn apply(&self, stream: &str, value: Option<&[u8]>) {
@@ -164,7 +146,7 @@ impl Registry {
         let claim: Claim = match serde_json::from_slice(value) {
             Ok(claim) => claim,
             Err(err) => {
-                tracing::warn!(topic = %self.topic, stream, %err, "ignoring an unreadable ownership record");
+                tracing::warn!(topic = %self.follower.topic, stream, %err, "ignoring an unreadable ownership record");
                 return;
             }
         };
@@ -228,9 +210,9 @@ impl Registry {
 
     /// Waits until everything written to the topic before this call is applied.
     pub async fn catch_up(&self, deadline: Instant) -> Result<(), RegistryError> {
-        let consumer = self.consumer.clone();
-        let topic = self.topic.clone();
-        let watch = self.partitions.clone();
+        let consumer = self.follower.consumer.clone();
+        let topic = self.follower.topic.clone();
+        let watch = self.follower.partitions.clone();
         let timeout = deadline.saturating_duration_since(Instant::now());
         let ends = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, stream_core::Error> {
             // Partitions added since the last look are assigned first, so
@@ -350,7 +332,7 @@ impl Registry {
         value: Option<&[u8]>,
         deadline: Instant,
     ) -> Result<(i32, i64), RegistryError> {
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(stream);
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.follower.topic).key(stream);
         if let Some(value) = value {
             record = record.payload(value);
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use stream_core::kafka::{self, PartitionWatch, StartFrom, TracingContext};
@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::AppError;
+use crate::reader::Follower;
 
 /// Where a record sits in the results topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -520,61 +521,11 @@ impl Drop for Subscription {
     }
 }
 
-/// Logs a reader's first error of an outage as a warning and the repeats
-/// (librdkafka reports one every few hundred ms while a broker is down) at
-/// debug, then says when reading works again.
-#[derive(Default)]
-pub(crate) struct ReaderHealth {
-    failing: bool,
-}
-
-impl ReaderHealth {
-    pub(crate) fn failed(&mut self, topic: &str, err: &rdkafka::error::KafkaError) {
-        if self.failing {
-            tracing::debug!(topic, %err, "reader still failing");
-        } else {
-            tracing::warn!(topic, %err, "reader error; retrying until the broker answers");
-            self.failing = true;
-        }
-    }
-
-    pub(crate) fn ok(&mut self, topic: &str) {
-        if std::mem::take(&mut self.failing) {
-            tracing::info!(topic, "reader recovered");
-        }
-    }
-}
-
-/// The pace of a reader's looks for new partitions; a slow look delays the
-/// next one rather than bunching them up.
-pub(crate) fn partition_check() -> tokio::time::Interval {
-    let mut interval = tokio::time::interval(kafka::PARTITION_CHECK_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval
-}
-
-/// Assigns partitions added to a reader's topic since the last look; a
-/// failed look is retried at the next one.
-pub(crate) async fn watch_partitions(
-    consumer: &Arc<StreamConsumer<TracingContext>>,
-    partitions: &Arc<PartitionWatch>,
-    timeout: Duration,
-) {
-    let (consumer, partitions) = (consumer.clone(), partitions.clone());
-    let outcome = tokio::task::spawn_blocking(move || partitions.refresh(&consumer, timeout)).await;
-    if let Ok(Err(err)) = outcome {
-        tracing::debug!(%err, "could not look for new partitions; trying again later");
-    }
-}
-
 /// The process's one reader of the results topic, positioned at the end
 /// of every partition as of start-up: results written after
 /// [`ResultsReader::start`] returns are all seen.
 pub struct ResultsReader {
-    consumer: Arc<StreamConsumer<TracingContext>>,
-    topic: String,
-    partitions: Arc<PartitionWatch>,
-    timeout: Duration,
+    follower: Follower,
 }
 
 impl ResultsReader {
@@ -590,68 +541,51 @@ impl ResultsReader {
         })
         .await??;
         let partitions = Arc::new(PartitionWatch::new(&args.topics.results, assigned));
-        Ok(Self { consumer: Arc::new(consumer), topic: args.topics.results.clone(), partitions, timeout })
+        let topic = args.topics.results.clone();
+        Ok(Self { follower: Follower { topic, consumer: Arc::new(consumer), partitions, timeout } })
     }
 
     /// The log behind this reader, for clients that read from a cursor.
     pub fn log(&self, args: &KafkaArgs, timeout: Duration) -> Arc<ResultsLog> {
         Arc::new(ResultsLog {
             args: args.clone(),
-            topic: self.topic.clone(),
-            consumer: self.consumer.clone(),
-            partitions: self.partitions.clone(),
+            topic: self.follower.topic.clone(),
+            consumer: self.follower.consumer.clone(),
+            partitions: self.follower.partitions.clone(),
             timeout,
         })
     }
 
     /// Routes results into `hub` until `stop` is cancelled.
     pub async fn run(self, hub: Arc<Hub>, stop: CancellationToken) {
-        let mut health = ReaderHealth::default();
-        let mut partition_check = partition_check();
-        loop {
-            let message = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = partition_check.tick() => {
-                    watch_partitions(&self.consumer, &self.partitions, self.timeout).await;
-                    continue;
-                }
-                message = self.consumer.recv() => message,
-            };
-            let msg = match message {
-                Ok(msg) => {
-                    health.ok(&self.topic);
-                    msg
-                }
-                Err(err) => {
-                    health.failed(&self.topic, &err);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            metrics::counter!("results_received_total").increment(1);
-            let pos = Pos { partition: msg.partition(), offset: msg.offset() };
-            let value = msg.payload().unwrap_or_default();
-            let Decoded { delivered, stream, event_time } = match Delivered::decode(value, msg.key(), pos) {
-                Ok(decoded) => decoded,
-                Err(Undecodable::NotAResult) => {
-                    tracing::debug!(partition = pos.partition, offset = pos.offset, "skipping a non-result record");
-                    metrics::counter!("results_unreadable_total").increment(1);
-                    continue;
-                }
-                // Results of keyless events belong to no stream.
-                Err(Undecodable::NoStream) => {
-                    metrics::counter!("results_unrouted_total").increment(1);
-                    continue;
-                }
-            };
-            let lag = event_time.until(Timestamp::now());
-            if hub.route(&stream, Arc::new(delivered)) {
-                metrics::counter!("results_routed_total").increment(1);
-                metrics::histogram!("result_delivery_latency_seconds").record(lag.as_secs_f64());
-            } else {
-                metrics::counter!("results_unrouted_total").increment(1);
-            }
+        self.follower.run(&stop, |msg| route(&hub, msg)).await;
+    }
+}
+
+/// Hands one record of the results topic to its stream's subscribers.
+fn route(hub: &Hub, msg: &BorrowedMessage<'_>) {
+    metrics::counter!("results_received_total").increment(1);
+    let pos = Pos { partition: msg.partition(), offset: msg.offset() };
+    let value = msg.payload().unwrap_or_default();
+    let Decoded { delivered, stream, event_time } = match Delivered::decode(value, msg.key(), pos) {
+        Ok(decoded) => decoded,
+        Err(Undecodable::NotAResult) => {
+            tracing::debug!(partition = pos.partition, offset = pos.offset, "skipping a non-result record");
+            metrics::counter!("results_unreadable_total").increment(1);
+            return;
         }
+        // Results of keyless events belong to no stream.
+        Err(Undecodable::NoStream) => {
+            metrics::counter!("results_unrouted_total").increment(1);
+            return;
+        }
+    };
+    let lag = event_time.until(Timestamp::now());
+    if hub.route(&stream, Arc::new(delivered)) {
+        metrics::counter!("results_routed_total").increment(1);
+        metrics::histogram!("result_delivery_latency_seconds").record(lag.as_secs_f64());
+    } else {
+        metrics::counter!("results_unrouted_total").increment(1);
     }
 }
 
