@@ -103,6 +103,25 @@ impl Browser {
         }
     }
 
+    /// Opens the gateway's page, enters key A and clicks "start".
+    async fn open_and_start(app: &common::TestApp) -> Self {
+        let mut browser = Self::launch().await;
+        browser.call("Page.navigate", json!({ "url": app.url("/") })).await;
+        browser
+            .wait_for(
+                "document.readyState === 'complete' && !!document.getElementById('start')",
+                Duration::from_secs(30),
+            )
+            .await;
+        browser
+            .eval(&format!(
+                "document.getElementById('key').value = '{}'; document.getElementById('start').click(); true",
+                common::KEY_A
+            ))
+            .await;
+        browser
+    }
+
     /// Evaluates JavaScript in the page and returns its value.
     async fn eval(&mut self, expression: &str) -> Value {
         let result = self
@@ -137,18 +156,7 @@ async fn a_person_starts_a_stream_sends_an_event_and_sees_the_result() {
     let stop = CancellationToken::new();
     let consumer = tokio::spawn(consumer::run(consumer::Config::for_tests(kafka.clone(), 1), stop.clone()));
 
-    let mut browser = Browser::launch().await;
-    browser.call("Page.navigate", json!({ "url": app.url("/") })).await;
-    browser
-        .wait_for("document.readyState === 'complete' && !!document.getElementById('start')", Duration::from_secs(30))
-        .await;
-
-    browser
-        .eval(&format!(
-            "document.getElementById('key').value = '{}'; document.getElementById('start').click(); true",
-            common::KEY_A
-        ))
-        .await;
+    let mut browser = Browser::open_and_start(&app).await;
     let stream = browser
         .wait_for(
             "!document.getElementById('send').disabled && document.getElementById('stream').textContent",
@@ -204,17 +212,7 @@ async fn the_page_shows_why_an_event_does_not_match_the_schema() {
     config.event_schema = Some(schema.0.clone());
     let app = common::start(config).await;
 
-    let mut browser = Browser::launch().await;
-    browser.call("Page.navigate", json!({ "url": app.url("/") })).await;
-    browser
-        .wait_for("document.readyState === 'complete' && !!document.getElementById('start')", Duration::from_secs(30))
-        .await;
-    browser
-        .eval(&format!(
-            "document.getElementById('key').value = '{}'; document.getElementById('start').click(); true",
-            common::KEY_A
-        ))
-        .await;
+    let mut browser = Browser::open_and_start(&app).await;
     browser.wait_for("!document.getElementById('send').disabled", Duration::from_secs(30)).await;
     browser
         .eval(r#"document.getElementById('payload').value = '{"sensor": "s1", "temperature": "hot"}'; document.getElementById('send').click(); true"#)
