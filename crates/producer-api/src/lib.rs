@@ -23,8 +23,6 @@
 //! - [`serve`]: the connection loop (connection limit, header timeout).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; [`openapi`]: `/openapi.json`.
 
-#![recursion_limit = "512"]
-
 pub mod auth;
 pub mod config;
 pub mod error;

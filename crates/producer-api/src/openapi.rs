@@ -1,5 +1,12 @@
-//! `GET /openapi.json`: the API described in OpenAPI 3.1, written by hand
-//! (the API is small, and a test checks that every route is described).
+//! `GET /openapi.json`: the API described in OpenAPI 3.1.
+//!
+//! Written by hand rather than generated from the types (utoipa): most of
+//! it is what the types do not say (each route's error statuses, the
+//! `Retry-After` and `RateLimit-*` headers, cursors, the long poll), and
+//! two checks keep it from drifting: `tests/api/openapi.rs` compares its
+//! routes and errors with the router's, and schemathesis
+//! (`scripts/schemathesis.sh`, `--checks all`) checks every response the
+//! running server gives against these schemas.
 
 use std::sync::OnceLock;
 
@@ -145,11 +152,6 @@ fn results_operation(security: &Value) -> Value {
 
 /// The whole document.
 pub fn document() -> Value {
-    let security = json!([{ "apiKey": [] }, { "bearer": [] }]);
-    let map = |v: Value| match v {
-        Value::Object(m) => m,
-        _ => unreachable!("responses are objects"),
-    };
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -157,244 +159,259 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Publish JSON events to Kafka and receive processed results over WebSocket or SSE."
         },
-        "paths": {
-            "/publish": { "post": {
-                "summary": "Publish one event; replies after the broker acknowledged it (acks=all)",
-                "security": security,
-                "parameters": [idempotency_key_param()],
-                "requestBody": json_body("PublishRequest"),
-                "responses": authed(map(json!({
-                    "200": ok_replayable("Written (or, with a repeated Idempotency-Key, written earlier)", "Ack"),
-                    "400": error("Malformed JSON"),
-                    "413": error("Body larger than --max-body-bytes"),
-                    "415": error("Content-Type is not application/json"),
-                    "422": error("Valid JSON of the wrong shape, or a reserved header; a message that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that is malformed or was used for a different request"),
-                    "429": rate_limited("The key is over --rate-limit (see the RateLimit headers), or too many requests in flight"),
-                    "503": unavailable()
-                })))
-            }},
-            "/publish/batch": { "post": {
-                "summary": "Publish many events: a JSON array, or NDJSON (application/x-ndjson); one result per record",
-                "security": security,
-                "requestBody": {
-                    "required": true,
-                    "content": {
-                        "application/json": { "schema": { "type": "array", "minItems": 1, "items": {
-                            "description": "A PublishRequest. Records are checked one by one: one that is not a PublishRequest gets status 422 (or 400) in results, and the others are still written"
-                        } } },
-                        "application/x-ndjson": { "schema": { "$ref": "#/components/schemas/PublishRequest" } }
-                    }
-                },
-                "responses": authed(map(json!({
-                    "200": ok("Per-record results (some records may have failed; a record that does not match --event-schema has status 422 and detail.errors)", "BatchResult"),
-                    "400": error("The body is not JSON"),
-                    "413": error("More bytes than --max-batch-bytes, records than --max-batch-records, or events than the key's --rate-limit-burst"),
-                    "415": error("Content-Type is neither application/json nor application/x-ndjson"),
-                    "422": error("Not an array, or empty"),
-                    "429": rate_limited("The batch's records do not fit in the key's --rate-limit now: nothing was written (a batch is admitted whole or refused whole); or too many requests in flight"),
-                    "503": unavailable()
-                })))
-            }},
-            "/stream/start": { "post": {
-                "summary": "Start a stream owned by the calling key (body optional)",
-                "security": security,
-                "requestBody": { "required": false, "content": {
-                    "application/json": { "schema": { "$ref": "#/components/schemas/StartRequest" } },
-                    "application/x-www-form-urlencoded": { "schema": { "$ref": "#/components/schemas/StartForm" } }
-                } },
-                "responses": authed(map(json!({
-                    "201": ok("Started", "StreamRef"),
-                    "200": ok("Already started by this key", "StreamRef"),
-                    "400": error("Malformed JSON"),
-                    "403": error("The id belongs to another key"),
-                    "413": error("Body too large"),
-                    "415": error("Content-Type is neither application/json nor a form"),
-                    "422": error("Invalid stream_id"),
-                    "429": too_many("The key already owns --max-streams-per-key streams (MAX_STREAMS_PER_KEY, default 1000), or too many requests in flight"),
-                    "503": unavailable()
-                })))
-            }},
-            "/stream/{id}/send": { "post": {
-                "summary": "Publish one event on a stream (record key = stream id)",
-                "security": security,
-                "parameters": [stream_id_param(), idempotency_key_param()],
-                "requestBody": {
-                    "required": true,
-                    "content": {
-                        "application/json": { "schema": { "$ref": "#/components/schemas/SendRequest" } },
-                        "application/x-www-form-urlencoded": { "schema": { "$ref": "#/components/schemas/SendForm" } }
-                    }
-                },
-                "responses": authed(map(json!({
-                    "200": ok_replayable("Written (or, with a repeated Idempotency-Key, written earlier)", "SendAck"),
-                    "400": error("Malformed JSON or form"),
-                    "403": error("The stream belongs to another key"),
-                    "404": error("Unknown stream"),
-                    "413": error("Body too large"),
-                    "415": error("Content-Type is neither application/json nor a form"),
-                    "422": error("Neither data nor message given; data that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that is malformed or was used for a different request"),
-                    "429": rate_limited("The key is over --rate-limit (see the RateLimit headers), or too many requests in flight"),
-                    "503": unavailable()
-                })))
-            }},
-            "/stream/{id}/results": { "get": results_operation(&security) },
-            "/stream/{id}/stream": { "get": results_operation(&security) },
-            "/stream/{id}": { "delete": {
-                "summary": "Delete a stream; its WebSockets close with code 1000 and SSE streams end",
-                "security": security,
-                "parameters": [stream_id_param()],
-                "responses": authed(map(json!({
-                    "200": { "description": "Deleted", "content": { "application/json": { "schema": { "type": "object" } } } },
-                    "403": error("The stream belongs to another key"),
-                    "404": error("Unknown stream"),
-                    "503": unavailable()
-                })))
-            }},
-            "/": { "get": {
-                "summary": "Live page: start a stream, send events, watch results arrive", "security": [],
-                "responses": { "200": { "description": "HTML page", "content": { "text/html": {} } } }
-            }},
-            "/healthz": { "get": {
-                "summary": "Liveness", "security": [],
-                "responses": { "200": { "description": "Up" } }
-            }},
-            "/readyz": { "get": {
-                "summary": "Readiness: broker metadata answers within 2 s", "security": [],
-                "responses": { "200": { "description": "Ready" }, "503": unavailable() }
-            }},
-            "/metrics": { "get": {
-                "summary": "Prometheus metrics", "security": [],
-                "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": {} } } }
-            }},
-            "/openapi.json": { "get": {
-                "summary": "This document", "security": [],
-                "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": {} } } }
-            }},
-            "/noop": { "get": {
-                "summary": "Does nothing (no auth); the baseline for load tests", "security": [],
-                "responses": { "200": { "description": "ok", "content": { "text/plain": {} } } }
-            }}
-        },
-        "components": {
-            "securitySchemes": {
-                "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
-                "bearer": { "type": "http", "scheme": "bearer" }
+        "paths": paths(),
+        "components": components(),
+    })
+}
+
+/// Every route, by path and method.
+fn paths() -> Value {
+    let security = json!([{ "apiKey": [] }, { "bearer": [] }]);
+    let map = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => unreachable!("responses are objects"),
+    };
+    json!({
+        "/publish": { "post": {
+            "summary": "Publish one event; replies after the broker acknowledged it (acks=all)",
+            "security": security,
+            "parameters": [idempotency_key_param()],
+            "requestBody": json_body("PublishRequest"),
+            "responses": authed(map(json!({
+                "200": ok_replayable("Written (or, with a repeated Idempotency-Key, written earlier)", "Ack"),
+                "400": error("Malformed JSON"),
+                "413": error("Body larger than --max-body-bytes"),
+                "415": error("Content-Type is not application/json"),
+                "422": error("Valid JSON of the wrong shape, or a reserved header; a message that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that is malformed or was used for a different request"),
+                "429": rate_limited("The key is over --rate-limit (see the RateLimit headers), or too many requests in flight"),
+                "503": unavailable()
+            })))
+        }},
+        "/publish/batch": { "post": {
+            "summary": "Publish many events: a JSON array, or NDJSON (application/x-ndjson); one result per record",
+            "security": security,
+            "requestBody": {
+                "required": true,
+                "content": {
+                    "application/json": { "schema": { "type": "array", "minItems": 1, "items": {
+                        "description": "A PublishRequest. Records are checked one by one: one that is not a PublishRequest gets status 422 (or 400) in results, and the others are still written"
+                    } } },
+                    "application/x-ndjson": { "schema": { "$ref": "#/components/schemas/PublishRequest" } }
+                }
             },
-            "schemas": {
-                "Error": {
-                    "type": "object", "required": ["error"],
-                    "properties": {
-                        "error": { "type": "string" },
-                        "detail": { "description": "More about the error: text, or an object (a schema mismatch: {\"errors\": [{\"path\": JSON Pointer, \"message\": string}]})" },
-                        "retry_after_ms": { "type": "integer", "description": "When rate limited: milliseconds until the refused events would be allowed" }
+            "responses": authed(map(json!({
+                "200": ok("Per-record results (some records may have failed; a record that does not match --event-schema has status 422 and detail.errors)", "BatchResult"),
+                "400": error("The body is not JSON"),
+                "413": error("More bytes than --max-batch-bytes, records than --max-batch-records, or events than the key's --rate-limit-burst"),
+                "415": error("Content-Type is neither application/json nor application/x-ndjson"),
+                "422": error("Not an array, or empty"),
+                "429": rate_limited("The batch's records do not fit in the key's --rate-limit now: nothing was written (a batch is admitted whole or refused whole); or too many requests in flight"),
+                "503": unavailable()
+            })))
+        }},
+        "/stream/start": { "post": {
+            "summary": "Start a stream owned by the calling key (body optional)",
+            "security": security,
+            "requestBody": { "required": false, "content": {
+                "application/json": { "schema": { "$ref": "#/components/schemas/StartRequest" } },
+                "application/x-www-form-urlencoded": { "schema": { "$ref": "#/components/schemas/StartForm" } }
+            } },
+            "responses": authed(map(json!({
+                "201": ok("Started", "StreamRef"),
+                "200": ok("Already started by this key", "StreamRef"),
+                "400": error("Malformed JSON"),
+                "403": error("The id belongs to another key"),
+                "413": error("Body too large"),
+                "415": error("Content-Type is neither application/json nor a form"),
+                "422": error("Invalid stream_id"),
+                "429": too_many("The key already owns --max-streams-per-key streams (MAX_STREAMS_PER_KEY, default 1000), or too many requests in flight"),
+                "503": unavailable()
+            })))
+        }},
+        "/stream/{id}/send": { "post": {
+            "summary": "Publish one event on a stream (record key = stream id)",
+            "security": security,
+            "parameters": [stream_id_param(), idempotency_key_param()],
+            "requestBody": {
+                "required": true,
+                "content": {
+                    "application/json": { "schema": { "$ref": "#/components/schemas/SendRequest" } },
+                    "application/x-www-form-urlencoded": { "schema": { "$ref": "#/components/schemas/SendForm" } }
+                }
+            },
+            "responses": authed(map(json!({
+                "200": ok_replayable("Written (or, with a repeated Idempotency-Key, written earlier)", "SendAck"),
+                "400": error("Malformed JSON or form"),
+                "403": error("The stream belongs to another key"),
+                "404": error("Unknown stream"),
+                "413": error("Body too large"),
+                "415": error("Content-Type is neither application/json nor a form"),
+                "422": error("Neither data nor message given; data that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that is malformed or was used for a different request"),
+                "429": rate_limited("The key is over --rate-limit (see the RateLimit headers), or too many requests in flight"),
+                "503": unavailable()
+            })))
+        }},
+        "/stream/{id}/results": { "get": results_operation(&security) },
+        "/stream/{id}/stream": { "get": results_operation(&security) },
+        "/stream/{id}": { "delete": {
+            "summary": "Delete a stream; its WebSockets close with code 1000 and SSE streams end",
+            "security": security,
+            "parameters": [stream_id_param()],
+            "responses": authed(map(json!({
+                "200": { "description": "Deleted", "content": { "application/json": { "schema": { "type": "object" } } } },
+                "403": error("The stream belongs to another key"),
+                "404": error("Unknown stream"),
+                "503": unavailable()
+            })))
+        }},
+        "/": { "get": {
+            "summary": "Live page: start a stream, send events, watch results arrive", "security": [],
+            "responses": { "200": { "description": "HTML page", "content": { "text/html": {} } } }
+        }},
+        "/healthz": { "get": {
+            "summary": "Liveness", "security": [],
+            "responses": { "200": { "description": "Up" } }
+        }},
+        "/readyz": { "get": {
+            "summary": "Readiness: broker metadata answers within 2 s", "security": [],
+            "responses": { "200": { "description": "Ready" }, "503": unavailable() }
+        }},
+        "/metrics": { "get": {
+            "summary": "Prometheus metrics", "security": [],
+            "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": {} } } }
+        }},
+        "/openapi.json": { "get": {
+            "summary": "This document", "security": [],
+            "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": {} } } }
+        }},
+        "/noop": { "get": {
+            "summary": "Does nothing (no auth); the baseline for load tests", "security": [],
+            "responses": { "200": { "description": "ok", "content": { "text/plain": {} } } }
+        }}
+    })
+}
+
+/// The request and response schemas the paths refer to.
+fn components() -> Value {
+    json!({
+        "securitySchemes": {
+            "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
+            "bearer": { "type": "http", "scheme": "bearer" }
+        },
+        "schemas": {
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {
+                    "error": { "type": "string" },
+                    "detail": { "description": "More about the error: text, or an object (a schema mismatch: {\"errors\": [{\"path\": JSON Pointer, \"message\": string}]})" },
+                    "retry_after_ms": { "type": "integer", "description": "When rate limited: milliseconds until the refused events would be allowed" }
+                }
+            },
+            "PublishRequest": {
+                "type": "object", "required": ["message"],
+                "properties": {
+                    "message": { "description": "Any JSON value; it becomes the record value" },
+                    "key": { "type": ["string", "null"], "description": "Record key: same key, same partition. Omitted or null: no key" },
+                    "headers": {
+                        "type": "object",
+                        "description": "Extra record headers; CloudEvents' names (ce_*, content-type) are set by the server",
+                        "propertyNames": { "minLength": 1, "not": { "pattern": "^(ce_|content-type$)" } },
+                        "additionalProperties": { "type": "string" }
                     }
-                },
-                "PublishRequest": {
-                    "type": "object", "required": ["message"],
-                    "properties": {
-                        "message": { "description": "Any JSON value; it becomes the record value" },
-                        "key": { "type": ["string", "null"], "description": "Record key: same key, same partition. Omitted or null: no key" },
-                        "headers": {
-                            "type": "object",
-                            "description": "Extra record headers; CloudEvents' names (ce_*, content-type) are set by the server",
-                            "propertyNames": { "minLength": 1, "not": { "pattern": "^(ce_|content-type$)" } },
-                            "additionalProperties": { "type": "string" }
-                        }
+                }
+            },
+            "Ack": {
+                "type": "object", "required": ["id", "topic", "partition", "offset"],
+                "properties": {
+                    "id": { "type": "string", "description": "ce_id of the event" },
+                    "topic": { "type": "string" },
+                    "partition": { "type": "integer" },
+                    "offset": { "type": "integer" }
+                }
+            },
+            "BatchResult": {
+                "type": "object",
+                "properties": {
+                    "succeeded": { "type": "integer" },
+                    "failed": { "type": "integer" },
+                    "results": { "type": "array", "items": { "type": "object", "description": "{index, id, topic, partition, offset} or {index, status, error, detail?}" } }
+                }
+            },
+            "StartRequest": {
+                "type": "object", "additionalProperties": false,
+                "properties": { "stream_id": {
+                    "type": ["string", "null"], "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$",
+                    "description": "Omitted or null: the server picks a UUID"
+                } }
+            },
+            "StartForm": {
+                "type": "object", "additionalProperties": false,
+                "properties": { "stream_id": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$" } }
+            },
+            "StreamRef": { "type": "object", "required": ["stream_id"], "properties": { "stream_id": { "type": "string" } } },
+            "SendRequest": {
+                "type": "object",
+                "anyOf": [{ "required": ["data"] }, { "required": ["message"] }],
+                "properties": { "data": { "description": "Any JSON value" }, "message": { "description": "Alias of data" } }
+            },
+            "SendForm": {
+                "type": "object",
+                "description": "A form field's text becomes the event's data, as a JSON string",
+                "anyOf": [{ "required": ["data"] }, { "required": ["message"] }],
+                "properties": { "data": { "type": "string" }, "message": { "type": "string", "description": "Alias of data" } }
+            },
+            "SendAck": {
+                "type": "object", "required": ["id", "stream_id", "topic", "partition", "offset"],
+                "properties": {
+                    "id": { "type": "string" }, "stream_id": { "type": "string" }, "topic": { "type": "string" },
+                    "partition": { "type": "integer" }, "offset": { "type": "integer" }
+                }
+            },
+            "EventResult": {
+                "type": "object",
+                "properties": {
+                    "event_id": { "type": "string" }, "stream_id": { "type": ["string", "null"] },
+                    "event_time": { "type": "string", "format": "date-time" },
+                    "processed_at": { "type": "string", "format": "date-time" },
+                    "worker_id": { "type": ["integer", "null"] }, "latency_us": { "type": "integer" },
+                    "output": {}
+                }
+            },
+            "Cursor": {
+                "type": "string", "pattern": "^[0-9]{1,9}-[0-9]{1,18}-[0-9a-f]{8}$",
+                "description": "A result's place in the results topic; opaque: pass it back as it was"
+            },
+            "Result": {
+                "type": "object",
+                "description": "A result as delivered: type and cursor, then the EventResult fields",
+                "required": ["type", "cursor", "event_id"],
+                "properties": {
+                    "type": { "const": "result" }, "cursor": { "$ref": "#/components/schemas/Cursor" },
+                    "event_id": { "type": "string" }, "stream_id": { "type": ["string", "null"] },
+                    "event_time": { "type": "string", "format": "date-time" },
+                    "processed_at": { "type": "string", "format": "date-time" },
+                    "worker_id": { "type": ["integer", "null"] }, "latency_us": { "type": "integer" },
+                    "output": {}
+                }
+            },
+            "Results": {
+                "type": "object", "required": ["stream_id", "results"],
+                "properties": {
+                    "stream_id": { "type": "string" },
+                    "results": { "type": "array", "items": { "$ref": "#/components/schemas/Result" } },
+                    "next": {
+                        "oneOf": [{ "$ref": "#/components/schemas/Cursor" }, { "type": "null" }],
+                        "description": "Poll again with after=next (the last result's cursor; with none, where this poll ended)"
                     }
-                },
-                "Ack": {
-                    "type": "object", "required": ["id", "topic", "partition", "offset"],
-                    "properties": {
-                        "id": { "type": "string", "description": "ce_id of the event" },
-                        "topic": { "type": "string" },
-                        "partition": { "type": "integer" },
-                        "offset": { "type": "integer" }
-                    }
-                },
-                "BatchResult": {
-                    "type": "object",
-                    "properties": {
-                        "succeeded": { "type": "integer" },
-                        "failed": { "type": "integer" },
-                        "results": { "type": "array", "items": { "type": "object", "description": "{index, id, topic, partition, offset} or {index, status, error, detail?}" } }
-                    }
-                },
-                "StartRequest": {
-                    "type": "object", "additionalProperties": false,
-                    "properties": { "stream_id": {
-                        "type": ["string", "null"], "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$",
-                        "description": "Omitted or null: the server picks a UUID"
-                    } }
-                },
-                "StartForm": {
-                    "type": "object", "additionalProperties": false,
-                    "properties": { "stream_id": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$" } }
-                },
-                "StreamRef": { "type": "object", "required": ["stream_id"], "properties": { "stream_id": { "type": "string" } } },
-                "SendRequest": {
-                    "type": "object",
-                    "anyOf": [{ "required": ["data"] }, { "required": ["message"] }],
-                    "properties": { "data": { "description": "Any JSON value" }, "message": { "description": "Alias of data" } }
-                },
-                "SendForm": {
-                    "type": "object",
-                    "description": "A form field's text becomes the event's data, as a JSON string",
-                    "anyOf": [{ "required": ["data"] }, { "required": ["message"] }],
-                    "properties": { "data": { "type": "string" }, "message": { "type": "string", "description": "Alias of data" } }
-                },
-                "SendAck": {
-                    "type": "object", "required": ["id", "stream_id", "topic", "partition", "offset"],
-                    "properties": {
-                        "id": { "type": "string" }, "stream_id": { "type": "string" }, "topic": { "type": "string" },
-                        "partition": { "type": "integer" }, "offset": { "type": "integer" }
-                    }
-                },
-                "EventResult": {
-                    "type": "object",
-                    "properties": {
-                        "event_id": { "type": "string" }, "stream_id": { "type": ["string", "null"] },
-                        "event_time": { "type": "string", "format": "date-time" },
-                        "processed_at": { "type": "string", "format": "date-time" },
-                        "worker_id": { "type": ["integer", "null"] }, "latency_us": { "type": "integer" },
-                        "output": {}
-                    }
-                },
-                "Cursor": {
-                    "type": "string", "pattern": "^[0-9]{1,9}-[0-9]{1,18}-[0-9a-f]{8}$",
-                    "description": "A result's place in the results topic; opaque: pass it back as it was"
-                },
-                "Result": {
-                    "type": "object",
-                    "description": "A result as delivered: type and cursor, then the EventResult fields",
-                    "required": ["type", "cursor", "event_id"],
-                    "properties": {
-                        "type": { "const": "result" }, "cursor": { "$ref": "#/components/schemas/Cursor" },
-                        "event_id": { "type": "string" }, "stream_id": { "type": ["string", "null"] },
-                        "event_time": { "type": "string", "format": "date-time" },
-                        "processed_at": { "type": "string", "format": "date-time" },
-                        "worker_id": { "type": ["integer", "null"] }, "latency_us": { "type": "integer" },
-                        "output": {}
-                    }
-                },
-                "Results": {
-                    "type": "object", "required": ["stream_id", "results"],
-                    "properties": {
-                        "stream_id": { "type": "string" },
-                        "results": { "type": "array", "items": { "$ref": "#/components/schemas/Result" } },
-                        "next": {
-                            "oneOf": [{ "$ref": "#/components/schemas/Cursor" }, { "type": "null" }],
-                            "description": "Poll again with after=next (the last result's cursor; with none, where this poll ended)"
-                        }
-                    }
-                },
-                "Expired": {
-                    "type": "object", "required": ["error", "detail"],
-                    "properties": {
-                        "error": { "type": "string" },
-                        "detail": {
-                            "type": "object", "required": ["earliest"],
-                            "properties": { "earliest": { "$ref": "#/components/schemas/Cursor" } }
-                        }
+                }
+            },
+            "Expired": {
+                "type": "object", "required": ["error", "detail"],
+                "properties": {
+                    "error": { "type": "string" },
+                    "detail": {
+                        "type": "object", "required": ["earliest"],
+                        "properties": { "earliest": { "$ref": "#/components/schemas/Cursor" } }
                     }
                 }
             }
