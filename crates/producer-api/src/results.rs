@@ -258,7 +258,11 @@ struct MailboxState {
     closed: Option<&'static str>,
 }
 
-/// A subscriber's bounded queue.
+/// A subscriber's bounded queue. Kept rather than a `tokio::sync::broadcast`
+/// per stream: a lagging broadcast receiver learns how many results it
+/// missed but not where the first one sat in the partition, which is where
+/// its feed must start reading the log; the mailbox records that position
+/// (and why the stream closed).
 pub struct Mailbox {
     state: Mutex<MailboxState>,
     notify: Notify,
