@@ -3,8 +3,6 @@
 //! result record from an event. `cargo bench -p stream-core`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use rdkafka::message::OwnedMessage;
-use rdkafka::Timestamp as KafkaTimestamp;
 use serde_json::json;
 use stream_core::schema::{header, Event, EventResult};
 
@@ -17,18 +15,6 @@ fn event() -> Event {
     event
 }
 
-fn consumed(event: &Event) -> OwnedMessage {
-    OwnedMessage::new(
-        Some(event.data.clone()),
-        event.key.clone().map(String::into_bytes),
-        "events".into(),
-        KafkaTimestamp::CreateTime(1_700_000_000_000),
-        3,
-        42,
-        Some(event.headers()),
-    )
-}
-
 fn schema(c: &mut Criterion) {
     let event = event();
     c.bench_function("event: new JSON event (id, time, payload)", |b| {
@@ -36,7 +22,7 @@ fn schema(c: &mut Criterion) {
         b.iter(|| Event::json("/bench", Some("stream-42".into()), &payload))
     });
     c.bench_function("event: CloudEvents headers", |b| b.iter(|| event.headers()));
-    let record = consumed(&event);
+    let record = stream_core::testing::consumed(&event);
     c.bench_function("event: decode a consumed record", |b| b.iter(|| Event::from_message(&record).unwrap()));
     c.bench_function("result: answer an event and encode the result record", |b| {
         b.iter_batched(

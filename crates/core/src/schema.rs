@@ -363,24 +363,12 @@ mod tests {
 
     use super::*;
 
-    fn as_consumed(event: &Event) -> OwnedMessage {
-        OwnedMessage::new(
-            Some(event.data.clone()),
-            event.key.clone().map(String::into_bytes),
-            "events".into(),
-            KafkaTimestamp::CreateTime(1_700_000_000_000),
-            3,
-            42,
-            Some(event.headers()),
-        )
-    }
-
     #[test]
     fn round_trips_every_kind_of_json_payload() {
         for value in [json!({"a": 1, "b": [true, null]}), json!("hello"), json!(42), json!([1, 2]), json!(null)] {
             let mut event = Event::json("/test", Some("stream-1".into()), &value);
             event.extensions.push(("traceparent".into(), "00-abc-def-01".into()));
-            let back = Event::from_message(&as_consumed(&event)).unwrap();
+            let back = Event::from_message(&crate::testing::consumed(&event)).unwrap();
             assert_eq!(back, event);
             assert_eq!(back.json_data().unwrap(), value);
         }
@@ -389,7 +377,7 @@ mod tests {
     #[test]
     fn round_trips_non_json_bytes_and_no_key() {
         let event = Event::with_bytes("/test", None, Some("application/octet-stream".into()), vec![0, 159, 146, 150]);
-        let back = Event::from_message(&as_consumed(&event)).unwrap();
+        let back = Event::from_message(&crate::testing::consumed(&event)).unwrap();
         assert_eq!(back, event);
         assert!(matches!(back.json_data(), Err(SchemaError::InvalidJson(_))));
     }

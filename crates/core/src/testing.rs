@@ -232,3 +232,18 @@ impl Drop for DurableBroker {
         let _ = std::fs::remove_file(&self.storage);
     }
 }
+
+/// `event` as a consumer reads it back (its key, payload and headers, at
+/// offset 42 of partition 3 of `events`): for tests and benchmarks of
+/// decoding.
+pub fn consumed(event: &crate::schema::Event) -> rdkafka::message::OwnedMessage {
+    rdkafka::message::OwnedMessage::new(
+        Some(event.data.clone()),
+        event.key.clone().map(String::into_bytes),
+        "events".into(),
+        rdkafka::Timestamp::CreateTime(1_700_000_000_000),
+        3,
+        42,
+        Some(event.headers()),
+    )
+}
