@@ -21,7 +21,6 @@ use stream_core::testing::eventually;
 use stream_core::KafkaArgs;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 /// An open Server-Sent Events response and what has been read of it.
 struct Sse {
@@ -88,8 +87,7 @@ async fn ws(app_ws_url: String) -> common::Socket {
 #[tokio::test]
 async fn sse_resumes_after_last_event_id_with_exactly_the_rest_in_order() {
     let (kafka, app) = common::spawn_app().await;
-    let stop = CancellationToken::new();
-    let processor = common::spawn_processor(&kafka, stop.clone());
+    let processor = common::Processor::start(&kafka);
     assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "sse"}))).await.0, 201);
 
     let base = app.url("");
@@ -131,16 +129,14 @@ async fn sse_resumes_after_last_event_id_with_exactly_the_rest_in_order() {
     drop(sse);
     replica.stop().await;
 
-    stop.cancel();
-    processor.await.unwrap();
+    processor.stop().await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn websocket_resumes_after_a_cursor_and_joins_the_live_feed() {
     let (kafka, app) = common::spawn_app().await;
-    let stop = CancellationToken::new();
-    let processor = common::spawn_processor(&kafka, stop.clone());
+    let processor = common::Processor::start(&kafka);
     assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "ws"}))).await.0, 201);
 
     let mut socket = ws(app.ws_url("/stream/ws/results")).await;
@@ -168,8 +164,7 @@ async fn websocket_resumes_after_a_cursor_and_joins_the_live_feed() {
         assert_eq!(n_of(&common::next_frame(&mut all, "result").await), expect);
     }
 
-    stop.cancel();
-    processor.await.unwrap();
+    processor.stop().await;
     app.stop().await;
 }
 
@@ -182,8 +177,7 @@ async fn get_json(url: &str) -> (u16, Value) {
 #[tokio::test]
 async fn the_json_long_poll_pages_through_a_stream() {
     let (kafka, app) = common::spawn_app().await;
-    let stop = CancellationToken::new();
-    let processor = common::spawn_processor(&kafka, stop.clone());
+    let processor = common::Processor::start(&kafka);
     assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "poll"}))).await.0, 201);
     send_n(&app, "poll", 0..25).await;
 
@@ -228,16 +222,14 @@ async fn the_json_long_poll_pages_through_a_stream() {
     assert_eq!(recent.len(), 26);
     assert!(recent.iter().all(|r| r["cursor"].is_string()));
 
-    stop.cancel();
-    processor.await.unwrap();
+    processor.stop().await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn bad_and_expired_cursors_are_refused() {
     let (kafka, app) = common::spawn_app().await;
-    let stop = CancellationToken::new();
-    let processor = common::spawn_processor(&kafka, stop.clone());
+    let processor = common::Processor::start(&kafka);
     for stream in ["mine", "other"] {
         assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": stream}))).await.0, 201);
     }
@@ -306,8 +298,7 @@ async fn bad_and_expired_cursors_are_refused() {
     let (_, data) = Sse::open(&app.url(""), "mine", KEY_A, None, "?from=beginning").await.next_result().await;
     assert_eq!(data["event_id"], third["event_id"]);
 
-    stop.cancel();
-    processor.await.unwrap();
+    processor.stop().await;
     app.stop().await;
 }
 
@@ -375,8 +366,7 @@ async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
     let mut config = common::config(kafka.clone());
     config.ws_buffer = 4;
     let app = common::start(config).await;
-    let stop = CancellationToken::new();
-    let processor = common::spawn_processor(&kafka, stop.clone());
+    let processor = common::Processor::start(&kafka);
     assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "slow"}))).await.0, 201);
 
     // A socket with a tiny receive buffer that is not read for now.
@@ -441,8 +431,7 @@ async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
     let problems = stream_core::metrics::lint(&text);
     assert!(problems.is_empty(), "promtool would complain: {problems:#?}");
 
-    stop.cancel();
-    processor.await.unwrap();
+    processor.stop().await;
     app.stop().await;
 }
 
@@ -452,9 +441,8 @@ async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
 async fn resume_on_a_fresh_gateway_after_sigkill() {
     const KEY: &str = "resume-kill-key";
     let kafka = stream_core::testing::kafka_args();
-    let stop = CancellationToken::new();
     let mut first = child::Gateway::start(&kafka, KEY, &[]).await;
-    let processor = common::spawn_processor(&kafka, stop.clone());
+    let processor = common::Processor::start(&kafka);
     let response = common::client()
         .post(first.url("/stream/start"))
         .header("X-API-Key", KEY)
@@ -496,6 +484,5 @@ async fn resume_on_a_fresh_gateway_after_sigkill() {
     assert_eq!(send_to(&second, 10).await.unwrap().status(), 200);
     assert_eq!(n_of(&sse.next_result().await.1), 10);
 
-    stop.cancel();
-    processor.await.unwrap();
+    processor.stop().await;
 }

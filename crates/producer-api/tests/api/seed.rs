@@ -9,7 +9,6 @@ use common::KEY_A;
 use serde_json::Value;
 use stream_core::testing::eventually;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_util::sync::CancellationToken;
 
 async fn form(app: &common::TestApp, path: &str, body: &'static str) -> (u16, Value) {
     common::post_as(app, path, "application/x-www-form-urlencoded", body).await
@@ -18,8 +17,7 @@ async fn form(app: &common::TestApp, path: &str, body: &'static str) -> (u16, Va
 #[tokio::test]
 async fn the_seeds_integration_flow_works_with_forms() {
     let (kafka, app) = common::spawn_app().await;
-    let stop = CancellationToken::new();
-    let processor = common::spawn_processor(&kafka, stop.clone());
+    let processor = common::Processor::start(&kafka);
 
     // gin's `c.PostForm("stream_id")`: the id comes in a form.
     let (status, body) = form(&app, "/stream/start", "stream_id=abc").await;
@@ -53,7 +51,6 @@ async fn the_seeds_integration_flow_works_with_forms() {
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["results"][0]["event_id"], ack["id"]);
 
-    stop.cancel();
-    processor.await.unwrap();
+    processor.stop().await;
     app.stop().await;
 }

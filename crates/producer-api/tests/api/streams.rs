@@ -17,8 +17,7 @@ use common::{connect, next_frame, next_frame_within, send, start_stream};
 #[tokio::test]
 async fn websocket_round_trip_through_a_processor() {
     let (kafka, app) = common::spawn_app().await;
-    let stop = CancellationToken::new();
-    let processor = common::spawn_processor(&kafka, stop.clone());
+    let processor = common::Processor::start(&kafka);
 
     let (status, body) = start_stream(&app, KEY_A, None).await;
     assert_eq!(status, 201, "{body}");
@@ -94,16 +93,14 @@ async fn websocket_round_trip_through_a_processor() {
     assert_eq!(u16::from(closed.expect("close frame has a code").code), 1000);
     assert_eq!(send(&app, KEY_A, &stream, json!({"data": 1})).await.0, 404);
 
-    stop.cancel();
-    processor.await.unwrap();
+    processor.stop().await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn server_sent_events_carry_results() {
     let (kafka, app) = common::spawn_app().await;
-    let stop = CancellationToken::new();
-    let processor = common::spawn_processor(&kafka, stop.clone());
+    let processor = common::Processor::start(&kafka);
     let (status, _) = start_stream(&app, KEY_A, Some(json!({"stream_id": "sse-stream"}))).await;
     assert_eq!(status, 201);
 
@@ -136,8 +133,7 @@ async fn server_sent_events_carry_results() {
     assert_eq!(data["event_id"], ack["id"]);
     assert_eq!(data["output"]["echo"], "hello");
 
-    stop.cancel();
-    processor.await.unwrap();
+    processor.stop().await;
     app.stop().await;
 }
 

@@ -73,6 +73,26 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
+/// [`spawn_processor`] with its own stop: `Processor::start`, then `stop`
+/// at the end of the test.
+pub struct Processor {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Processor {
+    pub fn start(kafka: &KafkaArgs) -> Self {
+        let stop = CancellationToken::new();
+        let task = spawn_processor(kafka, stop.clone());
+        Self { stop, task }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
 /// A stand-in for the consumer: reads the events topic and writes one
 /// `EventResult` per event to the results topic, keyed by stream id.
 pub fn spawn_processor(kafka: &KafkaArgs, stop: CancellationToken) -> JoinHandle<()> {
