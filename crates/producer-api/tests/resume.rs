@@ -386,14 +386,7 @@ async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
         assert!(count < 3000, "3000 results of 8 KiB did not overflow a 4-result buffer");
         let records: Vec<Value> =
             (count..count + 100).map(|n| json!({"message": {"n": n, "pad": pad}, "key": "slow"})).collect();
-        let response = common::client()
-            .post(app.url("/publish/batch"))
-            .header("X-API-Key", KEY_A)
-            .json(&records)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        common::publish_batch(&app, &records).await;
         count += 100;
         if overflowed_at.is_none() {
             let last = count - 1;

@@ -47,16 +47,7 @@ async fn flood(app: &common::TestApp, stream: &str, count: usize, size: usize) {
         let records: Vec<Value> = (0..250.min(count - chunk * 250))
             .map(|n| json!({"message": {"n": chunk * 250 + n, "pad": payload}, "key": stream}))
             .collect();
-        let response = common::client()
-            .post(app.url("/publish/batch"))
-            .header("X-API-Key", KEY_A)
-            .json(&records)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["failed"], 0, "{body}");
+        common::publish_batch(app, &records).await;
     }
 }
 

@@ -39,15 +39,7 @@ async fn consumer_process() {
 async fn publish(app: &common::TestApp, sent: &mut Vec<String>, range: std::ops::Range<usize>) {
     let records: Vec<Value> = range.map(|n| json!({"message": {"n": n}, "key": "watched"})).collect();
     for chunk in records.chunks(250) {
-        let response = common::client()
-            .post(app.url("/publish/batch"))
-            .header("X-API-Key", KEY_A)
-            .json(&chunk)
-            .send()
-            .await
-            .unwrap();
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["failed"], 0, "{body}");
+        let body = common::publish_batch(app, chunk).await;
         sent.extend(body["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()));
     }
 }

@@ -73,6 +73,17 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
+/// Publishes `records` through `/publish/batch` as key A and returns the
+/// reply, after checking that every record was accepted.
+pub async fn publish_batch(app: &TestApp, records: &[Value]) -> Value {
+    let response =
+        client().post(app.url("/publish/batch")).header("X-API-Key", KEY_A).json(records).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["failed"], 0, "{body}");
+    body
+}
+
 /// [`spawn_processor`] with its own stop: `Processor::start`, then `stop`
 /// at the end of the test.
 pub struct Processor {
