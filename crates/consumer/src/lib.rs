@@ -34,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 
 pub mod dlq;
 pub mod processor;
-mod record;
 mod startup;
 pub mod stats;
 mod worker;

@@ -14,7 +14,7 @@ use stream_core::kafka::{self, GroupContext};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::Record;
+use super::record::Record;
 use crate::stats::Stats;
 
 /// A running partition task, as the poll thread and the rebalance callback

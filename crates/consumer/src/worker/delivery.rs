@@ -12,10 +12,10 @@ use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use stream_core::kafka::{self, Producer};
 use stream_core::schema::{header, trace, Timestamp};
 
+use super::record::Record;
 use super::shared::Shared;
 use crate::dlq;
 use crate::processor::Processor;
-use crate::record::Record;
 use crate::stats::Stats;
 
 /// What became of one record once its output was acknowledged.

@@ -15,6 +15,7 @@ mod context;
 mod delivery;
 mod partition;
 mod poll;
+mod record;
 mod shared;
 
 pub(crate) use context::{Member, WorkerContext};

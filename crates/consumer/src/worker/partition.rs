@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::Member;
 use super::delivery::{dead_letter, send, Delivery, InFlight, Kind, Outcome, Sent};
+use super::record::Record;
 use super::shared::{Shared, RESULT_SOURCE};
 use crate::dlq;
 use crate::processor::{ProcessError, Processor, WorkerInfo};
-use crate::record::Record;
 
 /// The task that owns one assigned partition until it is revoked or the
 /// run stops.

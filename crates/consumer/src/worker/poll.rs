@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 
 use super::context::{commit_stored, Member, PartitionHandle};
 use super::partition::PartitionTask;
+use super::record::Record;
 use super::shared::Shared;
 use crate::processor::{Processor, WorkerInfo};
-use crate::record::Record;
 
 /// Most records the poll thread hands to a partition task at once: it
 /// takes every record librdkafka already has (up to this many) and passes

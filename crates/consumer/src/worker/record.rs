@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rdkafka::message::BorrowedMessage;
 
-use crate::worker::Member;
+use super::Member;
 
 /// A record as librdkafka delivered it: payload, key and headers stay in
 /// librdkafka's fetch buffer until the record is dropped.
