@@ -3,7 +3,8 @@
 //! `cargo bench -p producer-api`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use producer_api::results::{Delivered, Pos};
+use producer_api::cursor::Pos;
+use producer_api::delivered::Delivered;
 use serde_json::json;
 use stream_core::schema::{EventResult, Timestamp};
 

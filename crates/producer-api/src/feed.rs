@@ -1,5 +1,5 @@
 //! One subscriber's results, in the stream's order, each once: the live
-//! feed from the [`Hub`](crate::results::Hub), and the log (the results
+//! feed from the [`Hub`](crate::hub::Hub), and the log (the results
 //! topic) wherever the live feed cannot serve.
 //!
 //! A feed reads from the log while it is behind: after a resume from a
@@ -36,8 +36,11 @@ use rdkafka::message::Message;
 use serde_json::json;
 use stream_core::kafka::TracingContext;
 
+use crate::cursor::{Cursor, CursorError, Pos};
+use crate::delivered::Delivered;
 use crate::error::AppError;
-use crate::results::{Cursor, CursorError, Delivered, Next, Pos, ResultsLog, Seen, Subscription};
+use crate::hub::{Next, Seen, Subscription};
+use crate::results::ResultsLog;
 
 /// Where a feed starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,10 @@
 //! - [`publish`]: `/publish`, `/publish/batch`.
 //! - [`reader`]: following a topic (the registry's and the results').
 //! - [`registry`]: stream ownership in a compacted topic.
-//! - [`results`]: the results reader, per-stream fan-out, cursors.
+//! - [`cursor`]: positions in the results topic and resume cursors.
+//! - [`hub`]: per-stream fan-out of results to subscribers' mailboxes.
+//! - [`delivered`]: a result record framed once for every subscriber.
+//! - [`results`]: the results topic's live reader, and the topic as a log.
 //! - [`feed`]: one subscriber's results: live, from the log, each once.
 //! - [`streams`]: `/stream/...` handlers; [`ws`]: WebSocket and SSE.
 //! - [`idempotency`]: `Idempotency-Key` (one write per key, replays);
@@ -25,9 +28,12 @@
 
 pub mod auth;
 pub mod config;
+pub mod cursor;
+pub mod delivered;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod hub;
 pub mod idempotency;
 pub mod openapi;
 pub mod ops;
@@ -66,9 +72,10 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use crate::config::Config;
 pub use crate::error::AppError;
+use crate::hub::Hub;
 use crate::producer::Publisher;
 use crate::registry::Registry;
-use crate::results::{Hub, ResultsLog, ResultsReader};
+use crate::results::{ResultsLog, ResultsReader};
 
 /// Everything a handler needs. A clone is one reference count: axum clones
 /// the state for every extractor and middleware of every request, and a

@@ -28,8 +28,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::Hub;
 use crate::reader::Follower;
-use crate::results::Hub;
 
 /// The value of an ownership record.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -384,7 +384,7 @@ async fn long_poll(state: &AppState, stream_id: &str, start: Start, poll: Poll) 
 /// as they are (each a JSON object).
 fn results_body(
     stream_id: &str,
-    results: &[std::sync::Arc<crate::results::Delivered>],
+    results: &[std::sync::Arc<crate::delivered::Delivered>],
     next: Option<String>,
     always_next: bool,
 ) -> Response {

@@ -1,0 +1,171 @@
+//! A result record framed for delivery: its JSON exactly as the consumer
+//! wrote it, with its type and cursor put in front, built once and shared
+//! by every subscriber.
+
+use std::borrow::Cow;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use stream_core::schema::{EventResult, Timestamp};
+
+use crate::cursor::{stream_tag, Cursor, Pos};
+
+/// FNV-1a, 64 bits, of an event id's JSON text: what per-subscriber
+/// deduplication remembers instead of the id itself.
+fn event_hash(raw: &str) -> u64 {
+    raw.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, b| (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// One result as it is delivered: the record's JSON exactly as the
+/// consumer wrote it, with its type and cursor in front, built once and
+/// shared by every subscriber.
+#[derive(Debug)]
+pub struct Delivered {
+    /// `{"type":"result","cursor":"...", ...the result's fields}`.
+    pub frame: Utf8Bytes,
+    /// Where the result record is, for resuming and for joining a catch-up
+    /// read with the live feed without a gap or a repeat.
+    pub pos: Pos,
+    /// Hash of the result's `event_id`, for deduplication.
+    pub event: u64,
+    /// Length of the cursor inside the frame.
+    cursor_len: u8,
+}
+
+const FRAME_HEAD: &str = "{\"type\":\"result\",\"cursor\":\"";
+
+/// The fields of a result the router itself needs; the rest (above all the
+/// output, of any size) is passed through as bytes, never parsed into a
+/// tree and written again.
+#[derive(Deserialize)]
+struct ResultHead<'a> {
+    #[serde(borrow)]
+    event_id: &'a RawValue,
+    #[serde(default, borrow)]
+    stream_id: Option<Cow<'a, str>>,
+    event_time: Timestamp,
+}
+
+/// A result record read and framed, with the stream it belongs to.
+#[derive(Debug)]
+pub struct Decoded {
+    pub delivered: Delivered,
+    pub stream: String,
+    pub event_time: Timestamp,
+}
+
+/// Why a record was not routed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Undecodable {
+    /// Not a result object.
+    NotAResult,
+    /// Neither a key nor a `stream_id`: it belongs to no stream.
+    NoStream,
+}
+
+impl Delivered {
+    /// A result record's value framed for delivery, with the stream it
+    /// belongs to: the record key, else the result's `stream_id`.
+    pub fn decode(value: &[u8], key: Option<&[u8]>, pos: Pos) -> Result<Decoded, Undecodable> {
+        let head: ResultHead<'_> = serde_json::from_slice(value).map_err(|_| Undecodable::NotAResult)?;
+        let stream = match key.and_then(|k| std::str::from_utf8(k).ok()) {
+            Some(key) => key.to_owned(),
+            None => head.stream_id.map(Cow::into_owned).ok_or(Undecodable::NoStream)?,
+        };
+        // serde_json has checked the whole value is one JSON document; the
+        // bytes outside strings are ASCII, and strings it skipped are
+        // checked here.
+        let text = std::str::from_utf8(value).map_err(|_| Undecodable::NotAResult)?.trim_ascii();
+        let delivered =
+            Self::frame(text, &stream, pos, event_hash(head.event_id.get())).ok_or(Undecodable::NotAResult)?;
+        Ok(Decoded { delivered, stream, event_time: head.event_time })
+    }
+
+    /// The frame of a result object: its own text with `"type":"result"`
+    /// and its cursor put in front of its first field.
+    fn frame(text: &str, stream: &str, pos: Pos, event: u64) -> Option<Self> {
+        let body = text.strip_prefix('{')?.trim_start();
+        let mut frame = String::with_capacity(text.len() + FRAME_HEAD.len() + 40);
+        frame.push_str(FRAME_HEAD);
+        Cursor::after(pos).write(stream_tag(stream), &mut frame);
+        let cursor_len = (frame.len() - FRAME_HEAD.len()) as u8;
+        frame.push('"');
+        if !body.starts_with('}') {
+            frame.push(',');
+        }
+        frame.push_str(body);
+        Some(Self { frame: frame.into(), pos, event, cursor_len })
+    }
+
+    /// A delivered result from a result value (tests, and results built here).
+    pub fn new(result: &EventResult, pos: Pos) -> Self {
+        let text = serde_json::to_string(result).expect("results serialise");
+        let event = serde_json::to_string(&result.event_id).expect("ids serialise");
+        let stream = result.stream_id.as_deref().unwrap_or_default();
+        Self::frame(&text, stream, pos, event_hash(&event)).expect("a result is a JSON object")
+    }
+
+    /// This result's cursor: a client that has it resumes right after it.
+    pub fn cursor(&self) -> &str {
+        &self.frame.as_str()[FRAME_HEAD.len()..FRAME_HEAD.len() + self.cursor_len as usize]
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+
+    pub(crate) fn result(n: u64) -> Arc<Delivered> {
+        Arc::new(Delivered::new(
+            &EventResult {
+                event_id: format!("e{n}"),
+                stream_id: Some("s".into()),
+                event_time: Timestamp::from_micros(1),
+                processed_at: Timestamp::from_micros(2),
+                worker_id: Some(0),
+                latency_us: n,
+                output: json!({"n": n}),
+                traceparent: None,
+            },
+            Pos { partition: 1, offset: n as i64 },
+        ))
+    }
+
+    pub(crate) fn latency(d: &Delivered) -> u64 {
+        serde_json::from_str::<EventResult>(d.frame.as_str()).unwrap().latency_us
+    }
+
+    #[test]
+    fn records_that_are_not_results_are_refused() {
+        let pos = Pos { partition: 0, offset: 0 };
+        for bad in [&b"not json"[..], b"[1]", b"{}", b"{\"event_id\": \"e\"}", b"\"text\"", b"[\"e\", \"s\", 1]"] {
+            assert_eq!(Delivered::decode(bad, Some(b"s"), pos).unwrap_err(), Undecodable::NotAResult);
+        }
+        let good = serde_json::to_vec(&serde_json::from_str::<EventResult>(result(3).frame.as_str()).unwrap()).unwrap();
+        let decoded = Delivered::decode(&good, None, pos).unwrap();
+        assert_eq!(decoded.stream, "s");
+        assert_eq!(latency(&decoded.delivered), 3);
+        assert_eq!(Delivered::decode(&good, Some(b"key"), pos).unwrap().stream, "key", "the key wins");
+        let keyless = br#"{"event_id":"e","event_time":"2025-01-01T00:00:00Z"}"#;
+        assert_eq!(Delivered::decode(keyless, None, pos).unwrap_err(), Undecodable::NoStream);
+    }
+
+    #[tokio::test]
+    async fn frames_flatten_the_result_behind_its_cursor() {
+        let delivered = result(7);
+        let frame: serde_json::Value = serde_json::from_str(delivered.frame.as_str()).unwrap();
+        assert_eq!(frame["type"], "result");
+        assert_eq!(frame["event_id"], "e7");
+        assert_eq!(frame["output"]["n"], 7);
+        assert_eq!(frame["stream_id"], "s");
+        assert_eq!(frame["cursor"], delivered.cursor());
+        assert_eq!(Cursor::parse(delivered.cursor(), "s"), Ok(Cursor { partition: 1, next: 8 }));
+        assert_eq!(delivered.event, result(7).event, "the same event id, the same hash");
+        assert_ne!(delivered.event, result(8).event);
+    }
+}
