@@ -23,6 +23,7 @@
 //! - [`streams`]: `/stream/...` handlers; [`ws`]: WebSocket and SSE.
 //! - [`idempotency`]: `Idempotency-Key` (one write per key, replays);
 //!   [`ratelimit`]: per-key rate limits; [`validation`]: the event schema.
+//! - [`layers`]: CORS, panics answered 500, per-request metrics and limits.
 //! - [`serve`]: the connection loop (connection limit, header timeout).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; [`openapi`]: `/openapi.json`.
 
@@ -35,6 +36,7 @@ pub mod extract;
 pub mod feed;
 pub mod hub;
 pub mod idempotency;
+pub mod layers;
 pub mod openapi;
 pub mod ops;
 pub mod page;
@@ -50,15 +52,14 @@ pub mod validation;
 pub mod ws;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use axum::middleware;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
@@ -66,13 +67,12 @@ use stream_core::kafka::{self, ProducerOptions};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower_http::catch_panic::{CatchPanicLayer, ResponseForPanic};
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use crate::config::Config;
 pub use crate::error::AppError;
 use crate::hub::Hub;
+pub use crate::layers::cors;
 use crate::producer::Publisher;
 use crate::registry::Registry;
 use crate::results::{ResultsLog, ResultsReader};
@@ -175,92 +175,16 @@ pub fn app(state: AppState) -> Router {
     let router = router
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(catch_panic(state.panics.clone()))
+        .layer(layers::catch_panic(state.panics.clone()))
         // A body that trickles in slower than this is answered 408 and the
         // connection closed: a slow upload cannot hold a request slot.
         .layer(RequestBodyTimeoutLayer::new(state.config.body_read_timeout))
-        .layer(middleware::from_fn_with_state(state.clone(), observe));
-    let router = match cors(&state.config) {
+        .layer(middleware::from_fn_with_state(state.clone(), layers::observe));
+    let router = match layers::cors(&state.config) {
         Some(cors) => router.layer(cors),
         None => router,
     };
     router.with_state(state)
-}
-
-/// CORS for the configured origins; none configured, no CORS headers at all
-/// (browsers then refuse cross-origin calls, the safe default).
-pub fn cors(config: &Config) -> Option<CorsLayer> {
-    let origins = config.cors_origins();
-    if origins.is_empty() {
-        return None;
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([
-                header::CONTENT_TYPE,
-                header::AUTHORIZATION,
-                HeaderName::from_static("x-api-key"),
-                HeaderName::from_static(idempotency::HEADER),
-            ])
-            .expose_headers([
-                header::RETRY_AFTER,
-                HeaderName::from_static(idempotency::REPLAYED),
-                HeaderName::from_static("ratelimit-limit"),
-                HeaderName::from_static("ratelimit-remaining"),
-                HeaderName::from_static("ratelimit-reset"),
-            ])
-            .max_age(Duration::from_secs(600)),
-    )
-}
-
-/// Turns a handler panic into a 500 in the API's error format, and counts
-/// it, instead of dropping the connection: a panic is a bug, and it must be
-/// visible (`http_panics_total`, [`AppState::panics`]) rather than silent.
-pub fn catch_panic(panics: Arc<AtomicU64>) -> CatchPanicLayer<PanicTo500> {
-    CatchPanicLayer::custom(PanicTo500(panics))
-}
-
-/// The answer [`catch_panic`] gives, counting into its counter.
-#[derive(Debug, Clone)]
-pub struct PanicTo500(Arc<AtomicU64>);
-
-impl ResponseForPanic for PanicTo500 {
-    type ResponseBody = axum::body::Body;
-
-    fn response_for_panic(&mut self, panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("http_panics_total").increment(1);
-        let what = stream_core::telemetry::panic_message(&*panic);
-        AppError::Internal(format!("handler panicked: {what}")).into_response()
-    }
-}
-
-/// Per-request metrics and error reports, and the in-flight limit that sheds load with 429
-/// instead of queueing without bound.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
-        let response = AppError::TooManyRequests.into_response();
-        error::report(&response);
-        return response;
-    };
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let method = request.method().clone();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    error::report(&response);
-    let route = route.unwrap_or_else(|| "unmatched".into());
-    let status = response.status().as_u16().to_string();
-    let labels = [("method", method.to_string()), ("route", route), ("status", status)];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
-    response
 }
 
 /// State with its Kafka clients; the background readers are returned
@@ -409,31 +333,5 @@ impl Application {
         }
         tracing::info!("producer-api stopped");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use tower::ServiceExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_panicking_handler_is_answered_500_and_counted() {
-        let panics = Arc::new(AtomicU64::new(0));
-        let router = Router::new()
-            .route("/boom", get(|| async { panic!("boom") as &'static str }))
-            .route("/fine", get(|| async { "ok" }))
-            .layer(catch_panic(panics.clone()));
-        let response = router.clone().oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
-        assert_eq!(response.status(), 500);
-        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body, serde_json::json!({"error": "internal error"}));
-        assert_eq!(panics.load(Ordering::Relaxed), 1);
-        let response = router.oneshot(Request::get("/fine").body(Body::empty()).unwrap()).await.unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(panics.load(Ordering::Relaxed), 1);
     }
 }
