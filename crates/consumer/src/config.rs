@@ -1,0 +1,231 @@
+//! The consumer's command line (every flag also an environment variable).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::builder::RangedU64ValueParser;
+use clap::Args;
+use stream_core::config::{parse_duration, LogArgs, LogFormat};
+use stream_core::kafka::StartFrom;
+use stream_core::KafkaArgs;
+
+/// Examples shown at the end of `--help`.
+pub const AFTER_HELP: &str = "\
+Examples:
+  # Four workers on the default topics (events -> events.results, events.dlq)
+  consumer --workers 4
+
+  # Create missing topics first, serve Prometheus metrics on :9464
+  consumer --create-topics --metrics-addr 0.0.0.0:9464
+
+  # Another topic and group, against a remote cluster
+  KAFKA_BROKERS=broker1:9092,broker2:9092 consumer --topic orders --group orders-processor
+
+Delivery is at-least-once: an event's offset is committed only after its
+result (or its dead letter) is acknowledged by the broker, so a crash
+replays unfinished events and never skips one. Events whose payload cannot
+be processed (not JSON, say) go to the dead-letter topic with dlq_error,
+dlq_error_kind, dlq_source_topic, dlq_source_partition, dlq_source_offset
+and dlq_time headers, next to their original ce_* headers.";
+
+// Defaults the flags and `Config::for_tests` share.
+const DEFAULT_MAX_IN_FLIGHT: usize = 5_000;
+const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
+const MAX_WORKERS: usize = 1024;
+
+/// Command-line and environment configuration of the consumer.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Workers (group members) in this process. Partitions are spread over
+    /// them; more workers than partitions leaves some idle.
+    #[arg(short = 'w', long, env = "WORKERS", default_value_t = 2,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_WORKERS as u64))]
+    pub workers: usize,
+
+    /// Consumer group. Processes sharing it split the partitions between
+    /// them; a new group starts at --start-from.
+    #[arg(short = 'g', long, env = "CONSUMER_GROUP", default_value = "events-processor")]
+    pub group: String,
+
+    /// Where a group without committed offsets starts reading.
+    #[arg(long, env = "START_FROM", value_enum, default_value_t = StartFrom::Earliest)]
+    pub start_from: StartFrom,
+
+    /// Create the events, results and DLQ topics if they do not exist
+    /// (with --partitions and --replication-factor). On by default, so a
+    /// consumer started first on a fresh broker works; existing topics are
+    /// never changed. `--create-topics false` instead fails at start-up when
+    /// a topic is missing (a typo in a topic name, say).
+    #[arg(
+        long,
+        env = "CREATE_TOPICS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub create_topics: bool,
+
+    /// Write each result as a CloudEvent: the result JSON plus the ce_*
+    /// headers and the event's traceparent. `--result-headers false` writes
+    /// the JSON and the key (the stream id) only: smaller records, all that
+    /// producer-api needs to route results, and cheaper on brokers where
+    /// headers are costly.
+    #[arg(
+        long,
+        env = "RESULT_HEADERS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub result_headers: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9464.
+    /// Off unless set.
+    #[arg(long, env = "METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Records per partition whose results may await their ack at once.
+    /// Higher pipelines more; each is replayed after a crash.
+    #[arg(long, env = "CONSUMER_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_in_flight: usize,
+
+    /// How long the group waits for a silent worker before moving its
+    /// partitions to others (a killed process is noticed after this).
+    #[arg(long, env = "SESSION_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub session_timeout: Duration,
+
+    /// How long a rebalance or shutdown waits for in-flight results to be
+    /// acknowledged before giving up on them (they are then processed again).
+    #[arg(long, env = "DRAIN_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_DRAIN_TIMEOUT)]
+    pub drain_timeout: Duration,
+
+    /// Connection attempts at start-up (each waits --connect-timeout), with
+    /// doubling pauses between them, before giving up.
+    #[arg(long, env = "CONNECT_ATTEMPTS", default_value_t = 5, value_parser = RangedU64ValueParser::<u32>::new().range(1..))]
+    pub connect_attempts: u32,
+
+    /// Period of the throughput log line and of the lag statistics.
+    #[arg(long, env = "STATS_INTERVAL", value_parser = parse_duration, default_value = "10s")]
+    pub stats_interval: Duration,
+
+    // The shared groups come last: each sets its own help heading, which
+    // would otherwise carry over to the consumer's own flags.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// A configuration for tests: `workers` workers in a fresh group, topics
+    /// created if missing, no metrics listener, a short session timeout.
+    pub fn for_tests(kafka: KafkaArgs, workers: usize) -> Self {
+        Self {
+            kafka,
+            log: LogArgs { log_format: LogFormat::Text },
+            workers,
+            group: format!("consumer-test-{}", uuid::Uuid::new_v4().simple()),
+            start_from: StartFrom::Earliest,
+            create_topics: true,
+            result_headers: true,
+            metrics_addr: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            session_timeout: Duration::from_secs(6),
+            drain_timeout: parse_duration(DEFAULT_DRAIN_TIMEOUT).expect("the default parses"),
+            connect_attempts: 3,
+            stats_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks what clap cannot, naming the flag at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.kafka.validate()?;
+        let invalid = |msg: String| Err(anyhow::anyhow!("invalid configuration: {msg}"));
+        // clap enforces these ranges on the command line; a Config built in
+        // code gets the same checks here.
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return invalid(format!("--workers (WORKERS) is {}; use 1 to {MAX_WORKERS}", self.workers));
+        }
+        if self.max_in_flight == 0 || self.connect_attempts == 0 {
+            return invalid("--max-in-flight and --connect-attempts must be at least 1".into());
+        }
+        if self.group.trim().is_empty() {
+            return invalid("--group (CONSUMER_GROUP) is empty".into());
+        }
+        if self.stats_interval.is_zero() {
+            return invalid("--stats-interval (STATS_INTERVAL) must be longer than 0".into());
+        }
+        let t = &self.kafka.topics;
+        if t.events == t.results || t.events == t.dlq {
+            return invalid(format!(
+                "the events topic {:?} is also the results or DLQ topic; the consumer would read its own output \
+                 (set --results-topic and --dlq-topic to other names)",
+                t.events
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cli = Cli::try_parse_from(["consumer"]).unwrap();
+        assert_eq!(cli.config.group, "events-processor");
+        assert_eq!(cli.config.workers, 2);
+        assert!(cli.config.metrics_addr.is_none());
+        assert!(cli.config.create_topics, "a fresh broker needs no extra flag");
+        cli.config.validate().unwrap();
+    }
+
+    #[test]
+    fn create_topics_can_be_switched_off() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().config.create_topics;
+        assert!(parse(&["consumer", "--create-topics"]));
+        assert!(!parse(&["consumer", "--create-topics", "false"]));
+        assert!(!parse(&["consumer", "--create-topics=false", "--workers", "3"]));
+    }
+
+    #[test]
+    fn out_of_range_counts_are_rejected_naming_the_flag() {
+        for (flag, value) in
+            [("--workers", "0"), ("--workers", "1025"), ("--max-in-flight", "0"), ("--connect-attempts", "0")]
+        {
+            let err = Cli::try_parse_from(["consumer", flag, value]).err().unwrap_or_else(|| panic!("{flag} {value}"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{flag} {value}");
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+    }
+
+    #[test]
+    fn reading_its_own_output_is_rejected() {
+        let cli = Cli::try_parse_from(["consumer", "--topic", "x", "--results-topic", "x"]).unwrap();
+        let err = cli.config.validate().unwrap_err().to_string();
+        assert!(err.contains("--results-topic"), "{err}");
+    }
+
+    #[test]
+    fn test_configs_get_fresh_groups() {
+        let a = Config::for_tests(KafkaArgs::for_brokers("x:1"), 1);
+        let b = Config::for_tests(KafkaArgs::for_brokers("x:1"), 1);
+        assert_ne!(a.group, b.group);
+        a.validate().unwrap();
+    }
+}
