@@ -17,9 +17,21 @@ async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {
     create_project_topics(&args).await;
     let results = Collector::start(&args, &args.topics.results).await;
     let events = json_events(20_000, 50);
-    publish(&args, &events).await;
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let group = unique_name("crash-test");
+    // Events arrive over about four seconds instead of all before the start:
+    // the kill below must land while there is work left, however quickly
+    // the first process gets through what is there.
+    let feeder = {
+        let args = args.clone();
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
+            for chunk in events.chunks(500) {
+                pace.tick().await;
+                publish(&args, chunk).await;
+            }
+        })
+    };
 
     let mut first = start_binary(&args, &group, &format!("{group}-1.log"));
     results.wait_for_len(500, "the first process to produce some results").await;
@@ -33,6 +45,7 @@ async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {
     assert!(at_kill < ids.len(), "the kill must land mid-run ({at_kill} results already)");
 
     let second = start_binary(&args, &group, &format!("{group}-2.log"));
+    feeder.await.expect("every event published");
     let got = results.wait_for_ids(&ids).await;
 
     // A graceful stop of the second process commits everything.
