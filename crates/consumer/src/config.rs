@@ -175,29 +175,23 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    use stream_core::config::parse_flags;
 
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: Config,
-    }
-
     #[test]
     fn defaults_are_valid() {
-        let cli = Cli::try_parse_from(["consumer"]).unwrap();
-        assert_eq!(cli.config.group, "events-processor");
-        assert_eq!(cli.config.workers, 2);
-        assert!(cli.config.metrics_addr.is_none());
-        assert!(cli.config.create_topics, "a fresh broker needs no extra flag");
-        cli.config.validate().unwrap();
+        let cli = parse_flags::<Config>(&["consumer"]).unwrap();
+        assert_eq!(cli.group, "events-processor");
+        assert_eq!(cli.workers, 2);
+        assert!(cli.metrics_addr.is_none());
+        assert!(cli.create_topics, "a fresh broker needs no extra flag");
+        cli.validate().unwrap();
     }
 
     #[test]
     fn create_topics_can_be_switched_off() {
-        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().config.create_topics;
+        let parse = |args: &[&str]| parse_flags::<Config>(args).unwrap().create_topics;
         assert!(parse(&["consumer", "--create-topics"]));
         assert!(!parse(&["consumer", "--create-topics", "false"]));
         assert!(!parse(&["consumer", "--create-topics=false", "--workers", "3"]));
@@ -208,7 +202,8 @@ mod tests {
         for (flag, value) in
             [("--workers", "0"), ("--workers", "1025"), ("--max-in-flight", "0"), ("--connect-attempts", "0")]
         {
-            let err = Cli::try_parse_from(["consumer", flag, value]).err().unwrap_or_else(|| panic!("{flag} {value}"));
+            let err =
+                parse_flags::<Config>(&["consumer", flag, value]).err().unwrap_or_else(|| panic!("{flag} {value}"));
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{flag} {value}");
             assert!(err.to_string().contains(flag), "{err}");
         }
@@ -216,8 +211,8 @@ mod tests {
 
     #[test]
     fn reading_its_own_output_is_rejected() {
-        let cli = Cli::try_parse_from(["consumer", "--topic", "x", "--results-topic", "x"]).unwrap();
-        let err = cli.config.validate().unwrap_err().to_string();
+        let cli = parse_flags::<Config>(&["consumer", "--topic", "x", "--results-topic", "x"]).unwrap();
+        let err = cli.validate().unwrap_err().to_string();
         assert!(err.contains("--results-topic"), "{err}");
     }
 

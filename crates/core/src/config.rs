@@ -281,33 +281,32 @@ pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|e| format!("{raw:?} is not a duration like 500ms, 10s or 1m: {e}"))
 }
 
+/// Parses `argv` (program name first) into `T` as a binary that flattens
+/// `T` into its command line would; for tests of each crate's flags.
+pub fn parse_flags<T: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> Result<T, clap::Error> {
+    let matches = T::augment_args(clap::Command::new("test")).try_get_matches_from(argv)?;
+    T::from_arg_matches(&matches)
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        kafka: KafkaArgs,
-    }
 
     #[test]
     fn defaults_match_the_documented_names() {
-        let cli = Cli::try_parse_from(["x"]).unwrap();
-        assert_eq!(cli.kafka.topics.events, "events");
-        assert_eq!(cli.kafka.topics.results, "events.results");
-        assert_eq!(cli.kafka.topics.dlq, "events.dlq");
-        assert_eq!(cli.kafka.security_protocol, SecurityProtocol::Plaintext);
-        cli.kafka.validate().unwrap();
+        let cli = parse_flags::<KafkaArgs>(&["x"]).unwrap();
+        assert_eq!(cli.topics.events, "events");
+        assert_eq!(cli.topics.results, "events.results");
+        assert_eq!(cli.topics.dlq, "events.dlq");
+        assert_eq!(cli.security_protocol, SecurityProtocol::Plaintext);
+        cli.validate().unwrap();
     }
 
     #[test]
     fn properties_repeat_and_keep_equals_signs_in_values() {
-        let cli = Cli::try_parse_from(["x", "-X", "linger.ms=10", "-X", "sasl.oauthbearer.config=a=b"]).unwrap();
+        let cli = parse_flags::<KafkaArgs>(&["x", "-X", "linger.ms=10", "-X", "sasl.oauthbearer.config=a=b"]).unwrap();
         assert_eq!(
-            cli.kafka.properties,
+            cli.properties,
             vec![
                 ("linger.ms".to_string(), "10".to_string()),
                 ("sasl.oauthbearer.config".to_string(), "a=b".to_string())
@@ -317,24 +316,25 @@ mod tests {
 
     #[test]
     fn a_property_without_equals_is_rejected_with_an_example() {
-        let err = Cli::try_parse_from(["x", "-X", "linger.ms"]).err().unwrap().to_string();
+        let err = parse_flags::<KafkaArgs>(&["x", "-X", "linger.ms"]).err().unwrap().to_string();
         assert!(err.contains("KEY=VALUE"), "{err}");
     }
 
     #[test]
     fn topic_alias_and_bad_topic_names() {
-        let cli = Cli::try_parse_from(["x", "--topic", "orders"]).unwrap();
-        assert_eq!(cli.kafka.topics.events, "orders");
-        let cli = Cli::try_parse_from(["x", "--topic", "bad/topic"]).unwrap();
-        let err = cli.kafka.validate().unwrap_err().to_string();
+        let cli = parse_flags::<KafkaArgs>(&["x", "--topic", "orders"]).unwrap();
+        assert_eq!(cli.topics.events, "orders");
+        let cli = parse_flags::<KafkaArgs>(&["x", "--topic", "bad/topic"]).unwrap();
+        let err = cli.validate().unwrap_err().to_string();
         assert!(err.contains("--events-topic") && err.contains("bad/topic"), "{err}");
     }
 
     #[test]
     fn sasl_needs_credentials() {
         let cli =
-            Cli::try_parse_from(["x", "--security-protocol", "sasl_ssl", "--sasl-mechanism", "SCRAM-SHA-512"]).unwrap();
-        let err = cli.kafka.validate().unwrap_err().to_string();
+            parse_flags::<KafkaArgs>(&["x", "--security-protocol", "sasl_ssl", "--sasl-mechanism", "SCRAM-SHA-512"])
+                .unwrap();
+        let err = cli.validate().unwrap_err().to_string();
         assert!(err.contains("--sasl-username"), "{err}");
     }
 

@@ -370,41 +370,35 @@ pub fn write_key_file(key: &str, port: u16) -> std::io::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    use stream_core::config::parse_flags;
 
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: Config,
-    }
-
     #[test]
     fn keys_come_from_both_flags() {
-        let cli = Cli::try_parse_from(["x", "--api-keys", "a, b,", "--api-key", "c"]).unwrap();
-        assert_eq!(cli.config.keys(), ["a", "b", "c"]);
-        cli.config.validate().unwrap();
-        assert_eq!(cli.config.listen_addr.port(), 8082);
-        let cli = Cli::try_parse_from(["x", "--api-keys", "a,b,a,c,b", "--api-key", "a"]).unwrap();
-        assert_eq!(cli.config.keys(), ["a", "b", "c"], "repeats anywhere are dropped");
+        let cli = parse_flags::<Config>(&["x", "--api-keys", "a, b,", "--api-key", "c"]).unwrap();
+        assert_eq!(cli.keys(), ["a", "b", "c"]);
+        cli.validate().unwrap();
+        assert_eq!(cli.listen_addr.port(), 8082);
+        let cli = parse_flags::<Config>(&["x", "--api-keys", "a,b,a,c,b", "--api-key", "a"]).unwrap();
+        assert_eq!(cli.keys(), ["a", "b", "c"], "repeats anywhere are dropped");
     }
 
     #[test]
     fn no_key_is_a_configuration_error_until_one_is_generated() {
-        let mut cli = Cli::try_parse_from(["x", "--api-keys", " ,"]).unwrap();
-        let err = cli.config.validate().unwrap_err().to_string();
+        let mut cli = parse_flags::<Config>(&["x", "--api-keys", " ,"]).unwrap();
+        let err = cli.validate().unwrap_err().to_string();
         assert!(err.contains("API_KEYS"), "{err}");
 
-        let key = cli.config.generate_key_if_none().expect("a generated key");
+        let key = cli.generate_key_if_none().expect("a generated key");
         assert!(key.len() > 30, "{key}");
-        assert_eq!(cli.config.keys(), std::slice::from_ref(&key));
-        cli.config.validate().unwrap();
-        assert_eq!(cli.config.generate_key_if_none(), None, "one key is enough");
-        assert_eq!(cli.config.keys(), [key]);
+        assert_eq!(cli.keys(), std::slice::from_ref(&key));
+        cli.validate().unwrap();
+        assert_eq!(cli.generate_key_if_none(), None, "one key is enough");
+        assert_eq!(cli.keys(), [key]);
 
-        let mut other = Cli::try_parse_from(["x"]).unwrap();
-        assert_ne!(other.config.generate_key_if_none(), Some(cli.config.keys()[0].clone()));
+        let mut other = parse_flags::<Config>(&["x"]).unwrap();
+        assert_ne!(other.generate_key_if_none(), Some(cli.keys()[0].clone()));
     }
 
     #[test]
@@ -425,18 +419,18 @@ mod tests {
     #[test]
     fn zero_counts_are_refused_naming_the_flag() {
         for flag in ["--ws-buffer", "--max-in-flight", "--max-connections", "--idempotency-max-keys"] {
-            let err = Cli::try_parse_from(["x", flag, "0"]).err().unwrap_or_else(|| panic!("{flag} 0 accepted"));
+            let err = parse_flags::<Config>(&["x", flag, "0"]).err().unwrap_or_else(|| panic!("{flag} 0 accepted"));
             assert!(err.to_string().contains(flag), "{err}");
         }
         // 0 keeps its meaning where it has one: no deduplication.
-        assert_eq!(Cli::try_parse_from(["x", "--dedup-window", "0"]).unwrap().config.dedup_window, 0);
+        assert_eq!(parse_flags::<Config>(&["x", "--dedup-window", "0"]).unwrap().dedup_window, 0);
     }
 
     #[test]
     fn a_configured_key_is_never_replaced() {
-        let mut cli = Cli::try_parse_from(["x", "--api-key", "mine"]).unwrap();
-        assert_eq!(cli.config.generate_key_if_none(), None);
-        assert_eq!(cli.config.keys(), ["mine"]);
+        let mut cli = parse_flags::<Config>(&["x", "--api-key", "mine"]).unwrap();
+        assert_eq!(cli.generate_key_if_none(), None);
+        assert_eq!(cli.keys(), ["mine"]);
     }
 
     #[test]
