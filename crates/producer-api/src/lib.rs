@@ -12,6 +12,8 @@
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
 //! - [`extract`]: body extractors (JSON, stream-send payloads, forms).
 //! - [`producer`]: the producer wrapper (acks, timeouts, 503s).
+//! - [`trace`]: a request's trace context, into its events; [`once`]:
+//!   publishing at most once per `Idempotency-Key`.
 //! - [`publish`]: `/publish`, `/publish/batch`.
 //! - [`reader`]: following a topic (the registry's and the results').
 //! - [`registry`]: stream ownership in a compacted topic.
@@ -37,6 +39,7 @@ pub mod feed;
 pub mod hub;
 pub mod idempotency;
 pub mod layers;
+pub mod once;
 pub mod openapi;
 pub mod ops;
 pub mod page;
@@ -48,6 +51,7 @@ pub mod registry;
 pub mod results;
 pub mod serve;
 pub mod streams;
+pub mod trace;
 pub mod validation;
 pub mod ws;
 

@@ -10,13 +10,15 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use stream_core::schema::{header as ce, trace, Event, JSON};
+use stream_core::schema::{header as ce, Event, JSON};
 
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::extract::AppJson;
-use crate::idempotency::{self, Fingerprint, Written};
+use crate::idempotency::{self, Fingerprint};
+use crate::once::{publish_once, replay_marked};
 use crate::producer::{Ack, SOURCE};
+use crate::trace::{add_traceparent, traceparent};
 use crate::AppState;
 
 /// `POST /publish` body.
@@ -92,25 +94,6 @@ impl PublishRequest {
     }
 }
 
-/// Carries the caller's W3C trace context into the record, unless the
-/// caller set it as a header explicitly. A request without a valid one starts
-/// a new trace, so every event can be followed through the consumer's logs to
-/// its result.
-pub fn add_traceparent(event: &mut Event, traceparent: Option<&str>) {
-    if event.extension(ce::TRACEPARENT).is_some() {
-        return;
-    }
-    let trace = match traceparent {
-        Some(given) if trace::is_valid(given) => given.to_owned(),
-        _ => trace::new_traceparent(),
-    };
-    event.extensions.push((ce::TRACEPARENT.into(), trace));
-}
-
-pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
-    headers.get(ce::TRACEPARENT).and_then(|v| v.to_str().ok())
-}
-
 /// `POST /publish`: one event, answered after the broker's ack. With an
 /// `Idempotency-Key`, at most one event per key (see [`idempotency`]).
 pub async fn publish(
@@ -136,43 +119,6 @@ pub async fn publish(
             Ok(replay_marked(Json(ack).into_response(), replayed))
         }
     }
-}
-
-/// Publishes `event` at most once per idempotency key: the first request
-/// writes it (with the id derived from the key), repeats get its ack back
-/// with `replayed` set. Rate limits count only the write.
-pub async fn publish_once(
-    state: &AppState,
-    caller: &Caller,
-    key: &idempotency::Key,
-    fingerprint: Fingerprint,
-    mut event: Event,
-) -> Result<(Ack, bool), AppError> {
-    let topic = &state.config.kafka.topics.events;
-    let deadline = state.publisher.deadline();
-    let (written, replayed) = state
-        .idempotency
-        .run(key, fingerprint, deadline, |id| {
-            event.id = id;
-            let admitted = state.admit(&caller.owner, 1);
-            let (state, topic) = (state.clone(), topic.clone());
-            async move {
-                admitted?;
-                let ack = state.publisher.publish(&topic, &event).await?;
-                Ok(Written { partition: ack.partition, offset: ack.offset })
-            }
-        })
-        .await?;
-    let ack = Ack { id: key.event_id(), topic: topic.clone(), partition: written.partition, offset: written.offset };
-    Ok((ack, replayed))
-}
-
-/// Marks a replayed response `Idempotent-Replayed: true`.
-pub fn replay_marked(mut response: Response, replayed: bool) -> Response {
-    if replayed {
-        response.headers_mut().insert(idempotency::REPLAYED, axum::http::HeaderValue::from_static("true"));
-    }
-    response
 }
 
 /// One record's outcome in a batch.

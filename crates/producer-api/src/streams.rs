@@ -19,10 +19,11 @@ use crate::error::AppError;
 use crate::extract::{media_type, SendPayload, StreamPath};
 use crate::feed::{Feed, Item, Start};
 use crate::idempotency::{self, Fingerprint};
+use crate::once::{publish_once, replay_marked};
 use crate::producer::SOURCE;
-use crate::publish::{add_traceparent, publish_once, replay_marked, traceparent};
 use crate::registry::{Claimed, RegistryError, StartSlot};
 use crate::serve::ConnectionSlot;
+use crate::trace::{add_traceparent, traceparent};
 use crate::{ws, AppState};
 
 /// Longest stream id accepted.

@@ -1,0 +1,24 @@
+//! The W3C trace context of a request, carried into the events it writes.
+
+use axum::http::HeaderMap;
+use stream_core::schema::{header as ce, trace, Event};
+
+/// Carries the caller's W3C trace context into the record, unless the
+/// caller set it as a header explicitly. A request without a valid one starts
+/// a new trace, so every event can be followed through the consumer's logs to
+/// its result.
+pub fn add_traceparent(event: &mut Event, traceparent: Option<&str>) {
+    if event.extension(ce::TRACEPARENT).is_some() {
+        return;
+    }
+    let trace = match traceparent {
+        Some(given) if trace::is_valid(given) => given.to_owned(),
+        _ => trace::new_traceparent(),
+    };
+    event.extensions.push((ce::TRACEPARENT.into(), trace));
+}
+
+/// The request's `traceparent` header, if it is text.
+pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers.get(ce::TRACEPARENT).and_then(|v| v.to_str().ok())
+}
