@@ -76,10 +76,9 @@ pub fn client() -> reqwest::Client {
 /// Publishes `records` through `/publish/batch` as key A and returns the
 /// reply, after checking that every record was accepted.
 pub async fn publish_batch(app: &TestApp, records: &[Value]) -> Value {
-    let response =
-        client().post(app.url("/publish/batch")).header("X-API-Key", KEY_A).json(records).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
+    let json = serde_json::to_vec(records).unwrap();
+    let (status, body) = post_as(app, "/publish/batch", "application/json", json).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["failed"], 0, "{body}");
     body
 }
