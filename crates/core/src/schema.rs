@@ -76,15 +76,89 @@ impl Timestamp {
     }
 }
 
+/// The latest time the text form can hold: 9999-12-31T23:59:59.999999Z.
+const MAX_TEXT_MICROS: u64 = 253_402_300_800_000_000 - 1;
+
+impl Timestamp {
+    /// The RFC 3339 text (`2026-11-23T10:00:00.123456Z`), on the stack.
+    ///
+    /// Written by hand rather than with humantime's `Display` (the crate
+    /// still parses, in [`parse`](Self::parse)): every event and result
+    /// writes one to four of these, and going through `fmt` into a fresh
+    /// `String` cost twice the instructions (callgrind, consumer); and
+    /// humantime's fails past the year 9999, where this saturates, while a
+    /// record's own timestamp can be anything a producer chose.
+    pub fn rfc3339(self) -> Rfc3339 {
+        let micros = (self.as_micros() as u64).min(MAX_TEXT_MICROS);
+        let (secs, frac) = (micros / 1_000_000, (micros % 1_000_000) as u32);
+        let (days, day_secs) = (secs / 86_400, (secs % 86_400) as u32);
+        let (year, month, day) = civil_from_days(days as i64);
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, mut value: u32, width: usize| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, year as u32, 4);
+        put(5, month, 2);
+        put(8, day, 2);
+        put(11, day_secs / 3600, 2);
+        put(14, day_secs / 60 % 60, 2);
+        put(17, day_secs % 60, 2);
+        put(20, frac, 6);
+        Rfc3339(out)
+    }
+}
+
+/// Year, month (1-12) and day (1-31) of a day count since 1970-01-01, in
+/// the proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A [`Timestamp`]'s RFC 3339 text, 27 ASCII bytes held inline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339([u8; 27]);
+
+impl Rfc3339 {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("digits and punctuation are ASCII")
+    }
+}
+
+impl std::ops::Deref for Rfc3339 {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_micros(self.0))
+        f.write_str(&self.rfc3339())
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(&self.rfc3339())
     }
 }
 
@@ -149,7 +223,7 @@ impl Event {
         data: Vec<u8>,
     ) -> Self {
         Self {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: new_id(),
             source: source.into(),
             event_type: EVENT_TYPE.into(),
             time: Timestamp::now(),
@@ -162,12 +236,12 @@ impl Event {
 
     /// The record headers of binary mode, extensions last.
     pub fn headers(&self) -> OwnedHeaders {
-        let time = self.time.to_string();
+        let time = self.time.rfc3339();
         let mut headers = OwnedHeaders::new_with_capacity(6 + self.extensions.len())
             .insert(Header { key: header::ID, value: Some(&self.id) })
             .insert(Header { key: header::SOURCE, value: Some(&self.source) })
             .insert(Header { key: header::TYPE, value: Some(&self.event_type) })
-            .insert(Header { key: header::TIME, value: Some(&time) })
+            .insert(Header { key: header::TIME, value: Some(time.as_str()) })
             .insert(Header { key: header::SPEC_VERSION, value: Some(SPEC_VERSION) });
         if let Some(content_type) = &self.content_type {
             headers = headers.insert(Header { key: header::CONTENT_TYPE, value: Some(content_type) });
@@ -292,6 +366,12 @@ pub mod trace {
     pub fn trace_id(traceparent: &str) -> Option<&str> {
         traceparent.split('-').nth(1)
     }
+}
+
+/// A fresh time-ordered event id (UUID v7), hyphenated, written straight
+/// into its string instead of through `fmt`.
+fn new_id() -> String {
+    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
 }
 
 fn static_name(key: &str) -> &'static str {
@@ -447,6 +527,41 @@ mod tests {
         ] {
             assert!(!trace::is_valid(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn timestamp_text_matches_humantime_across_the_calendar() {
+        // Leap days, century years (2100 is not a leap year, 2000 is), month
+        // ends, the epoch and the last representable microsecond.
+        let mut samples: Vec<u64> = vec![0, 1, 951_782_400_000_000, 951_868_799_999_999, 4_107_542_400_000_000];
+        samples.push(MAX_TEXT_MICROS);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for day in (0..2_932_896).step_by(97) {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            samples.push(day * 86_400_000_000 + (x >> 20) % 86_400_000_000);
+        }
+        for micros in samples {
+            let t = Timestamp::from_micros(micros as i64);
+            let expected = humantime::format_rfc3339_micros(t.0).to_string();
+            assert_eq!(t.rfc3339().as_str(), expected, "{micros}");
+            assert_eq!(t.to_string(), expected);
+            assert_eq!(Timestamp::parse(&expected).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn timestamps_past_the_year_9999_saturate_instead_of_failing() {
+        let far = Timestamp::from_micros(i64::MAX);
+        assert_eq!(far.to_string(), "9999-12-31T23:59:59.999999Z");
+        assert_eq!(serde_json::to_string(&far).unwrap(), "\"9999-12-31T23:59:59.999999Z\"");
+    }
+
+    #[test]
+    fn event_ids_are_hyphenated_v7_uuids() {
+        let id = new_id();
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(parsed.hyphenated().to_string(), id);
     }
 
     #[test]

@@ -82,7 +82,14 @@ impl Payloads {
     /// The key of message `seq`: `key-<seq mod keys>`, so every key gets
     /// the same share and keeps its order within one partition.
     pub fn key(&self, seq: u64) -> Option<String> {
-        (self.keys > 0).then(|| format!("key-{}", seq % self.keys))
+        (self.keys > 0).then(|| {
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(seq % self.keys);
+            let mut key = String::with_capacity(4 + digits.len());
+            key.push_str("key-");
+            key.push_str(digits);
+            key
+        })
     }
 
     /// The payload of message `seq`.
@@ -102,11 +109,15 @@ impl Payloads {
 /// `{"seq":N,"pad":"…"}` of exactly `size` bytes, or the shortest such
 /// object when `size` is too small to hold it.
 fn generated(seq: u64, size: usize) -> Vec<u8> {
-    let head = format!("{{\"seq\":{seq},\"pad\":\"");
-    let pad = size.saturating_sub(head.len() + 2);
-    let mut out = Vec::with_capacity(head.len() + pad + 2);
-    out.extend_from_slice(head.as_bytes());
-    out.resize(head.len() + pad, b'x');
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(seq).as_bytes();
+    let head = r#"{"seq":"#.len() + digits.len() + r#","pad":""#.len();
+    let len = size.max(head + 2);
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(br#"{"seq":"#);
+    out.extend_from_slice(digits);
+    out.extend_from_slice(br#","pad":""#);
+    out.resize(len - 2, b'x');
     out.extend_from_slice(b"\"}");
     out
 }
