@@ -557,6 +557,27 @@ mod tests {
     }
 
     #[test]
+    fn a_record_stamped_past_the_year_9999_still_gets_a_result() {
+        // No ce_time header: the event time comes from the record's own
+        // timestamp, which a producer may set to anything.
+        let msg = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(b"s".to_vec()),
+            "t".into(),
+            KafkaTimestamp::CreateTime(i64::MAX),
+            0,
+            0,
+            None,
+        );
+        let event = Event::from_message(&msg).unwrap();
+        let result = EventResult::answering(&event, Some(0), serde_json::json!({}));
+        let record = result.to_event("/consumer", &event);
+        let back: serde_json::Value = serde_json::from_slice(&record.data).unwrap();
+        assert_eq!(back["event_time"], "9999-12-31T23:59:59.999999Z");
+        assert!(record.headers().iter().any(|h| h.key == header::TIME));
+    }
+
+    #[test]
     fn event_ids_are_hyphenated_v7_uuids() {
         let id = new_id();
         let parsed = uuid::Uuid::parse_str(&id).unwrap();
