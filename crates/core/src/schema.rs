@@ -137,13 +137,6 @@ impl Rfc3339 {
     }
 }
 
-impl std::ops::Deref for Rfc3339 {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
 impl fmt::Debug for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
@@ -152,13 +145,13 @@ impl fmt::Debug for Rfc3339 {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.rfc3339())
+        f.write_str(self.rfc3339().as_str())
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.rfc3339())
+        s.serialize_str(self.rfc3339().as_str())
     }
 }
 
@@ -443,6 +436,21 @@ mod tests {
 
     use super::*;
 
+    /// A record as a plain producer writes it: no headers at all, only a
+    /// payload, maybe a key, and its create time; at `raw`, partition 1,
+    /// offset 7.
+    fn bare_record(payload: &[u8], key: Option<&[u8]>, created_ms: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(payload.to_vec()),
+            key.map(<[u8]>::to_vec),
+            "raw".into(),
+            KafkaTimestamp::CreateTime(created_ms),
+            1,
+            7,
+            None,
+        )
+    }
+
     #[test]
     fn round_trips_every_kind_of_json_payload() {
         for value in [json!({"a": 1, "b": [true, null]}), json!("hello"), json!(42), json!([1, 2]), json!(null)] {
@@ -476,15 +484,7 @@ mod tests {
 
     #[test]
     fn records_without_cloudevents_headers_still_decode() {
-        let msg = OwnedMessage::new(
-            Some(b"{\"x\":1}".to_vec()),
-            Some(b"k".to_vec()),
-            "raw".into(),
-            KafkaTimestamp::CreateTime(1_700_000_000_000),
-            1,
-            7,
-            None,
-        );
+        let msg = bare_record(b"{\"x\":1}", Some(b"k"), 1_700_000_000_000);
         let event = Event::from_message(&msg).unwrap();
         assert_eq!(event.id, "raw-1-7");
         assert_eq!(event.key.as_deref(), Some("k"));
@@ -494,8 +494,7 @@ mod tests {
     #[test]
     fn extreme_record_timestamps_do_not_overflow() {
         for ms in [i64::MAX, i64::MIN, -1] {
-            let msg =
-                OwnedMessage::new(Some(b"1".to_vec()), None, "t".into(), KafkaTimestamp::CreateTime(ms), 0, 0, None);
+            let msg = bare_record(b"1", None, ms);
             let event = Event::from_message(&msg).unwrap();
             assert!(event.time.as_micros() >= 0, "{ms}");
         }
@@ -560,15 +559,7 @@ mod tests {
     fn a_record_stamped_past_the_year_9999_still_gets_a_result() {
         // No ce_time header: the event time comes from the record's own
         // timestamp, which a producer may set to anything.
-        let msg = OwnedMessage::new(
-            Some(b"{}".to_vec()),
-            Some(b"s".to_vec()),
-            "t".into(),
-            KafkaTimestamp::CreateTime(i64::MAX),
-            0,
-            0,
-            None,
-        );
+        let msg = bare_record(b"{}", Some(b"s"), i64::MAX);
         let event = Event::from_message(&msg).unwrap();
         let result = EventResult::answering(&event, Some(0), serde_json::json!({}));
         let record = result.to_event("/consumer", &event);
