@@ -139,8 +139,12 @@ pub struct KafkaBench {
     #[arg(long, env = "BENCH_ACKS", value_enum, default_value_t = Acks::All)]
     pub acks: Acks,
 
-    /// How long librdkafka waits to fill a batch (linger.ms): a floor under produce latency.
-    #[arg(long, env = "BENCH_LINGER", value_parser = parse_duration, default_value = "5ms")]
+    /// How long librdkafka waits to fill a batch (linger.ms): a floor under produce latency,
+    /// but fewer, larger requests cost the broker less and shorten the tail under load.
+    // 10ms rather than librdkafka's 5: on the local broker `e2e` at 10,000/s
+    // measured p99 31 ms and 16 s of broker CPU with 10ms, against 57 ms and
+    // 25 s with 5ms (at 1,000/s: p99 24 against 29 ms, p50 +2 ms).
+    #[arg(long, env = "BENCH_LINGER", value_parser = parse_duration, default_value = "10ms")]
     pub linger: Duration,
 
     /// Messages librdkafka may hold unacknowledged before sends wait for acks
