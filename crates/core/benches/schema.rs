@@ -1,6 +1,7 @@
 //! The per-event work every process repeats: encoding an event's CloudEvents
 //! headers, decoding a consumed record back into an event, and building a
-//! result record from an event. `cargo bench -p stream-core`.
+//! result record from an event, and a result's JSON. `cargo bench -p
+//! stream-core`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::json;
@@ -35,6 +36,15 @@ fn schema(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The result's JSON alone, the derived `Serialize` beside the writer
+    // that replaced it, in one run so the machine's drift hits both.
+    let result = EventResult::answering(
+        &event,
+        Some(0),
+        json!({"seq": 42, "text": "abcdefghijklmnopqrstuvwxyz0123456789".repeat(3), "_processed": {"at": event.time, "worker": 0, "fields": 2}}),
+    );
+    c.bench_function("result: JSON through serde_json::to_vec", |b| b.iter(|| serde_json::to_vec(&result).unwrap()));
+    c.bench_function("result: JSON through EventResult::to_json", |b| b.iter(|| result.to_json()));
 }
 
 criterion_group!(benches, schema);

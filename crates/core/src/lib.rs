@@ -9,6 +9,8 @@
 //! - [`schema`]: the [`Event`](schema::Event) and its mapping to CloudEvents'
 //!   Kafka binary mode, and the [`EventResult`](schema::EventResult) that
 //!   processing produces.
+//! - [`json`]: compact JSON output with a fast path for strings that need
+//!   no escaping (results and event payloads).
 //! - [`kafka`]: producer, consumer and admin factories. Every librdkafka
 //!   property the project sets is set there, with the reason beside it.
 //! - [`telemetry`]: `tracing` subscriber set-up (`RUST_LOG`, `--log-format`).
@@ -19,6 +21,7 @@
 
 pub mod config;
 pub mod error;
+pub mod json;
 pub mod kafka;
 pub mod metrics;
 pub mod schema;

@@ -200,12 +200,7 @@ pub struct Event {
 impl Event {
     /// A new JSON event with a fresh time-ordered id and the current time.
     pub fn json(source: impl Into<String>, key: Option<String>, value: &serde_json::Value) -> Self {
-        Self::with_bytes(
-            source,
-            key,
-            Some(JSON.into()),
-            serde_json::to_vec(value).expect("a JSON value always serialises"),
-        )
+        Self::with_bytes(source, key, Some(JSON.into()), crate::json::to_vec(value))
     }
 
     /// A new event carrying arbitrary payload bytes.
@@ -413,12 +408,46 @@ impl EventResult {
         }
     }
 
+    /// The result as JSON, byte for byte what its `Serialize` writes (the
+    /// tests hold the two together), written straight into one buffer:
+    /// the timestamps as they are, every other string through
+    /// [`json::write_str`](crate::json::write_str).
+    pub fn to_json(&self) -> Vec<u8> {
+        use crate::json::{write_str, write_value};
+        let mut out = Vec::with_capacity(320);
+        out.extend_from_slice(b"{\"event_id\":");
+        write_str(&mut out, &self.event_id);
+        out.extend_from_slice(b",\"stream_id\":");
+        match &self.stream_id {
+            Some(stream) => write_str(&mut out, stream),
+            None => out.extend_from_slice(b"null"),
+        }
+        // RFC 3339 text is digits and `-:.TZ`: nothing to escape.
+        out.extend_from_slice(b",\"event_time\":\"");
+        out.extend_from_slice(self.event_time.rfc3339().as_str().as_bytes());
+        out.extend_from_slice(b"\",\"processed_at\":\"");
+        out.extend_from_slice(self.processed_at.rfc3339().as_str().as_bytes());
+        out.extend_from_slice(b"\",\"worker_id\":");
+        match self.worker_id {
+            Some(worker) => out.extend_from_slice(itoa::Buffer::new().format(worker).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"latency_us\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.latency_us).as_bytes());
+        out.extend_from_slice(b",\"output\":");
+        write_value(&mut out, &self.output);
+        if let Some(trace) = &self.traceparent {
+            out.extend_from_slice(b",\"traceparent\":");
+            write_str(&mut out, trace);
+        }
+        out.push(b'}');
+        out
+    }
+
     /// The result as a CloudEvent for the results topic: JSON payload,
     /// keyed by the stream id, trace context carried over from the source.
     pub fn to_event(&self, source: &str, origin: &Event) -> Event {
-        // Serialised straight to bytes: going through a `serde_json::Value`
-        // first would build and drop a copy of the whole output per result.
-        let data = serde_json::to_vec(self).expect("results serialise");
+        let data = self.to_json();
         let mut event = Event::with_bytes(source, self.stream_id.clone(), Some(JSON.into()), data);
         event.event_type = RESULT_TYPE.into();
         if let Some(trace) = origin.extension(header::TRACEPARENT) {
@@ -619,5 +648,39 @@ mod tests {
         assert_eq!(event.key.as_deref(), Some("s"));
         let back: EventResult = serde_json::from_slice(&event.data).unwrap();
         assert_eq!(back, result);
+    }
+
+    #[test]
+    fn results_are_written_as_their_serialize_writes_them() {
+        let base = EventResult {
+            event_id: "0198f3c2-7a1e-7c3b-9d2e-1f0a2b3c4d5e".into(),
+            stream_id: Some("stream-7".into()),
+            event_time: Timestamp::from_micros(1_763_892_000_123_456),
+            processed_at: Timestamp::from_micros(i64::MAX),
+            worker_id: Some(u32::MAX),
+            latency_us: u64::MAX,
+            output: json!({"seq": 1, "text": "plain", "_processed": {"at": "2025-11-23T10:00:00.123456Z"}}),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        };
+        let odd = EventResult {
+            // Ids and stream ids come from other producers' headers and keys.
+            event_id: "id \"quoted\" \\ \u{1}".into(),
+            stream_id: None,
+            event_time: Timestamp::from_micros(0),
+            worker_id: None,
+            latency_us: 0,
+            output: json!(["ünïcödé\n", null, -1.5, {"": {}}]),
+            traceparent: None,
+            ..base.clone()
+        };
+        let empty =
+            EventResult { event_id: String::new(), stream_id: Some(String::new()), output: json!(""), ..base.clone() };
+        for result in [base, odd, empty] {
+            assert_eq!(
+                String::from_utf8(result.to_json()).unwrap(),
+                serde_json::to_string(&result).unwrap(),
+                "{result:?}"
+            );
+        }
     }
 }
