@@ -232,8 +232,10 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         queue_capacity: config.producer_queue,
         ..ProducerOptions::default()
     };
-    let producer = kafka::producer(args, &options).context("creating the producer")?;
-    let publisher = Arc::new(Publisher::new(producer, config.request_timeout));
+    let factory_args = args.clone();
+    let factory: producer::Factory =
+        Box::new(move || kafka::producer(&factory_args, &options).context("creating the producer"));
+    let publisher = Arc::new(Publisher::new(factory, config.request_timeout)?);
     let hub = Hub::new(config.ws_buffer, config.recent_results, config.dedup_window);
     let registry = Registry::start(args, &config.streams_topic, hub.clone()).context("reading the stream registry")?;
     let results_reader = ResultsReader::start(args).await.context("reading the results topic")?;

@@ -84,6 +84,10 @@ pub fn describe_metrics() {
     );
     describe_counter!("batch_records_total", "Records of /publish/batch requests, by outcome (acked, failed).");
     describe_gauge!("producer_queue_depth", "Records handed to librdkafka and not yet acknowledged.");
+    describe_counter!(
+        "producer_replacements_total",
+        "Producers replaced after librdkafka declared them dead (an idempotence fatal error)."
+    );
     describe_counter!("streams_started_total", "Streams started.");
     describe_counter!("streams_deleted_total", "Streams deleted.");
     describe_counter!("stream_quota_refusals_total", "Stream starts refused (429) over MAX_STREAMS_PER_KEY.");

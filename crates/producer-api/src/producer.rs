@@ -1,6 +1,9 @@
 //! The producer wrapper every handler writes through: it bounds each wait
-//! by the request timeout and turns broker trouble into 503s.
+//! by the request timeout, turns broker trouble into 503s, and replaces the
+//! producer when librdkafka declares it dead.
 
+use std::future::Future;
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -25,20 +28,105 @@ pub struct Ack {
     pub offset: i64,
 }
 
+/// A record handed to librdkafka, awaiting its ack (see
+/// [`Publisher::acked`]).
+pub struct Sending {
+    future: DeliveryFuture,
+    /// The producer it went through, replaced if it turns out dead.
+    used: Current,
+}
+
+/// Makes a producer: the one at start-up, and each replacement.
+pub type Factory = Box<dyn Fn() -> anyhow::Result<Producer> + Send + Sync>;
+
 /// The shared producer, with the request timeout that bounds every wait.
+///
+/// An idempotent producer that loses track of its sequence numbers (the
+/// broker answers OutOfOrderSequenceNumber, say) is dead for good: every
+/// later send fails with librdkafka's fatal error. The first request to
+/// see that creates a new producer in its place, so a fatal error costs the
+/// requests in flight at that moment a 503 instead of failing every request
+/// until a restart.
 pub struct Publisher {
-    producer: Producer,
+    current: RwLock<Current>,
+    /// Held while a replacement is made, so only one is.
+    replacing: Mutex<()>,
+    factory: Factory,
     timeout: Duration,
 }
 
+#[derive(Clone)]
+struct Current {
+    producer: Producer,
+    /// Counts replacements: a request that saw a fatal error replaces only
+    /// the producer it used, not one another request already put in.
+    generation: u64,
+}
+
 impl Publisher {
-    pub fn new(producer: Producer, timeout: Duration) -> Self {
-        Self { producer, timeout }
+    /// A publisher writing through `factory`'s producers.
+    pub fn new(factory: Factory, timeout: Duration) -> anyhow::Result<Self> {
+        let producer = factory()?;
+        Ok(Self {
+            current: RwLock::new(Current { producer, generation: 0 }),
+            replacing: Mutex::new(()),
+            factory,
+            timeout,
+        })
     }
 
-    /// The underlying producer (readiness probes, flush).
-    pub fn producer(&self) -> &Producer {
-        &self.producer
+    fn current(&self) -> Current {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The producer in use now (readiness probes, the stream registry,
+    /// flush).
+    pub fn producer(&self) -> Producer {
+        self.current().producer
+    }
+
+    /// How many times the producer was replaced after a fatal error.
+    pub fn replacements(&self) -> u64 {
+        self.current().generation
+    }
+
+    /// Runs `write` (a registry write, say) with the producer in use now;
+    /// if it failed because that producer is dead, replaces it and answers
+    /// 503 instead of the write's own error.
+    pub async fn with_producer<T, E, F, Fut>(&self, write: F) -> Result<T, AppError>
+    where
+        F: FnOnce(Producer) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<AppError>,
+    {
+        let current = self.current();
+        write(current.producer.clone()).await.map_err(|error| self.recover(&current).unwrap_or_else(|| error.into()))
+    }
+
+    /// If `used` is dead (librdkafka raised a fatal error on it), puts a new
+    /// producer in its place and returns the 503 its request gets; `None`
+    /// if it is alive.
+    fn recover(&self, used: &Current) -> Option<AppError> {
+        let (code, reason) = used.producer.client().fatal_error()?;
+        let _one_at_a_time = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.current().generation == used.generation {
+            tracing::error!(?code, %reason, "the producer hit a fatal error; replacing it");
+            match (self.factory)() {
+                Ok(producer) => {
+                    let generation = used.generation + 1;
+                    let old = std::mem::replace(
+                        &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+                        Current { producer, generation },
+                    );
+                    metrics::counter!("producer_replacements_total").increment(1);
+                    // Dropping a producer purges it and waits for the purge
+                    // (up to 500 ms), which a runtime thread must not do.
+                    std::thread::spawn(move || drop(old));
+                }
+                Err(error) => tracing::error!(%error, "could not create a new producer; the next request tries again"),
+            }
+        }
+        Some(AppError::unavailable(format!("the producer hit a fatal error ({reason}) and is being replaced; retry")))
     }
 
     /// The deadline of a request starting now.
@@ -48,8 +136,12 @@ impl Publisher {
 
     /// Hands `event` to librdkafka without waiting. A full queue is refused
     /// at once: that is the backpressure signal, answered with 503.
-    pub fn enqueue(&self, topic: &str, event: &Event) -> Result<DeliveryFuture, AppError> {
-        kafka::enqueue(&self.producer, topic, event).map_err(|err| enqueue_error(&err))
+    pub fn enqueue(&self, topic: &str, event: &Event) -> Result<Sending, AppError> {
+        let current = self.current();
+        match kafka::enqueue(&current.producer, topic, event) {
+            Ok(future) => Ok(Sending { future, used: current }),
+            Err(err) => Err(self.recover(&current).unwrap_or_else(|| enqueue_error(&err))),
+        }
     }
 
     /// Waits for the broker's acknowledgement until `deadline`.
@@ -57,9 +149,10 @@ impl Publisher {
         &self,
         id: String,
         topic: &str,
-        future: DeliveryFuture,
+        sending: Sending,
         deadline: TokioInstant,
     ) -> Result<Ack, AppError> {
+        let Sending { future, used } = sending;
         let started = Instant::now();
         let outcome = tokio::time::timeout_at(deadline, kafka::delivered(future)).await;
         metrics::histogram!("produce_latency_seconds").record(started.elapsed().as_secs_f64());
@@ -67,7 +160,7 @@ impl Publisher {
             Ok(Ok(delivery)) => {
                 Ok(Ack { id, topic: topic.to_owned(), partition: delivery.partition, offset: delivery.offset })
             }
-            Ok(Err((err, _))) => Err(delivery_error(&err)),
+            Ok(Err((err, _))) => Err(self.recover(&used).unwrap_or_else(|| delivery_error(&err))),
             Err(_elapsed) => Err(AppError::unavailable(format!(
                 "the broker did not acknowledge within {:?}; the event may or may not have been written",
                 self.timeout
@@ -78,18 +171,18 @@ impl Publisher {
     /// Enqueues and waits: one event, one ack.
     pub async fn publish(&self, topic: &str, event: &Event) -> Result<Ack, AppError> {
         let deadline = self.deadline();
-        let future = self.enqueue(topic, event)?;
-        self.acked(event.id.clone(), topic, future, deadline).await
+        let sending = self.enqueue(topic, event)?;
+        self.acked(event.id.clone(), topic, sending, deadline).await
     }
 
     /// Records handed to librdkafka but not yet acknowledged.
     pub fn queue_depth(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.current().producer.in_flight_count()
     }
 
     /// Waits (blocking) until every queued record is delivered or `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.current().producer.flush(timeout)
     }
 }
 

@@ -98,14 +98,25 @@ pub async fn start(
         Some(stream_id) => {
             validate_stream_id(&stream_id)?;
             let _slot = reserve_quota(&state, &caller, &stream_id)?;
-            let outcome = state.registry.claim(state.publisher.producer(), &stream_id, &caller.owner, deadline).await?;
+            let outcome = state
+                .publisher
+                .with_producer(|producer| {
+                    let (registry, id, owner) = (&state.registry, &stream_id, &caller.owner);
+                    async move { registry.claim(&producer, id, owner, deadline).await }
+                })
+                .await?;
             (stream_id, outcome)
         }
         None => {
             let stream_id = uuid::Uuid::new_v4().to_string();
             let _slot = reserve_quota(&state, &caller, &stream_id)?;
-            let outcome =
-                state.registry.claim_new(state.publisher.producer(), &stream_id, &caller.owner, deadline).await?;
+            let outcome = state
+                .publisher
+                .with_producer(|producer| {
+                    let (registry, id, owner) = (&state.registry, &stream_id, &caller.owner);
+                    async move { registry.claim_new(&producer, id, owner, deadline).await }
+                })
+                .await?;
             (stream_id, outcome)
         }
     };
@@ -246,7 +257,13 @@ pub async fn delete(
         return Err(AppError::UnknownStream(stream_id));
     }
     let deadline = state.publisher.deadline();
-    state.registry.delete(state.publisher.producer(), &stream_id, &caller.owner, deadline).await?;
+    state
+        .publisher
+        .with_producer(|producer| {
+            let (registry, id, owner) = (&state.registry, &stream_id, &caller.owner);
+            async move { registry.delete(&producer, id, owner, deadline).await }
+        })
+        .await?;
     metrics::counter!("streams_deleted_total").increment(1);
     Ok(Json(json!({ "stream_id": stream_id, "deleted": true })))
 }

@@ -14,6 +14,7 @@ mod common;
 mod batch;
 mod consumer_killed;
 mod deploy;
+mod fatal;
 mod idempotency;
 mod killed;
 mod lifecycle;
