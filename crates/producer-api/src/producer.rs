@@ -120,7 +120,9 @@ impl Publisher {
                     );
                     metrics::counter!("producer_replacements_total").increment(1);
                     // Dropping a producer purges it and waits for the purge
-                    // (up to 500 ms), which a runtime thread must not do.
+                    // (up to 500 ms). Requests still holding it let go as
+                    // their sends fail, so this is most often the last
+                    // handle, and the wait is kept off the runtime's threads.
                     std::thread::spawn(move || drop(old));
                 }
                 Err(error) => tracing::error!(%error, "could not create a new producer; the next request tries again"),
