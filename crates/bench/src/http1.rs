@@ -40,7 +40,8 @@ pub struct Response<'a> {
 
 impl Poster {
     /// A poster to `path` on the server of `base` (`http://host:port`),
-    /// sending `api_key` as `X-API-Key`. Connects on the first request.
+    /// sending `api_key` as `X-API-Key`. Connects on [`connect`](Self::connect)
+    /// or the first request.
     pub fn new(base: &reqwest::Url, path: &str, api_key: &str, timeout: Duration) -> anyhow::Result<Self> {
         let host = base.host_str().ok_or_else(|| anyhow::anyhow!("{base} has no host"))?;
         let port = base.port_or_known_default().ok_or_else(|| anyhow::anyhow!("{base} has no port"))?;
@@ -70,9 +71,9 @@ impl Poster {
         }
     }
 
-    /// Writes the request and reads one response; returns its status and
-    /// where its body lies in `self.read`.
-    async fn exchange(&mut self, body: &[u8]) -> Result<(u16, usize, usize), String> {
+    /// Opens the connection now rather than on the first request (a no-op
+    /// when it is open).
+    pub async fn connect(&mut self) -> Result<(), String> {
         if self.stream.is_none() {
             let stream = TcpStream::connect(&self.addr).await.map_err(|e| format!("connect {}: {e}", self.addr))?;
             stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -80,6 +81,13 @@ impl Poster {
             self.read.clear();
             self.consumed = 0;
         }
+        Ok(())
+    }
+
+    /// Writes the request and reads one response; returns its status and
+    /// where its body lies in `self.read`.
+    async fn exchange(&mut self, body: &[u8]) -> Result<(u16, usize, usize), String> {
+        self.connect().await?;
         let stream = self.stream.as_mut().expect("connected above");
         self.request.clear();
         self.request.extend_from_slice(&self.head);
