@@ -62,6 +62,8 @@ pub fn json_events(count: usize, keys: usize) -> Vec<Event> {
 /// Everything read from one topic, from the beginning, in the background.
 pub struct Collector {
     pub records: Arc<Mutex<Vec<OwnedMessage>>>,
+    /// The distinct `event_id`s of the records that are results.
+    answered: Arc<Mutex<std::collections::HashSet<String>>>,
     stop: CancellationToken,
 }
 
@@ -70,24 +72,35 @@ impl Collector {
         let reader = kafka::reader(args, StartFrom::Earliest).expect("reader");
         kafka::assign_all(&reader, topic, Offset::Beginning, Duration::from_secs(10)).expect("assign");
         let records = Arc::new(Mutex::new(Vec::new()));
+        let answered = Arc::new(Mutex::new(std::collections::HashSet::new()));
         let stop = CancellationToken::new();
-        let (sink, cancel) = (records.clone(), stop.clone());
+        let (sink, ids, cancel) = (records.clone(), answered.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     msg = reader.recv() => match msg {
-                        Ok(msg) => sink.lock().unwrap().push(msg.detach()),
+                        Ok(msg) => {
+                            if let Some(result) = msg.payload().and_then(|p| serde_json::from_slice::<EventResult>(p).ok()) {
+                                ids.lock().unwrap().insert(result.event_id);
+                            }
+                            sink.lock().unwrap().push(msg.detach());
+                        }
                         Err(e) => eprintln!("collector: {e}"),
                     }
                 }
             }
         });
-        Self { records, stop }
+        Self { records, answered, stop }
     }
 
     pub fn len(&self) -> usize {
         self.records.lock().unwrap().len()
+    }
+
+    /// How many distinct events have a result so far (replays count once).
+    pub fn answered(&self) -> usize {
+        self.answered.lock().unwrap().len()
     }
 
     pub fn results(&self) -> Vec<EventResult> {
