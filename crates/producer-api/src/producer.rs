@@ -2,7 +2,6 @@
 //! by the request timeout, turns broker trouble into 503s, and replaces the
 //! producer when librdkafka declares it dead.
 
-use std::future::Future;
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -93,14 +92,13 @@ impl Publisher {
     /// Runs `write` (a registry write, say) with the producer in use now;
     /// if it failed because that producer is dead, replaces it and answers
     /// 503 instead of the write's own error.
-    pub async fn with_producer<T, E, F, Fut>(&self, write: F) -> Result<T, AppError>
+    pub async fn with_producer<T, E, F>(&self, write: F) -> Result<T, AppError>
     where
-        F: FnOnce(Producer) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: AsyncFnOnce(&Producer) -> Result<T, E>,
         E: Into<AppError>,
     {
         let current = self.current();
-        write(current.producer.clone()).await.map_err(|error| self.recover(&current).unwrap_or_else(|| error.into()))
+        write(&current.producer).await.map_err(|error| self.recover(&current).unwrap_or_else(|| error.into()))
     }
 
     /// If `used` is dead (librdkafka raised a fatal error on it), puts a new

@@ -100,9 +100,8 @@ pub async fn start(
             let _slot = reserve_quota(&state, &caller, &stream_id)?;
             let outcome = state
                 .publisher
-                .with_producer(|producer| {
-                    let (registry, id, owner) = (&state.registry, &stream_id, &caller.owner);
-                    async move { registry.claim(&producer, id, owner, deadline).await }
+                .with_producer(async |producer| {
+                    state.registry.claim(producer, &stream_id, &caller.owner, deadline).await
                 })
                 .await?;
             (stream_id, outcome)
@@ -112,9 +111,8 @@ pub async fn start(
             let _slot = reserve_quota(&state, &caller, &stream_id)?;
             let outcome = state
                 .publisher
-                .with_producer(|producer| {
-                    let (registry, id, owner) = (&state.registry, &stream_id, &caller.owner);
-                    async move { registry.claim_new(&producer, id, owner, deadline).await }
+                .with_producer(async |producer| {
+                    state.registry.claim_new(producer, &stream_id, &caller.owner, deadline).await
                 })
                 .await?;
             (stream_id, outcome)
@@ -259,10 +257,7 @@ pub async fn delete(
     let deadline = state.publisher.deadline();
     state
         .publisher
-        .with_producer(|producer| {
-            let (registry, id, owner) = (&state.registry, &stream_id, &caller.owner);
-            async move { registry.delete(&producer, id, owner, deadline).await }
-        })
+        .with_producer(async |producer| state.registry.delete(producer, &stream_id, &caller.owner, deadline).await)
         .await?;
     metrics::counter!("streams_deleted_total").increment(1);
     Ok(Json(json!({ "stream_id": stream_id, "deleted": true })))
