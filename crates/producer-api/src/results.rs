@@ -54,34 +54,56 @@ impl ResultsReader {
 
     /// Routes results into `hub` until `stop` is cancelled.
     pub async fn run(self, hub: Arc<Hub>, stop: CancellationToken) {
-        self.follower.run(&stop, |msg| route(&hub, msg)).await;
+        let counts = Counts::new();
+        self.follower.run(&stop, |msg| route(&hub, &counts, msg)).await;
+    }
+}
+
+/// The metrics of routing, looked up once instead of by name per record.
+struct Counts {
+    received: metrics::Counter,
+    unreadable: metrics::Counter,
+    unrouted: metrics::Counter,
+    routed: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl Counts {
+    fn new() -> Self {
+        Self {
+            received: metrics::counter!("results_received_total"),
+            unreadable: metrics::counter!("results_unreadable_total"),
+            unrouted: metrics::counter!("results_unrouted_total"),
+            routed: metrics::counter!("results_routed_total"),
+            latency: metrics::histogram!("result_delivery_latency_seconds"),
+        }
     }
 }
 
 /// Hands one record of the results topic to its stream's subscribers.
-fn route(hub: &Hub, msg: &BorrowedMessage<'_>) {
-    metrics::counter!("results_received_total").increment(1);
+fn route(hub: &Hub, counts: &Counts, msg: &BorrowedMessage<'_>) {
+    counts.received.increment(1);
     let pos = Pos { partition: msg.partition(), offset: msg.offset() };
     let value = msg.payload().unwrap_or_default();
     let Decoded { delivered, stream, event_time } = match Delivered::decode(value, msg.key(), pos) {
         Ok(decoded) => decoded,
         Err(Undecodable::NotAResult) => {
             tracing::debug!(partition = pos.partition, offset = pos.offset, "skipping a non-result record");
-            metrics::counter!("results_unreadable_total").increment(1);
+            counts.unreadable.increment(1);
             return;
         }
         // Results of keyless events belong to no stream.
         Err(Undecodable::NoStream) => {
-            metrics::counter!("results_unrouted_total").increment(1);
+            counts.unrouted.increment(1);
             return;
         }
     };
     let lag = event_time.until(Timestamp::now());
     if hub.route(&stream, Arc::new(delivered)) {
-        metrics::counter!("results_routed_total").increment(1);
-        metrics::histogram!("result_delivery_latency_seconds").record(lag.as_secs_f64());
+        counts.routed.increment(1);
+        counts.latency.record(lag.as_secs_f64());
     } else {
-        metrics::counter!("results_unrouted_total").increment(1);
+        counts.unrouted.increment(1);
     }
 }
 

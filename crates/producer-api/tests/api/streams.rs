@@ -67,6 +67,18 @@ async fn websocket_round_trip_through_a_processor() {
         recent["results"].as_array().unwrap().iter().map(|r| r["output"]["echo"].clone()).collect();
     assert_eq!(outputs, [json!({"n": 1}), json!({"n": 2}), json!("three")]);
 
+    // Routing is counted (the recorder is the process's, shared by the
+    // tests running beside this one, hence at least).
+    let metrics = common::client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let sample = |name: &str| -> f64 {
+        let line =
+            metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line[name.len()..].trim().parse().unwrap()
+    };
+    assert!(sample("results_received_total") >= 3.0, "{metrics}");
+    assert!(sample("results_routed_total") >= 3.0, "{metrics}");
+    assert!(sample("result_delivery_latency_seconds_count") >= 3.0, "{metrics}");
+
     // Another key can neither watch nor send; deleting closes the socket.
     let response = common::client()
         .get(app.url(&format!("/stream/{stream}/results")))
