@@ -84,7 +84,11 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
                 request
             }))
         };
-        let shutdown = shutdown.clone();
+        // A token of its own: the select below polls it at every wake-up
+        // of the connection, and each poll locks the token's node. The
+        // server's one token, shared by every connection, made that a lock
+        // contended across the worker threads.
+        let shutdown = shutdown.child_token();
         tokio::spawn(async move {
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -187,7 +187,12 @@ async fn run_socket(
     let _gauge = Gauge::open("websocket");
     let mut acks = FuturesOrdered::new();
     let topic = state.config.kafka.topics.events.clone();
-    let shutdown = state.shutdown.clone();
+    // Its own token, waited on by one future for the socket's life: a
+    // fresh wait per frame on the server's shared token locked that token
+    // twice per frame, contended across the worker threads.
+    let shutdown = state.shutdown.child_token();
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     let mut closing: Option<CloseFrame> = None;
     let idle_timeout = state.config.ws_idle_timeout;
     let ping_every = state.config.ws_ping_interval;
@@ -206,7 +211,7 @@ async fn run_socket(
         }
         let outgoing = tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if closing.is_none() => {
+            _ = &mut cancelled, if closing.is_none() => {
                 closing = Some(CloseFrame { code: 1001, reason: "server shutting down".into() });
                 continue;
             }

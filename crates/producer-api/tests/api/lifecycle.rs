@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::KEY_A;
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use stream_core::testing::eventually;
 use stream_core::KafkaArgs;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn start_up_fails_fast_and_clearly_without_a_broker() {
@@ -136,4 +138,38 @@ async fn graceful_shutdown_loses_no_acknowledged_event() {
         common::read_all(&kafka, &kafka.topics.events).await.into_iter().map(|e| e.id).collect();
     let lost: Vec<_> = acked.difference(&written).collect();
     assert!(lost.is_empty(), "{} acknowledged events missing from the topic: {lost:?}", lost.len());
+}
+
+#[tokio::test]
+async fn at_shutdown_open_websockets_close_with_1001() {
+    let (kafka, app) = common::spawn_app().await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = common::start_stream(&app, KEY_A, None).await;
+        assert_eq!(status, 201, "{body}");
+        let stream = body["stream_id"].as_str().unwrap().to_owned();
+        sockets.push(common::connect(&app, KEY_A, &stream).await);
+    }
+    sockets[0].send(Message::text(r#"{"data": {"n": 1}}"#)).await.unwrap();
+    let ack = common::next_frame(&mut sockets[0], "ack").await;
+    app.shutdown.cancel();
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        let close = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match socket.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(_)) => continue,
+                    other => panic!("socket {n}: expected a close frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("socket {n} closes at shutdown"))
+        .expect("the close frame has a code");
+        assert_eq!(u16::from(close.code), 1001, "socket {n}: {close:?}");
+        assert_eq!(close.reason.as_str(), "server shutting down");
+    }
+    app.handle.await.unwrap().unwrap();
+    let written = common::read_all(&kafka, &kafka.topics.events).await;
+    assert!(written.iter().any(|e| e.id == ack["id"].as_str().unwrap()), "the acked event is written");
 }
