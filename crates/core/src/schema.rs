@@ -345,8 +345,9 @@ pub mod trace {
     pub fn new_traceparent() -> String {
         // Random v4 UUIDs: never all zero (their version bits are set), as
         // W3C requires of both ids; one string is written, none in between.
-        // Written as hex by uuid's encoder rather than through `fmt`: a
-        // tenth of the instructions (callgrind, per send in the gateway).
+        // Written as hex by uuid's encoder: formatting the two integers
+        // through `fmt` took about 1,900 instructions per send in the
+        // gateway (callgrind).
         let (mut trace, mut span) = (uuid::Uuid::encode_buffer(), uuid::Uuid::encode_buffer());
         let trace = uuid::Uuid::new_v4().simple().encode_lower(&mut trace);
         let span = &uuid::Uuid::new_v4().simple().encode_lower(&mut span)[..16];

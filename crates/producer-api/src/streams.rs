@@ -215,7 +215,7 @@ pub struct SendAck {
 
 impl IntoResponse for SendAck {
     /// The same bytes as `Json(ack)`, written directly: serde_json escapes
-    /// strings a byte at a time, which was a fiftieth of the gateway's
+    /// strings a byte at a time, which was about 2 % of the gateway's
     /// instructions per send (callgrind).
     fn into_response(self) -> Response {
         use stream_core::json::write_str;
