@@ -1,10 +1,18 @@
 //! Delivery reports as callbacks into one shared tally.
 //!
-//! librdkafka calls [`DeliveryContext::delivery`] on the producer's polling
-//! thread for every record. The due time of each record travels with it as
-//! its opaque (nanoseconds since the tally's epoch, no allocation), so ack
-//! latency is measured when the report arrives, not when some task gets
-//! round to polling a future.
+//! The sender serves the reports itself ([`serve_reports`]), on its own
+//! thread, between sends and while it waits, rather than leaving them to a
+//! polling thread (rdkafka's `ThreadedProducer`): a report then wakes no
+//! other thread, and librdkafka frees each record and its headers where the
+//! sender runs, mostly the thread that allocated them. 1,000,000 records with CloudEvents headers, three
+//! alternating runs on a fresh broker: 4.16, 3.92 and 3.75 µs of CPU per
+//! record with a polling thread (11,000-76,000 voluntary context switches),
+//! 3.07, 3.00 and 2.88 µs served by the sender (570-740).
+//!
+//! The due time of each record travels with it as its opaque (nanoseconds
+//! since the tally's epoch, no allocation), so ack latency is measured when
+//! the report is served: within [`REPORT_SLICE`] of its arrival while the
+//! sender waits, within 64 sends while it sends flat out.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,16 +20,37 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::ClientContext;
 use stream_core::kafka::{self, ProducerOptions, TracingContext};
 use stream_core::KafkaArgs;
-use tokio::sync::Notify;
 
 use crate::report::{self, ErrorCount};
 
-/// The producer the publisher and the bench send with.
-pub type BulkProducer = ThreadedProducer<DeliveryContext>;
+/// The producer the publisher and the bench send with. Nothing polls it in
+/// the background: its sender calls [`serve_reports`].
+pub type BulkProducer = BaseProducer<DeliveryContext>;
+
+/// The longest a waiting sender goes without serving delivery reports.
+pub const REPORT_SLICE: Duration = Duration::from_millis(1);
+
+/// Serves every delivery report librdkafka holds for `producer`, on the
+/// calling thread, without waiting for more; returns how many records they
+/// settled.
+pub fn serve_reports(producer: &BulkProducer) -> u64 {
+    let deliveries = producer.context();
+    let before = deliveries.tally().settled();
+    let mut settled = before;
+    loop {
+        // One event per call: a report covers one produce response's records.
+        producer.poll(Duration::ZERO);
+        let now = deliveries.tally().settled();
+        if now == settled {
+            return now - before;
+        }
+        settled = now;
+    }
+}
 
 /// A producer with the project's settings whose delivery reports feed a
 /// [`Tally`].
@@ -77,14 +106,11 @@ pub struct DeliveryContext {
 
 struct Shared {
     tally: Mutex<Tally>,
-    /// Woken after each report, for senders waiting on a full queue or
-    /// on the last acknowledgements.
-    settled: Notify,
 }
 
 impl Default for DeliveryContext {
     fn default() -> Self {
-        Self { shared: Arc::new(Shared { tally: Mutex::new(Tally::new(Instant::now())), settled: Notify::new() }) }
+        Self { shared: Arc::new(Shared { tally: Mutex::new(Tally::new(Instant::now())) }) }
     }
 }
 
@@ -98,11 +124,6 @@ impl DeliveryContext {
     /// The tally, locked.
     pub fn tally(&self) -> MutexGuard<'_, Tally> {
         self.shared.tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Waits for the next delivery report, or `at_most`.
-    pub async fn settled(&self, at_most: Duration) {
-        let _ = tokio::time::timeout(at_most, self.shared.settled.notified()).await;
     }
 }
 
@@ -138,6 +159,5 @@ impl ProducerContext for DeliveryContext {
                 }
             }
         }
-        self.shared.settled.notify_one();
     }
 }

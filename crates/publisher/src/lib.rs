@@ -41,7 +41,7 @@ use stream_core::schema::Timestamp;
 use stream_core::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
-pub use delivery::{producer, BulkProducer};
+pub use delivery::{producer, serve_reports, BulkProducer, REPORT_SLICE};
 pub use pacer::Pacer;
 pub use payload::Payloads;
 pub use report::{Percentiles, Report};
@@ -269,11 +269,18 @@ pub async fn publish(
     for seq in 0..count {
         let due = match pacer.due(seq) {
             Some(due) => {
-                if due > Instant::now() {
+                // Reports are served while the schedule waits, a slice at a
+                // time, so each is timed close to its arrival.
+                loop {
+                    serve_reports(producer);
+                    let now = Instant::now();
+                    if due <= now || shutdown.is_cancelled() {
+                        break;
+                    }
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => {}
-                        _ = tokio::time::sleep_until(due.into()) => {}
+                        _ = tokio::time::sleep_until(due.min(now + REPORT_SLICE).into()) => {}
                     }
                 }
                 due
@@ -320,6 +327,9 @@ pub async fn publish(
             match producer.send(record) {
                 Ok(()) => {
                     sent += 1;
+                    if sent % 64 == 0 {
+                        serve_reports(producer);
+                    }
                     last_sent = if pacer.rate().is_some() { Instant::now() } else { due };
                     break;
                 }
@@ -327,7 +337,9 @@ pub async fn publish(
                     // Backpressure: librdkafka's queue is full, so wait for
                     // deliveries to make room rather than fail or spin.
                     record = back;
-                    deliveries.settled(Duration::from_millis(10)).await;
+                    if serve_reports(producer) == 0 {
+                        tokio::time::sleep(REPORT_SLICE).await;
+                    }
                 }
                 Err((error, _)) => {
                     refused += 1;
@@ -349,11 +361,12 @@ pub async fn publish(
     // Every record gets a report within the producer's delivery timeout,
     // so this wait is bounded; a second signal exits at once.
     loop {
+        serve_reports(producer);
         let settled = deliveries.tally().settled();
         if settled >= sent {
             break;
         }
-        deliveries.settled(Duration::from_millis(100)).await;
+        tokio::time::sleep(REPORT_SLICE).await;
         progress.set_position(deliveries.tally().acked);
     }
     let tally = deliveries.tally().clone();

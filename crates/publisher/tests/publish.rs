@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use publisher::{Args, Report};
 use rdkafka::consumer::Consumer;
+use rdkafka::producer::Producer as _;
 use rdkafka::Offset;
 use stream_core::kafka::{self, StartFrom};
 use stream_core::schema::Timestamp;
@@ -178,4 +179,37 @@ async fn no_headers_sends_bare_records() {
     let events = read_back(&kafka, 50).await;
     // Without ce_* headers the decoder falls back to record metadata.
     assert!(events.iter().all(|e| e.source.starts_with("kafka:") && e.key.is_none() && e.data.len() == 100));
+}
+
+/// Nothing polls the producer in the background: its reports wait until
+/// the sender serves them, and serving takes every one there is.
+#[tokio::test]
+async fn delivery_reports_wait_for_the_sender_to_serve_them() {
+    let kafka = testing::kafka_args();
+    testing::create_topic(&kafka, &kafka.topics.events, kafka.topics.partitions).await;
+    let options = args(&kafka, &[]).producer_options();
+    let producer = publisher::producer(&kafka, &options).unwrap();
+    for n in 0..200u32 {
+        let record = rdkafka::producer::BaseRecord::with_opaque_to(&kafka.topics.events, 0).payload(&[b'x'; 10]);
+        producer.send(record.key(&n.to_string())).unwrap();
+    }
+    // Written long before this wait ends, but not reported: nobody served.
+    testing::eventually(Duration::from_secs(30), "the 200 records in the topic", || async {
+        let probe = kafka::reader(&kafka, StartFrom::Earliest).unwrap();
+        let stored: i64 = (0..kafka.topics.partitions)
+            .map(|p| probe.fetch_watermarks(&kafka.topics.events, p, Duration::from_secs(5)).map_or(0, |(l, h)| h - l))
+            .sum();
+        (stored == 200).then_some(())
+    })
+    .await;
+    assert_eq!(producer.context().tally().settled(), 0);
+    let mut served = 0;
+    testing::eventually(Duration::from_secs(30), "every report served", || {
+        served += publisher::serve_reports(&producer);
+        std::future::ready((served == 200).then_some(()))
+    })
+    .await;
+    let tally = producer.context().tally().clone();
+    assert_eq!((tally.acked, tally.failed, tally.bytes), (200, 0, 2000));
+    assert_eq!(publisher::serve_reports(&producer), 0, "nothing is left to serve");
 }
