@@ -12,13 +12,15 @@
 //! - [`pacer`]: the open-loop send schedule behind `--rate`.
 //! - [`payload`]: generated JSON of `--size` bytes, or `--from-file` lines.
 //! - [`report`]: latency histograms, percentiles and the final [`Report`].
-//! - [`delivery`]: the producer, whose delivery reports are callbacks.
+//! - [`delivery`]: the producer, whose delivery reports are callbacks the
+//!   sender serves itself.
 //! - [`publish`] (here): the pipelined send loop, shared with `bench`.
 //!
 //! Sends are pipelined: each event is handed to librdkafka without waiting,
-//! and delivery reports are tallied by a callback as they arrive.
-//! When librdkafka's queue is full the loop waits for some in-flight
-//! deliveries instead of failing or spinning.
+//! and the loop serves the delivery reports that have arrived, between
+//! sends and while it waits, into a tally. When librdkafka's queue is full
+//! the loop serves reports (or waits a moment for some) instead of failing
+//! or spinning.
 
 pub mod delivery;
 pub mod pacer;
