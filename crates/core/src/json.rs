@@ -23,6 +23,11 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
     }
 }
 
+/// Appends an integer as JSON (serde_json writes integers with itoa too).
+pub fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// Appends `value` as compact JSON.
 pub fn write_value(out: &mut Vec<u8>, value: &Value) {
     match value {

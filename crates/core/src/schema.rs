@@ -421,7 +421,7 @@ impl EventResult {
     /// the timestamps as they are, every other string through
     /// [`json::write_str`](crate::json::write_str).
     pub fn to_json(&self) -> Vec<u8> {
-        use crate::json::{write_str, write_value};
+        use crate::json::{write_int, write_str, write_value};
         let mut out = Vec::with_capacity(320);
         out.extend_from_slice(b"{\"event_id\":");
         write_str(&mut out, &self.event_id);
@@ -437,11 +437,11 @@ impl EventResult {
         out.extend_from_slice(self.processed_at.rfc3339().as_str().as_bytes());
         out.extend_from_slice(b"\",\"worker_id\":");
         match self.worker_id {
-            Some(worker) => out.extend_from_slice(itoa::Buffer::new().format(worker).as_bytes()),
+            Some(worker) => write_int(&mut out, worker),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"latency_us\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.latency_us).as_bytes());
+        write_int(&mut out, self.latency_us);
         out.extend_from_slice(b",\"output\":");
         write_value(&mut out, &self.output);
         if let Some(trace) = &self.traceparent {

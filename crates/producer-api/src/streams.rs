@@ -218,7 +218,7 @@ impl IntoResponse for SendAck {
     /// strings a byte at a time, which was about 2 % of the gateway's
     /// instructions per send (callgrind).
     fn into_response(self) -> Response {
-        use stream_core::json::write_str;
+        use stream_core::json::{write_int, write_str};
         let mut out = Vec::with_capacity(64 + self.id.len() + self.stream_id.len() + self.topic.len());
         out.extend_from_slice(b"{\"id\":");
         write_str(&mut out, &self.id);
@@ -227,9 +227,9 @@ impl IntoResponse for SendAck {
         out.extend_from_slice(b",\"topic\":");
         write_str(&mut out, &self.topic);
         out.extend_from_slice(b",\"partition\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.partition).as_bytes());
+        write_int(&mut out, self.partition);
         out.extend_from_slice(b",\"offset\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.offset).as_bytes());
+        write_int(&mut out, self.offset);
         out.push(b'}');
         ([(header::CONTENT_TYPE, "application/json")], out).into_response()
     }
