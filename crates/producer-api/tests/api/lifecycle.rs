@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::KEY_A;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{json, Value};
 use stream_core::testing::eventually;
 use stream_core::KafkaArgs;
@@ -154,18 +154,9 @@ async fn at_shutdown_open_websockets_close_with_1001() {
     let ack = common::next_frame(&mut sockets[0], "ack").await;
     app.shutdown.cancel();
     for (n, socket) in sockets.iter_mut().enumerate() {
-        let close = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                match socket.next().await {
-                    Some(Ok(Message::Close(frame))) => return frame,
-                    Some(Ok(_)) => continue,
-                    other => panic!("socket {n}: expected a close frame, got {other:?}"),
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("socket {n} closes at shutdown"))
-        .expect("the close frame has a code");
+        let close = common::next_close(socket, Duration::from_secs(20), &format!("socket {n} at shutdown"))
+            .await
+            .expect("the close frame has a code");
         assert_eq!(u16::from(close.code), 1001, "socket {n}: {close:?}");
         assert_eq!(close.reason.as_str(), "server shutting down");
     }

@@ -6,7 +6,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::{KEY_A, KEY_B};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{json, Value};
 use stream_core::testing::eventually;
 use tokio_tungstenite::tungstenite::Message;
@@ -91,17 +91,7 @@ async fn websocket_round_trip_through_a_processor() {
     let response =
         common::client().delete(app.url(&format!("/stream/{stream}"))).header("X-API-Key", KEY_A).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("socket closes after delete");
+    let closed = common::next_close(&mut socket, Duration::from_secs(10), "socket after delete").await;
     assert_eq!(u16::from(closed.expect("close frame has a code").code), 1000);
     assert_eq!(send(&app, KEY_A, &stream, json!({"data": 1})).await.0, 404);
 

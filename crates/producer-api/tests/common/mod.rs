@@ -18,6 +18,7 @@ use stream_core::schema::{Event, EventResult};
 use stream_core::KafkaArgs;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -227,6 +228,22 @@ pub async fn connect(app: &TestApp, key: &str, stream: &str) -> Socket {
     let mut request = app.ws_url(&format!("/stream/{stream}/results")).into_client_request().unwrap();
     request.headers_mut().insert("X-API-Key", key.parse().unwrap());
     tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade").0
+}
+
+/// The close frame the server sends next, skipping other frames; panics
+/// (naming `what`) if the socket ends without one or none comes `within`.
+pub async fn next_close(socket: &mut Socket, within: Duration, what: &str) -> Option<CloseFrame> {
+    tokio::time::timeout(within, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("{what}: expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: no close frame within {within:?}"))
 }
 
 /// The next JSON text frame of a given type, skipping others.
