@@ -25,7 +25,10 @@
 #            each rate on its own fresh broker
 #
 # Output: a table on stdout and in bench-results/cost/cost.log, the benches'
-# JSON, .hgrm and SVG files beside it.
+# JSON, .hgrm and SVG files beside it. The api series also splits the
+# gateway's and the consumer's CPU by thread (/proc/PID/task/*/stat): Tokio's
+# workers, librdkafka's threads, rdkafka's delivery-report thread, the
+# consumer's group poll threads.
 # Environment: PERF_PORT (19800) for the broker, COST_API_PORT (18283),
 # COST_BIN (target/release, built first) to measure other binaries.
 set -euo pipefail
@@ -65,6 +68,33 @@ run_timed() {
     { print }
     END { printf "cpu=%.2f\n", cpu }'
 }
+# CPU ticks so far of each live thread of a process: "tid group ticks" per
+# line. The group says what the thread is: Tokio's workers, librdkafka's
+# own threads (rdk:*), rdkafka's delivery-report polling thread, the
+# consumer's group poll threads, or other.
+thread_ticks() {
+  awk '{
+    rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
+    comm = substr($0, index($0, "(") + 1); comm = substr(comm, 1, length(comm) - length(rest) - 2)
+    g = "other"
+    if (comm ~ /^tokio-rt-worker/) g = "runtime"; else if (comm ~ /^rdk:/) g = "librdkafka"
+    else if (comm ~ /^producer poll/) g = "delivery-thread"; else if (comm ~ /^consumer-worker/) g = "group-poll"
+    split(FILENAME, p, "/"); print p[5], g, f[12] + f[13]
+  }' /proc/"$1"/task/*/stat 2>/dev/null
+}
+# Where a process's CPU per message went between two thread_ticks
+# snapshots: µs per message by group; "rest" is the process total (whose
+# CPU seconds are given) minus the groups, which includes exited threads.
+by_thread() {
+  awk -v t="$TICK" -v n="$3" -v total="$4" '
+    NR == FNR { before[$1] = $3; next }
+    { d[$2] += $3 - before[$1]; sum += $3 - before[$1] }
+    END {
+      split("runtime librdkafka delivery-thread group-poll other", order, " ")
+      for (i = 1; i <= 5; i++) if (order[i] in d) printf "%s %.1f, ", order[i], d[order[i]] * 1e6 / t / n
+      printf "rest %.1f\n", (total - sum / t) * 1e6 / n
+    }' "$1" "$2"
+}
 # µs per message from a CPU-seconds delta.
 per() { awk -v c="$1" -v n="$2" 'BEGIN { printf "%.1f", c * 1e6 / n }'; }
 rows=()
@@ -96,12 +126,18 @@ read -r p50 p99 pmax < <(sort -n "$starts" | awk '{ v[NR] = $1 * 1000 } END { pr
 row "POST /stream/start p50 / p99 / max (ms)" "$p50 / $p99 / $pmax"
 
 g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)")
+thread_ticks "$gateway" >"$OUT/gateway-threads.0"; thread_ticks "$consumer" >"$OUT/consumer-threads.0"
 api_out=$(run_timed $B/bench api --url "http://127.0.0.1:$API_PORT" --api-key cost-key --streams 1000 --messages "$API_MSGS" --out-dir "$OUT")
 echo "$api_out"
+# Threads read after the process totals at the start and before them at
+# the end, so that the threads' share never exceeds the totals.
+thread_ticks "$gateway" >"$OUT/gateway-threads.1"; thread_ticks "$consumer" >"$OUT/consumer-threads.1"
 g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)")
 client=$(sed -n 's/^cpu=//p' <<<"$api_out")
 row "api: gateway CPU per message (µs)" "$(per "$(echo "$g1 - $g0" | bc)" "$API_MSGS")"
+row "api: gateway CPU by thread (µs)" "$(by_thread "$OUT/gateway-threads.0" "$OUT/gateway-threads.1" "$API_MSGS" "$(echo "$g1 - $g0" | bc)")"
 row "api: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
+row "api: consumer CPU by thread (µs)" "$(by_thread "$OUT/consumer-threads.0" "$OUT/consumer-threads.1" "$API_MSGS" "$(echo "$c1 - $c0" | bc)")"
 row "api: broker CPU per message (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$API_MSGS")"
 row "api: load client (bench) CPU per message (µs)" "$(per "$client" "$API_MSGS")"
 row "api: requests/s" "$(awk '$1 == "request" { print $3 }' <<<"$api_out" | head -1)"
