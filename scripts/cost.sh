@@ -85,6 +85,8 @@ thread_ticks() {
 # Where a process's CPU per message went between two thread_ticks
 # snapshots: µs per message by group; "rest" is the process total (whose
 # CPU seconds are given) minus the groups, which includes exited threads.
+# The kernel scales each thread's and the process's user/system split on
+# its own, so the two can differ by a few ticks: rest is floored at 0.
 by_thread() {
   awk -v t="$TICK" -v n="$3" -v total="$4" '
     NR == FNR { before[$1] = $3; next }
@@ -92,7 +94,8 @@ by_thread() {
     END {
       split("runtime librdkafka delivery-thread group-poll other", order, " ")
       for (i = 1; i <= 5; i++) if (order[i] in d) printf "%s %.1f, ", order[i], d[order[i]] * 1e6 / t / n
-      printf "rest %.1f\n", (total - sum / t) * 1e6 / n
+      rest = (total - sum / t) * 1e6 / n
+      printf "rest %.1f\n", rest < 0 ? 0 : rest
     }' "$1" "$2"
 }
 # µs per message from a CPU-seconds delta.
@@ -129,8 +132,8 @@ g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)")
 thread_ticks "$gateway" >"$OUT/gateway-threads.0"; thread_ticks "$consumer" >"$OUT/consumer-threads.0"
 api_out=$(run_timed $B/bench api --url "http://127.0.0.1:$API_PORT" --api-key cost-key --streams 1000 --messages "$API_MSGS" --out-dir "$OUT")
 echo "$api_out"
-# Threads read after the process totals at the start and before them at
-# the end, so that the threads' share never exceeds the totals.
+# Threads are read after the process totals at the start and before them
+# at the end, so the totals cover at least what the threads used.
 thread_ticks "$gateway" >"$OUT/gateway-threads.1"; thread_ticks "$consumer" >"$OUT/consumer-threads.1"
 g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)")
 client=$(sed -n 's/^cpu=//p' <<<"$api_out")
