@@ -58,11 +58,13 @@ async fn five_sigkills_in_one_run_lose_nothing_and_replay_only_uncommitted_work(
     let mut committed = Vec::new();
     for n in 0..KILLS {
         let mut process = start_binary(&args, &group, &format!("{group}-{n}.log"));
-        let target = random_between(n * slice + slice / 4, (n + 1) * slice).max(results.answered() + 100);
-        wait_for_answered(&results, target, n + 1).await;
         // This process must have committed work of its own before it dies.
+        // Waited for first, so that the kill follows the kill point within
+        // a look of `wait_for_answered`.
         let floor = committed.last().copied().unwrap_or(0);
         wait_for_commit_above(&args, &group, &args.topics.events, floor).await;
+        let target = random_between(n * slice + slice / 4, (n + 1) * slice).max(results.answered() + 100);
+        wait_for_answered(&results, target, n + 1).await;
         process.kill().await.expect("SIGKILL");
         kills.push(results.len());
         kill_times.push(Timestamp::now());

@@ -178,19 +178,7 @@ pub async fn committed_and_end(args: &KafkaArgs, group: &str, topic: &str) -> (H
             tpl.add_partition(&topic, *p);
         }
         let committed = probe.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
-        let committed = committed
-            .elements()
-            .iter()
-            .map(|e| {
-                (
-                    e.partition(),
-                    match e.offset() {
-                        Offset::Offset(o) => o,
-                        _ => 0,
-                    },
-                )
-            })
-            .collect();
+        let committed = committed.elements().iter().map(|e| (e.partition(), committed_offset(e.offset()))).collect();
         let end = partitions
             .iter()
             .map(|p| (*p, probe.fetch_watermarks(&topic, *p, Duration::from_secs(10)).expect("watermarks").1))
@@ -208,16 +196,48 @@ pub async fn committed_total(args: &KafkaArgs, group: &str, topic: &str) -> i64 
     committed_and_end(args, group, topic).await.0.values().sum()
 }
 
+/// A committed offset as a count of events: none committed is 0.
+fn committed_offset(offset: Offset) -> i64 {
+    match offset {
+        Offset::Offset(o) => o,
+        _ => 0,
+    }
+}
+
 /// Waits until the group has committed more than `floor` events of `topic`,
 /// and returns the committed total: a running consumer commits as it goes,
 /// not only when it stops.
+///
+/// One probe asks every 10 ms. A kill test kills right after this returns,
+/// and a restarted consumer works off its backlog at tens of thousands of
+/// events a second: a new probe per look with a growing pause let it run
+/// 16,000 events past the commit, until a run of five kills found every
+/// event answered before the last one.
 pub async fn wait_for_commit_above(args: &KafkaArgs, group: &str, topic: &str, floor: i64) -> i64 {
-    let what = format!("group {group} to commit beyond {floor} events");
-    stream_core::testing::eventually(DEADLINE, &what, || async {
-        let total = committed_total(args, group, topic).await;
-        (total > floor).then_some(total)
+    let probe = kafka::group_consumer(args, &ConsumerOptions::new(group), GroupContext).expect("probe");
+    let (group, topic) = (group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let metadata = probe.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition(&topic, p.id());
+        }
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let committed = probe.committed_offsets(tpl.clone(), Duration::from_secs(10)).expect("committed offsets");
+            let total: i64 = committed.elements().iter().map(|e| committed_offset(e.offset())).sum();
+            if total > floor {
+                return total;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {DEADLINE:?} waiting for group {group} to commit beyond {floor} events (at {total})"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     })
     .await
+    .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()))
 }
 
 /// Checks one kill against what the results show afterwards, and returns
