@@ -208,11 +208,11 @@ fn committed_offset(offset: Offset) -> i64 {
 /// and returns the committed total: a running consumer commits as it goes,
 /// not only when it stops.
 ///
-/// One probe asks every 10 ms. A kill test kills right after this returns,
-/// and a restarted consumer works off its backlog at tens of thousands of
-/// events a second: a new probe per look with a growing pause let it run
-/// 16,000 events past the commit, until a run of five kills found every
-/// event answered before the last one.
+/// One probe asks every 10 ms. The kill tests time their kills around
+/// this wait, and a restarted consumer works off its backlog at tens of
+/// thousands of events a second: a new probe per look with a growing pause
+/// let it run 16,000 events past a kill point, until a run of five kills
+/// found every event answered before the last one.
 pub async fn wait_for_commit_above(args: &KafkaArgs, group: &str, topic: &str, floor: i64) -> i64 {
     let probe = kafka::group_consumer(args, &ConsumerOptions::new(group), GroupContext).expect("probe");
     let (group, topic) = (group.to_string(), topic.to_string());
