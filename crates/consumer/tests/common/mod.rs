@@ -169,21 +169,21 @@ impl Running {
 /// offsets of those partitions.
 pub async fn committed_and_end(args: &KafkaArgs, group: &str, topic: &str) -> (HashMap<i32, i64>, HashMap<i32, i64>) {
     let probe = kafka::group_consumer(args, &ConsumerOptions::new(group), GroupContext).expect("probe");
-    let (args, topic) = (args.clone(), topic.to_string());
+    let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
-        let metadata = probe.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
-        let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition(&topic, *p);
-        }
-        let committed = probe.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        let partitions = partitions_of(&probe, &topic);
+        let committed =
+            probe.committed_offsets(partitions.clone(), Duration::from_secs(10)).expect("committed offsets");
         let committed = committed.elements().iter().map(|e| (e.partition(), committed_offset(e.offset()))).collect();
         let end = partitions
+            .elements()
             .iter()
-            .map(|p| (*p, probe.fetch_watermarks(&topic, *p, Duration::from_secs(10)).expect("watermarks").1))
+            .map(|e| {
+                let high =
+                    probe.fetch_watermarks(&topic, e.partition(), Duration::from_secs(10)).expect("watermarks").1;
+                (e.partition(), high)
+            })
             .collect();
-        let _ = args;
         (committed, end)
     })
     .await
@@ -194,6 +194,17 @@ pub async fn committed_and_end(args: &KafkaArgs, group: &str, topic: &str) -> (H
 /// of `topic`: how many a restarted group will not read again.
 pub async fn committed_total(args: &KafkaArgs, group: &str, topic: &str) -> i64 {
     committed_and_end(args, group, topic).await.0.values().sum()
+}
+
+/// Every partition of `topic`, as the probe's metadata lists them
+/// (blocking).
+fn partitions_of(probe: &kafka::GroupConsumer, topic: &str) -> TopicPartitionList {
+    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut partitions = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        partitions.add_partition(topic, p.id());
+    }
+    partitions
 }
 
 /// A committed offset as a count of events: none committed is 0.
@@ -217,14 +228,11 @@ pub async fn wait_for_commit_above(args: &KafkaArgs, group: &str, topic: &str, f
     let probe = kafka::group_consumer(args, &ConsumerOptions::new(group), GroupContext).expect("probe");
     let (group, topic) = (group.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let metadata = probe.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
-        let mut tpl = TopicPartitionList::new();
-        for p in metadata.topics()[0].partitions() {
-            tpl.add_partition(&topic, p.id());
-        }
+        let partitions = partitions_of(&probe, &topic);
         let deadline = std::time::Instant::now() + DEADLINE;
         loop {
-            let committed = probe.committed_offsets(tpl.clone(), Duration::from_secs(10)).expect("committed offsets");
+            let committed =
+                probe.committed_offsets(partitions.clone(), Duration::from_secs(10)).expect("committed offsets");
             let total: i64 = committed.elements().iter().map(|e| committed_offset(e.offset())).sum();
             if total > floor {
                 return total;
