@@ -80,7 +80,7 @@ pub async fn run(args: &E2eArgs, shutdown: CancellationToken) -> anyhow::Result<
     let topic = load.bench_topic.clone();
     let reader = kafka::reader(&load.kafka, StartFrom::Latest)?;
     kafka::assign_at_end(&reader, &topic, load.kafka.connect_timeout).with_context(|| format!("assigning {topic}"))?;
-    let producer = publisher::producer(&load.kafka, &load.producer_options())?;
+    let producer = publisher::producer(&load.kafka, &load.producer_options(false))?;
     let payloads = Payloads::generated(load.size, load.keys);
 
     let steps: Steps = Arc::default();

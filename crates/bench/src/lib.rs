@@ -157,11 +157,14 @@ pub struct KafkaBench {
 }
 
 impl KafkaBench {
-    fn producer_options(&self) -> ProducerOptions {
+    /// `pipelined` for the bulk loads (`produce`, `consume`'s fill), as the
+    /// publisher; `e2e` keeps one request in flight, as the services.
+    fn producer_options(&self, pipelined: bool) -> ProducerOptions {
         ProducerOptions {
             acks: self.acks,
             linger: self.linger,
             queue_capacity: self.queue_capacity,
+            pipelined,
             ..ProducerOptions::default()
         }
     }

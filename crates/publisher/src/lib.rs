@@ -129,6 +129,9 @@ impl Args {
             acks: self.acks,
             linger: self.linger,
             queue_capacity: self.queue_capacity,
+            // Several requests in flight per connection: with one, the
+            // rate with CloudEvents headers fell from 445k to 398k msg/s.
+            pipelined: true,
             ..ProducerOptions::default()
         }
     }
