@@ -142,9 +142,10 @@ pub fn producer(args: &KafkaArgs, options: &ProducerOptions) -> Result<Producer>
 }
 
 /// The same producer settings for any producer type and context. A bulk
-/// sender (publisher, bench) uses a `ThreadedProducer` whose context takes
-/// delivery reports as callbacks: at hundreds of thousands of records a
-/// second, a future and a channel per record cost more than the send.
+/// sender (publisher, bench) uses a `BaseProducer` whose context takes
+/// delivery reports as callbacks, served by the sending thread: at hundreds
+/// of thousands of records a second, a future and a channel per record cost
+/// more than the send.
 pub fn producer_with_context<T, C>(args: &KafkaArgs, options: &ProducerOptions, context: C) -> Result<T>
 where
     T: rdkafka::config::FromClientConfigAndContext<C>,
