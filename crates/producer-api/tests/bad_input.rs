@@ -454,18 +454,37 @@ async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
 }
 
 /// The code of the close frame among the frames a server sent (server
-/// frames are unmasked: opcode byte, length byte, then the payload).
+/// frames are unmasked: opcode byte, length byte with a 16- or 64-bit
+/// extended length after it for 126 and 127, then the payload). The
+/// socket follows a stream, so a result frame may come before the close.
 fn close_code(mut frames: &[u8]) -> Option<u16> {
     while frames.len() >= 2 {
-        let (opcode, len) = (frames[0] & 0x0f, usize::from(frames[1] & 0x7f));
-        assert!(len < 126, "a longer frame than this test reads: {frames:?}");
-        let payload = frames.get(2..2 + len)?;
+        let opcode = frames[0] & 0x0f;
+        let (len, head) = match frames[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes(frames.get(2..4)?.try_into().ok()?)), 4),
+            127 => (usize::try_from(u64::from_be_bytes(frames.get(2..10)?.try_into().ok()?)).ok()?, 10),
+            len => (usize::from(len), 2),
+        };
+        let payload = frames.get(head..head + len)?;
         if opcode == 0x8 {
             return (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
         }
-        frames = &frames[2 + len..];
+        frames = &frames[head + len..];
     }
     None
+}
+
+#[test]
+fn close_code_reads_past_frames_of_any_length() {
+    let close = [&[0x88, 16, 0x03, 0xea][..], b"protocol error"].concat();
+    // A 258-byte result frame first, as a subscribed socket may get one.
+    let long = [&[0x81, 126, 0x01, 0x02][..], &[b'x'; 258]].concat();
+    assert_eq!(close_code(&[long, close.clone()].concat()), Some(1002));
+    let longest = [&[0x82, 127, 0, 0, 0, 0, 0, 0, 0, 3][..], b"abc"].concat();
+    assert_eq!(close_code(&[longest, close.clone()].concat()), Some(1002));
+    let short = [&[0x81, 2][..], b"hi"].concat();
+    assert_eq!(close_code(&[short, close].concat()), Some(1002));
+    assert_eq!(close_code(&[0x81, 126, 0x01]), None, "a cut-short frame has no close code");
 }
 
 fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
