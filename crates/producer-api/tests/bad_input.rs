@@ -14,7 +14,8 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -453,23 +454,18 @@ async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
     all
 }
 
-/// The code of the close frame among the frames a server sent (server
-/// frames are unmasked: opcode byte, length byte with a 16- or 64-bit
-/// extended length after it for 126 and 127, then the payload). The
-/// socket follows a stream, so a result frame may come before the close.
-fn close_code(mut frames: &[u8]) -> Option<u16> {
-    while frames.len() >= 2 {
-        let opcode = frames[0] & 0x0f;
-        let (len, head) = match frames[1] & 0x7f {
-            126 => (usize::from(u16::from_be_bytes(frames.get(2..4)?.try_into().ok()?)), 4),
-            127 => (usize::try_from(u64::from_be_bytes(frames.get(2..10)?.try_into().ok()?)).ok()?, 10),
-            len => (usize::from(len), 2),
-        };
-        let payload = frames.get(head..head + len)?;
-        if opcode == 0x8 {
-            return (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+/// The code of the close frame among the frames a server sent. The socket
+/// follows a stream, so a result frame (of any length) may come before the
+/// close; tungstenite's own header parser reads each frame's length.
+fn close_code(frames: &[u8]) -> Option<u16> {
+    let mut cursor = std::io::Cursor::new(frames);
+    while let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) {
+        let start = usize::try_from(cursor.position()).ok()?;
+        let payload = frames.get(start..start + usize::try_from(len).ok()?)?;
+        if header.opcode == OpCode::Control(Control::Close) {
+            return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
         }
-        frames = &frames[head + len..];
+        cursor.set_position((start + payload.len()) as u64);
     }
     None
 }
