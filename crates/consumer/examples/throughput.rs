@@ -86,7 +86,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Bare { kafka: args } => bare(&args).await,
         Mode::Pipe { kafka: args } => pipe(&args).await,
-        Mode::Consumer { config } => run_consumer(config).await,
+        Mode::Consumer { config } => {
+            // As the `consumer` binary does.
+            consumer::memory::prefer_small_pages();
+            run_consumer(config).await
+        }
     }
 }
 

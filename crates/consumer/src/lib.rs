@@ -18,6 +18,7 @@
 //!   partition task uncopied (`record`).
 //! - [`dlq`]: the dead-letter record and its headers.
 //! - [`stats`]: counters for the periodic throughput line.
+//! - [`memory`]: transparent huge pages off for the process.
 //! - `startup`: broker connection with retries, topic checks.
 
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod config;
 pub mod dlq;
+pub mod memory;
 pub mod processor;
 mod startup;
 pub mod stats;

@@ -21,6 +21,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    consumer::memory::prefer_small_pages();
     stream_core::config::load_dotenv();
     let cli = Cli::parse();
     stream_core::telemetry::init(cli.config.log.log_format);
