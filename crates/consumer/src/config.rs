@@ -28,8 +28,8 @@ be processed (not JSON, say) go to the dead-letter topic with dlq_error,
 dlq_error_kind, dlq_source_topic, dlq_source_partition, dlq_source_offset
 and dlq_time headers, next to their original ce_* headers.
 
-The process runs without transparent huge pages, which keeps its memory
-and its CPU per event lower; MIMALLOC_ALLOW_THP=1 keeps them.";
+The process runs without transparent huge pages: less memory and, under
+light load, less CPU per event. MIMALLOC_ALLOW_THP=1 keeps them.";
 
 // Defaults the flags and `Config::for_tests` share.
 const DEFAULT_MAX_IN_FLIGHT: usize = 5_000;
