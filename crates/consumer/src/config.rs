@@ -29,7 +29,8 @@ dlq_error_kind, dlq_source_topic, dlq_source_partition, dlq_source_offset
 and dlq_time headers, next to their original ce_* headers.
 
 The process runs without transparent huge pages: less memory and, under
-light load, less CPU per event. MIMALLOC_ALLOW_THP=1 keeps them.";
+light load, less CPU per event. MIMALLOC_ALLOW_THP=1 in the environment
+(not in .env, which is read too late) keeps them.";
 
 // Defaults the flags and `Config::for_tests` share.
 const DEFAULT_MAX_IN_FLIGHT: usize = 5_000;
