@@ -28,7 +28,7 @@
 # JSON, .hgrm and SVG files beside it. The api series also splits the
 # gateway's and the consumer's CPU by thread (/proc/PID/task/*/stat): Tokio's
 # workers, librdkafka's threads, rdkafka's delivery-report thread, the
-# consumer's group poll threads.
+# consumer's group poll threads, and gives both processes' peak RSS.
 # Environment: PERF_PORT (19800) for the broker, COST_API_PORT (18283),
 # COST_BIN (target/release, built first) to measure other binaries.
 set -euo pipefail
@@ -59,6 +59,8 @@ fresh_broker() { scripts/broker.sh stop >/dev/null 2>&1 || true; scripts/broker.
 broker_pid() { cat "$BROKER_DIR/nisshi.pid"; }
 # CPU seconds (user + system, all threads) a live process has used so far.
 cpu() { awk -v t="$TICK" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat"; }
+# Peak resident memory of a live process so far, in MiB.
+peak_rss() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 # Runs a command in the foreground; prints its output, then "cpu=S" with the
 # CPU seconds it and its children used.
 run_timed() {
@@ -146,6 +148,7 @@ row "api: load client (bench) CPU per message (µs)" "$(per "$client" "$API_MSGS
 row "api: requests/s" "$(awk '$1 == "request" { print $3 }' <<<"$api_out" | head -1)"
 row "api: request p50 / p99 (ms)" "$(awk '$1 == "request" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
 row "api: end-to-end p50 / p99 (ms)" "$(awk '$1 == "end-to-end" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
+row "api: gateway / consumer peak RSS (MiB)" "$(peak_rss "$gateway") / $(peak_rss "$consumer")"
 kill "$gateway" "$consumer" 2>/dev/null || true; wait "$gateway" "$consumer" 2>/dev/null || true
 pids=()
 fi

@@ -8,7 +8,7 @@
 /// heap is spread thin over librdkafka's and the runtime's threads, so most
 /// of each huge page it touches stays empty but is cleared all the same. In
 /// the API case of `scripts/cost.sh` its resident memory grew from 35 to
-/// 109-123 MiB with huge pages and to 39-43 MiB without, and it used less
+/// 109-128 MiB with huge pages and to 38-43 MiB without, and it used less
 /// CPU per event without them in nine of ten interleaved pairs and the same
 /// in the tenth (medians 10.2 against 12.0 µs in four pairs of 100,000
 /// messages, 10.45 against 11.3 in six runs of the script). Bulk runs over
