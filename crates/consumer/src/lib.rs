@@ -156,8 +156,7 @@ pub async fn run_observed<P: Processor>(
     // Everything stored was acknowledged already; this only waits for
     // results whose drain timed out, so they are not lost needlessly.
     let producer = shared.producer.clone();
-    let _ = tokio::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&producer, Duration::from_secs(5)))
-        .await;
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
     let snapshot = stats.snapshot();
     tracing::info!(
         processed = snapshot.processed,

@@ -40,6 +40,11 @@ pub enum Error {
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaError),
 
+    /// A producer was created outside a Tokio runtime, which it needs to
+    /// serve its delivery reports.
+    #[error("a producer must be created inside a Tokio runtime, which serves its delivery reports")]
+    NoRuntime,
+
     /// Any other error reported by librdkafka.
     #[error(transparent)]
     Kafka(#[from] KafkaError),

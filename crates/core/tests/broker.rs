@@ -144,7 +144,8 @@ async fn a_partition_watch_reads_partitions_added_after_the_reader_started() {
     for partition in 0..3 {
         let event = Event::json("/test", None, &json!({ "partition": partition }));
         let record = event.record(&topic).partition(partition);
-        producer.send(record, Duration::from_secs(10)).await.expect("produced");
+        let sent = producer.send_result(record).map_err(|(error, _)| error).expect("enqueued");
+        kafka::delivered(sent).await.expect("produced");
     }
 
     let look = |reader: Arc<_>, watch: Arc<kafka::PartitionWatch>| {

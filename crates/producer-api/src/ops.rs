@@ -31,7 +31,6 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, AppErr
     let publisher = state.publisher.clone();
     let brokers = state.config.kafka.brokers.clone();
     let info = tokio::task::spawn_blocking(move || {
-        use rdkafka::producer::Producer as _;
         kafka::cluster_info(publisher.producer().client(), &brokers, READY_TIMEOUT)
     })
     .await

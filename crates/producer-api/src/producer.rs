@@ -6,8 +6,8 @@ use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, Producer as _};
 use serde::{Deserialize, Serialize};
+use stream_core::kafka::DeliveryFuture;
 use stream_core::kafka::{self, Producer};
 use stream_core::schema::Event;
 use tokio::time::Instant as TokioInstant;

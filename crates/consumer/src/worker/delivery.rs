@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
-use stream_core::kafka::{self, Producer};
+use rdkafka::producer::FutureRecord;
+use stream_core::kafka::{self, DeliveryFuture, Producer};
 use stream_core::schema::{header, trace, Timestamp};
 
 use super::record::Record;

@@ -6,15 +6,13 @@ use std::time::Duration;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 
 use super::context::{GroupContext, TracingContext};
+use super::producer::Producer;
 use crate::config::KafkaArgs;
 use crate::error::{Error, Result};
 
-/// The producer type every binary uses.
-pub type Producer = FutureProducer<TracingContext>;
 /// A consumer in a group, with rebalances and commits logged.
 pub type GroupConsumer = StreamConsumer<GroupContext>;
 
@@ -137,8 +135,11 @@ impl Default for ProducerOptions {
 /// threads 7.5 -> 4.8 µs per message, the consumer's 4.0 -> 3.2 µs per
 /// event, the broker 16.6 -> 15.0 µs. A bulk publisher lost a tenth of its
 /// rate with headers (445k -> 398k msg/s): it pipelines.
+///
+/// Its delivery reports are served by a task on the current Tokio runtime
+/// (see [`Producer`]), so it must be created inside one.
 pub fn producer(args: &KafkaArgs, options: &ProducerOptions) -> Result<Producer> {
-    producer_with_context(args, options, TracingContext)
+    Producer::create(&producer_config(args, options))
 }
 
 /// The same producer settings for any producer type and context. A bulk
@@ -347,12 +348,12 @@ mod tests {
     fn bad_properties_name_the_key() {
         let mut args = KafkaArgs::for_brokers("127.0.0.1:1");
         args.properties.push(("linger.ms".into(), "soon".into()));
-        let err = producer(&args, &ProducerOptions::default()).err().expect("must fail").to_string();
+        let err = producer(&args, &ProducerOptions::default()).expect_err("must fail").to_string();
         assert!(err.contains("linger.ms"), "{err}");
     }
 
-    #[test]
-    fn an_idempotent_producer_keeps_one_request_in_flight_unless_told_otherwise() {
+    #[tokio::test]
+    async fn an_idempotent_producer_keeps_one_request_in_flight_unless_told_otherwise() {
         let mut args = KafkaArgs::for_brokers("127.0.0.1:1");
         let key = "max.in.flight.requests.per.connection";
         let config = producer_config(&args, &ProducerOptions::default());

@@ -9,6 +9,8 @@
 //! - `client`: the factories, and the type aliases binaries use;
 //! - `context`: log, error, rebalance and commit callbacks;
 //! - `assign`: partition assignment and watching for group-less readers;
+//! - `producer`: the producer whose delivery reports resolve futures,
+//!   served on the Tokio runtime;
 //! - `send`: enqueue an event, await its ack;
 //! - `admin`: topics and cluster metadata.
 
@@ -16,10 +18,12 @@ mod admin;
 mod assign;
 mod client;
 mod context;
+mod producer;
 mod send;
 
 pub use admin::*;
 pub use assign::*;
 pub use client::*;
 pub use context::*;
+pub use producer::*;
 pub use send::*;

@@ -2,9 +2,8 @@
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::DeliveryFuture;
 
-use super::client::Producer;
+use super::producer::{DeliveryFuture, Producer};
 use crate::schema::Event;
 
 /// Enqueues an event without waiting. A full queue is returned at once as

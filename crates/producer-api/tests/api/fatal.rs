@@ -6,7 +6,6 @@ use crate::common;
 
 use common::KEY_A;
 use producer_api::producer::Ack;
-use rdkafka::producer::Producer as _;
 use serde_json::{json, Value};
 use stream_core::kafka::Producer;
 use stream_core::schema::Event;
