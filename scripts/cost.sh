@@ -27,8 +27,10 @@
 # Output: a table on stdout and in bench-results/cost/cost.log, the benches'
 # JSON, .hgrm and SVG files beside it. The api series also splits the
 # gateway's and the consumer's CPU by thread (/proc/PID/task/*/stat): Tokio's
-# workers, librdkafka's threads, rdkafka's delivery-report thread, the
-# consumer's group poll threads, and gives both processes' peak RSS.
+# workers, librdkafka's threads, the consumer's group poll threads (and
+# rdkafka's delivery-report thread in binaries built before 9995d0b, when
+# the reports moved onto Tokio's workers), and gives both processes' peak
+# RSS.
 # Environment: PERF_PORT (19800) for the broker, COST_API_PORT (18283),
 # COST_BIN (target/release, built first) to measure other binaries.
 set -euo pipefail
@@ -72,8 +74,8 @@ run_timed() {
 }
 # CPU ticks so far of each live thread of a process: "tid group ticks" per
 # line. The group says what the thread is: Tokio's workers, librdkafka's
-# own threads (rdk:*), rdkafka's delivery-report polling thread, the
-# consumer's group poll threads, or other.
+# own threads (rdk:*), rdkafka's delivery-report polling thread (older
+# builds only), the consumer's group poll threads, or other.
 thread_ticks() {
   awk '{
     rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
