@@ -12,7 +12,6 @@
 use std::ffi::c_void;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -130,10 +129,7 @@ impl Drop for ReportQueue {
 /// Logs to `tracing` like [`super::TracingContext`], and completes each
 /// record's future with its delivery report.
 #[derive(Default)]
-pub struct DeliveryContext {
-    /// Reports and errors served so far.
-    served: AtomicU64,
-}
+pub struct DeliveryContext;
 
 impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -141,7 +137,6 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.served.fetch_add(1, Ordering::Relaxed);
         log_client_error(error, reason);
     }
 }
@@ -158,7 +153,6 @@ impl ProducerContext for DeliveryContext {
             }),
             Err((error, message)) => Err((error.clone(), message.detach())),
         };
-        self.served.fetch_add(1, Ordering::Relaxed);
         // The sender may have stopped waiting (a request timed out).
         let _ = done.send(owned);
     }
@@ -183,7 +177,7 @@ impl Producer {
     /// A producer with `config`, whose reports a task on the current Tokio
     /// runtime serves. Fails outside a runtime.
     pub(crate) fn create(config: &ClientConfig) -> Result<Self> {
-        let base: BaseProducer<DeliveryContext> = super::client::create(config, DeliveryContext::default())?;
+        let base: BaseProducer<DeliveryContext> = super::client::create(config, DeliveryContext)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let reports = ReportQueue::new(base.client());
         let wake = reports.wake.clone();
@@ -248,21 +242,18 @@ impl Producer {
         self.inner.base.flush(timeout)
     }
 
-    /// Serves the reports queued now, letting other tasks run between
-    /// batches. Stops early, for [`IDLE_LOOK`] to retry, if polling no
-    /// longer serves anything while the queue is not empty.
+    /// Serves everything queued now (reports, errors, and librdkafka's
+    /// log lines, which rdkafka routes through the same queue), letting
+    /// other tasks run between batches. librdkafka signals only when the
+    /// queue stops being empty, so it is emptied every time; each poll
+    /// takes one entry off it.
     async fn serve_queued(&self) {
-        let served = |this: &Self| this.inner.base.context().served.load(Ordering::Relaxed);
         loop {
-            let before = served(self);
             for _ in 0..SERVE_BATCH {
                 if self.inner.reports.len() == 0 {
                     return;
                 }
                 self.inner.base.poll(Duration::ZERO);
-            }
-            if served(self) == before {
-                return;
             }
             tokio::task::yield_now().await;
         }
