@@ -52,9 +52,17 @@ pub async fn run(args: &ConsumeArgs, shutdown: CancellationToken) -> anyhow::Res
         let producer = publisher::producer(&load.kafka, &load.producer_options(true))?;
         let payloads = Payloads::generated(load.size, load.keys);
         let progress = publisher::progress_bar(args.count, false);
-        let outcome =
-            publisher::publish(&producer, topic, &payloads, args.count, Pacer::new(None), &shutdown, &progress, |_| {})
-                .await;
+        let outcome = publisher::publish(
+            &producer,
+            topic,
+            &payloads,
+            args.count,
+            Pacer::new(None),
+            &shutdown,
+            &progress,
+            publisher::payload::SOURCE,
+        )
+        .await;
         if outcome.failed > 0 || outcome.interrupted {
             bail!("filling {topic} failed: {} of {} acknowledged", outcome.acked, args.count);
         }

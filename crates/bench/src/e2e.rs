@@ -104,17 +104,9 @@ pub async fn run(args: &E2eArgs, shutdown: CancellationToken) -> anyhow::Result<
             .insert(tag.clone(), Step { record_from_us: record_from, received: 0, latency: latency_histogram() });
         tracing::info!(rate, count, warmup = ?args.warmup, duration = ?args.duration, "e2e step");
         let progress = publisher::progress_bar(count, false);
-        let outcome = publisher::publish(
-            &producer,
-            &topic,
-            &payloads,
-            count,
-            Pacer::new(Some(rate)),
-            &shutdown,
-            &progress,
-            |event| event.source.clone_from(&tag),
-        )
-        .await;
+        let outcome =
+            publisher::publish(&producer, &topic, &payloads, count, Pacer::new(Some(rate)), &shutdown, &progress, &tag)
+                .await;
 
         // Wait for the stragglers, polling the reader's count.
         let deadline = Instant::now() + args.drain_timeout;

@@ -53,7 +53,7 @@ pub async fn run(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Res
         Pacer::new(args.rate),
         &shutdown,
         &progress,
-        |_| {},
+        publisher::payload::SOURCE,
     )
     .await;
     let report = outcome.report(&load.bench_topic, args.rate);

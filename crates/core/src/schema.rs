@@ -135,6 +135,45 @@ impl Rfc3339 {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("digits and punctuation are ASCII")
     }
+
+    /// The text's bytes, ASCII.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The RFC 3339 text of successive times, the date and time of day worked
+/// out once per second: a sender stamping hundreds of thousands of events
+/// a second then writes only the six digits of the microseconds for most
+/// of them (no crate keeps such a cache for this exact format).
+#[derive(Debug, Clone, Copy)]
+pub struct TimeText {
+    second: u64,
+    text: Rfc3339,
+}
+
+impl Default for TimeText {
+    fn default() -> Self {
+        Self { second: u64::MAX, text: Timestamp::from_micros(0).rfc3339() }
+    }
+}
+
+impl TimeText {
+    /// `time`'s text, the same as [`Timestamp::rfc3339`].
+    pub fn of(&mut self, time: Timestamp) -> Rfc3339 {
+        let micros = (time.as_micros() as u64).min(MAX_TEXT_MICROS);
+        let (second, mut frac) = (micros / 1_000_000, (micros % 1_000_000) as u32);
+        if second != self.second {
+            self.second = second;
+            self.text = time.rfc3339();
+            return self.text;
+        }
+        for digit in self.text.0[20..26].iter_mut().rev() {
+            *digit = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        self.text
+    }
 }
 
 impl fmt::Debug for Rfc3339 {
@@ -224,20 +263,14 @@ impl Event {
 
     /// The record headers of binary mode, extensions last.
     pub fn headers(&self) -> OwnedHeaders {
-        let time = self.time.rfc3339();
-        let mut headers = OwnedHeaders::new_with_capacity(6 + self.extensions.len())
-            .insert(Header { key: header::ID, value: Some(&self.id) })
-            .insert(Header { key: header::SOURCE, value: Some(&self.source) })
-            .insert(Header { key: header::TYPE, value: Some(&self.event_type) })
-            .insert(Header { key: header::TIME, value: Some(time.as_str()) })
-            .insert(Header { key: header::SPEC_VERSION, value: Some(SPEC_VERSION) });
-        if let Some(content_type) = &self.content_type {
-            headers = headers.insert(Header { key: header::CONTENT_TYPE, value: Some(content_type) });
+        Attributes {
+            id: &self.id,
+            source: &self.source,
+            event_type: &self.event_type,
+            time: self.time.rfc3339(),
+            content_type: self.content_type.as_deref(),
         }
-        for (key, value) in &self.extensions {
-            headers = headers.insert(Header { key, value: Some(value) });
-        }
-        headers
+        .headers_with(&self.extensions)
     }
 
     /// A record for `topic` carrying this event. The record borrows the
@@ -367,7 +400,53 @@ pub mod trace {
 /// A fresh time-ordered event id (UUID v7), hyphenated, written straight
 /// into its string instead of through `fmt`.
 fn new_id() -> String {
-    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
+    write_new_id(&mut [0; uuid::fmt::Hyphenated::LENGTH]).to_owned()
+}
+
+/// Room for an event id's text.
+pub type IdBuffer = [u8; uuid::fmt::Hyphenated::LENGTH];
+
+/// A fresh time-ordered event id (UUID v7), hyphenated into `buffer`, for
+/// senders that write an event's headers without building an [`Event`].
+pub fn write_new_id(buffer: &mut IdBuffer) -> &str {
+    uuid::Uuid::now_v7().hyphenated().encode_lower(buffer)
+}
+
+/// An event's CloudEvents attributes, borrowed: what [`Event::headers`]
+/// writes, for senders that hold them without an [`Event`] (the
+/// publisher writes each record's headers from stack buffers and
+/// constants, with no allocation of its own).
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    pub id: &'a str,
+    pub source: &'a str,
+    pub event_type: &'a str,
+    pub time: Rfc3339,
+    pub content_type: Option<&'a str>,
+}
+
+impl Attributes<'_> {
+    /// The record headers of binary mode.
+    pub fn headers(&self) -> OwnedHeaders {
+        self.headers_with(&[])
+    }
+
+    /// The record headers of binary mode, `extensions` last.
+    pub fn headers_with(&self, extensions: &[(String, String)]) -> OwnedHeaders {
+        let mut headers = OwnedHeaders::new_with_capacity(6 + extensions.len())
+            .insert(Header { key: header::ID, value: Some(self.id) })
+            .insert(Header { key: header::SOURCE, value: Some(self.source) })
+            .insert(Header { key: header::TYPE, value: Some(self.event_type) })
+            .insert(Header { key: header::TIME, value: Some(self.time.as_bytes()) })
+            .insert(Header { key: header::SPEC_VERSION, value: Some(SPEC_VERSION) });
+        if let Some(content_type) = self.content_type {
+            headers = headers.insert(Header { key: header::CONTENT_TYPE, value: Some(content_type) });
+        }
+        for (key, value) in extensions {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        headers
+    }
 }
 
 fn static_name(key: &str) -> &'static str {
@@ -584,6 +663,33 @@ mod tests {
             assert_eq!(t.rfc3339().as_str(), expected, "{micros}");
             assert_eq!(t.to_string(), expected);
             assert_eq!(Timestamp::parse(&expected).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn cached_time_text_matches_the_full_text() {
+        // Within a second, into the next, back to an earlier one, across a
+        // day and a year, and saturated past the year 9999.
+        let day = 86_400_000_000;
+        let micros = [
+            1_764_547_200_000_000,
+            1_764_547_200_000_001,
+            1_764_547_200_999_999,
+            1_764_547_201_000_000,
+            1_764_547_201_123_456,
+            1_764_547_200_500_000,
+            1_764_547_200_000_007,
+            1_767_225_599_999_999,
+            1_767_225_600_000_000,
+            1_767_225_600_000_000 + day,
+            0,
+            i64::MAX,
+            i64::MAX - 1,
+        ];
+        let mut cache = TimeText::default();
+        for m in micros {
+            let t = Timestamp::from_micros(m);
+            assert_eq!(cache.of(t).as_str(), t.rfc3339().as_str(), "{m}");
         }
     }
 

@@ -43,7 +43,9 @@ pub fn serve_reports(producer: &BulkProducer) -> u64 {
     let before = deliveries.tally().settled();
     let mut settled = before;
     loop {
-        // One event per call: a report covers one produce response's records.
+        // One event per call: a report covers one produce response's
+        // records, all timed by this one clock read.
+        deliveries.tally().serving_since = Instant::now();
         producer.poll(Duration::ZERO);
         let now = deliveries.tally().settled();
         if now == settled {
@@ -71,8 +73,11 @@ pub struct Tally {
     pub ack_latency: Histogram<u64>,
     /// When the latest report arrived.
     pub last: Option<Instant>,
-    /// Opaques count nanoseconds from here.
+    /// Opaques count nanoseconds from here ([`opaque`]).
     epoch: Instant,
+    /// When [`serve_reports`] asked librdkafka for the reports it is
+    /// serving: their arrival time, give or take one poll.
+    serving_since: Instant,
 }
 
 impl Tally {
@@ -85,6 +90,7 @@ impl Tally {
             ack_latency: report::latency_histogram(),
             last: None,
             epoch,
+            serving_since: epoch,
         }
     }
 
@@ -92,11 +98,12 @@ impl Tally {
     pub fn settled(&self) -> u64 {
         self.acked + self.failed
     }
+}
 
-    /// The opaque that carries `due` to the delivery report.
-    pub fn opaque(&self, due: Instant) -> usize {
-        due.saturating_duration_since(self.epoch).as_nanos() as usize
-    }
+/// The opaque that carries `due` to the delivery report of a tally reset
+/// at `epoch`.
+pub fn opaque(epoch: Instant, due: Instant) -> usize {
+    due.saturating_duration_since(epoch).as_nanos() as usize
 }
 
 /// Producer context: logs go to `tracing`, delivery reports to the tally.
@@ -143,9 +150,9 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, due_ns: usize) {
-        let now = Instant::now();
         {
             let mut tally = self.tally();
+            let now = tally.serving_since;
             tally.last = Some(now);
             match result {
                 Ok(message) => {

@@ -39,7 +39,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer as _};
 use stream_core::config::{parse_duration, LogArgs};
 use stream_core::kafka::{self, Acks, ProducerOptions, TopicSpec};
-use stream_core::schema::Timestamp;
+use stream_core::schema::{self, Attributes, IdBuffer, TimeText, Timestamp, EVENT_TYPE, JSON};
 use stream_core::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -159,7 +159,7 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Rep
     let show = !args.json && std::io::stderr().is_terminal();
     let progress = progress_bar(count, show);
     let outcome =
-        publish(&producer, topic, &payloads, count, Pacer::new(args.rate), &shutdown, &progress, |_| {}).await;
+        publish(&producer, topic, &payloads, count, Pacer::new(args.rate), &shutdown, &progress, payload::SOURCE).await;
     progress.finish_and_clear();
     Ok(outcome.report(topic, args.rate))
 }
@@ -244,8 +244,8 @@ impl Outcome {
 /// With a rate, each event's `ce_time` is the time it was *due*, not the
 /// time it went out, and ack latency counts from then too: when the sender
 /// or the broker falls behind, the delay shows in the numbers instead of
-/// being hidden by a later start (coordinated omission). `customize` may
-/// adjust each event (the bench tags them).
+/// being hidden by a later start (coordinated omission). `source` is each
+/// event's `ce_source` ([`payload::SOURCE`]; the bench tags its runs).
 ///
 /// On `shutdown`, sending stops and the in-flight messages are awaited.
 /// Calls on one producer must not overlap: each starts a fresh tally.
@@ -258,11 +258,12 @@ pub async fn publish(
     pacer: Pacer,
     shutdown: &CancellationToken,
     progress: &ProgressBar,
-    customize: impl Fn(&mut stream_core::Event),
+    source: &str,
 ) -> Outcome {
     let deliveries = producer.context().clone();
     let started = Instant::now();
-    deliveries.reset(pacer.start().min(started));
+    let epoch = pacer.start().min(started);
+    deliveries.reset(epoch);
     // The schedule's start in wall-clock time, so a due Instant maps to the
     // ce_time written into the event.
     let wall_start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -270,6 +271,10 @@ pub async fn publish(
     let mut refusals = Vec::new();
     let mut last_sent = started;
     let mut interrupted = false;
+    // Per-record buffers, reused: the payload, the id's text, the time's.
+    let mut scratch = Vec::new();
+    let mut id_buffer: IdBuffer = [0; std::mem::size_of::<IdBuffer>()];
+    let mut time_text = TimeText::default();
 
     for seq in 0..count {
         let due = match pacer.due(seq) {
@@ -296,38 +301,32 @@ pub async fn publish(
             interrupted = true;
             break;
         }
-        // A bare record (no CloudEvents headers) skips building the event.
-        let event = payloads.has_headers().then(|| {
-            let mut event = payloads.event(seq);
-            if pacer.rate().is_some() {
-                let offset = due.saturating_duration_since(pacer.start());
-                event.time = Timestamp::from_micros((wall_start + offset).as_micros() as i64);
-            }
-            customize(&mut event);
-            event
+        // The record is written from the payload's scratch buffer, stack
+        // text and constants; what is allocated per record is the
+        // producer's (rdkafka's C string of the topic, librdkafka's copy
+        // of key and payload, and the headers).
+        let data = payloads.data_in(seq, &mut scratch);
+        let key = payloads.key_text(seq);
+        let headers = payloads.has_headers().then(|| {
+            let time = match pacer.rate() {
+                Some(_) => {
+                    let offset = due.saturating_duration_since(pacer.start());
+                    Timestamp::from_micros((wall_start + offset).as_micros() as i64)
+                }
+                None => Timestamp::now(),
+            };
+            let id = schema::write_new_id(&mut id_buffer);
+            let time = time_text.of(time);
+            Attributes { id, source, event_type: EVENT_TYPE, time, content_type: Some(JSON) }.headers()
         });
-        let (key, data) = match &event {
-            Some(_) => (None, Vec::new()),
-            None => (payloads.key(seq), payloads.data(seq)),
-        };
-        let opaque = deliveries.tally().opaque(due);
-        let mut record = match &event {
-            Some(event) => {
-                let record =
-                    BaseRecord::with_opaque_to(topic, opaque).payload(event.data.as_slice()).headers(event.headers());
-                match &event.key {
-                    Some(key) => record.key(key.as_str()),
-                    None => record,
-                }
-            }
-            None => {
-                let record = BaseRecord::<str, [u8], usize>::with_opaque_to(topic, opaque).payload(data.as_slice());
-                match &key {
-                    Some(key) => record.key(key.as_str()),
-                    None => record,
-                }
-            }
-        };
+        let opaque = delivery::opaque(epoch, due);
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque).payload(data);
+        if let Some(key) = &key {
+            record = record.key(key.as_bytes());
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => {

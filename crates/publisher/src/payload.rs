@@ -4,8 +4,6 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use stream_core::schema::JSON;
-use stream_core::Event;
 
 /// `ce_source` of everything the publisher sends.
 pub const SOURCE: &str = "/publisher";
@@ -82,44 +80,78 @@ impl Payloads {
     /// The key of message `seq`: `key-<seq mod keys>`, so every key gets
     /// the same share and keeps its order within one partition.
     pub fn key(&self, seq: u64) -> Option<String> {
+        self.key_text(seq).map(|key| key.as_str().to_owned())
+    }
+
+    /// [`key`](Self::key) on the stack, for the send loop.
+    pub fn key_text(&self, seq: u64) -> Option<KeyText> {
         (self.keys > 0).then(|| {
             let mut digits = itoa::Buffer::new();
-            let digits = digits.format(seq % self.keys);
-            let mut key = String::with_capacity(4 + digits.len());
-            key.push_str("key-");
-            key.push_str(digits);
-            key
+            let digits = digits.format(seq % self.keys).as_bytes();
+            let mut text = KeyText { bytes: [0; KeyText::CAPACITY], len: KEY_PREFIX.len() + digits.len() };
+            text.bytes[..KEY_PREFIX.len()].copy_from_slice(KEY_PREFIX);
+            text.bytes[KEY_PREFIX.len()..text.len].copy_from_slice(digits);
+            text
         })
     }
 
     /// The payload of message `seq`.
     pub fn data(&self, seq: u64) -> Vec<u8> {
-        match &self.body {
-            Body::Generated(size) => generated(seq, *size),
-            Body::Lines(lines) => lines[(seq % lines.len() as u64) as usize].clone(),
-        }
+        let mut scratch = Vec::new();
+        self.data_in(seq, &mut scratch).to_vec()
     }
 
-    /// Event `seq`, stamped with the current time.
-    pub fn event(&self, seq: u64) -> Event {
-        Event::with_bytes(SOURCE, self.key(seq), Some(JSON.into()), self.data(seq))
+    /// The payload of message `seq`, generated into `scratch` (reused from
+    /// one message to the next) or borrowed from the file's lines.
+    pub fn data_in<'a>(&'a self, seq: u64, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        match &self.body {
+            Body::Generated(size) => {
+                scratch.clear();
+                generate(seq, *size, scratch);
+                scratch
+            }
+            Body::Lines(lines) => &lines[(seq % lines.len() as u64) as usize],
+        }
     }
 }
 
-/// `{"seq":N,"pad":"…"}` of exactly `size` bytes, or the shortest such
-/// object when `size` is too small to hold it.
-fn generated(seq: u64, size: usize) -> Vec<u8> {
+const KEY_PREFIX: &[u8] = b"key-";
+
+/// A message key, `key-` and up to 20 digits, held inline.
+#[derive(Clone, Copy)]
+pub struct KeyText {
+    bytes: [u8; KeyText::CAPACITY],
+    len: usize,
+}
+
+impl KeyText {
+    const CAPACITY: usize = KEY_PREFIX.len() + 20;
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("a prefix and digits are ASCII")
+    }
+
+    /// The key's bytes, ASCII.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Appends `{"seq":N,"pad":"…"}` of exactly `size` bytes to `out`, or the
+/// shortest such object when `size` is too small to hold it.
+fn generate(seq: u64, size: usize, out: &mut Vec<u8>) {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(seq).as_bytes();
     let head = r#"{"seq":"#.len() + digits.len() + r#","pad":""#.len();
     let len = size.max(head + 2);
-    let mut out = Vec::with_capacity(len);
+    out.reserve(len);
+    let start = out.len();
     out.extend_from_slice(br#"{"seq":"#);
     out.extend_from_slice(digits);
     out.extend_from_slice(br#","pad":""#);
-    out.resize(len - 2, b'x');
+    out.resize(start + len - 2, b'x');
     out.extend_from_slice(b"\"}");
-    out
 }
 
 #[cfg(test)]
@@ -129,12 +161,18 @@ mod tests {
     #[test]
     fn generated_payloads_are_json_of_the_requested_size() {
         for size in [32, 100, 1024] {
-            let data = generated(123_456, size);
+            let data = Payloads::generated(size, 0).data(123_456);
             assert_eq!(data.len(), size);
             let value: serde_json::Value = serde_json::from_slice(&data).unwrap();
             assert_eq!(value["seq"], 123_456);
         }
-        assert!(serde_json::from_slice::<serde_json::Value>(&generated(7, 1)).is_ok());
+        assert!(serde_json::from_slice::<serde_json::Value>(&Payloads::generated(1, 0).data(7)).is_ok());
+        // The scratch buffer is reused: a shorter payload after a longer one
+        // leaves nothing of the first behind.
+        let mut scratch = Vec::new();
+        let long = Payloads::generated(200, 0);
+        assert_eq!(long.data_in(1, &mut scratch).len(), 200);
+        assert_eq!(Payloads::generated(40, 0).data_in(2, &mut scratch), Payloads::generated(40, 0).data(2));
     }
 
     #[test]
@@ -142,6 +180,8 @@ mod tests {
         let p = Payloads::generated(10, 3);
         assert_eq!(p.key(4).as_deref(), Some("key-1"));
         assert_eq!(Payloads::generated(10, 0).key(4), None);
+        let many = Payloads::generated(10, u64::MAX);
+        assert_eq!(many.key_text(u64::MAX - 1).unwrap().as_str(), format!("key-{}", u64::MAX - 1));
     }
 
     #[test]

@@ -53,6 +53,8 @@ async fn sends_exactly_n_messages_that_a_consumer_reads_back() {
     assert_eq!((report.sent, report.acked, report.failed), (500, 500, 0), "{report}");
     assert_eq!(report.bytes, 500 * 64);
     assert_eq!(report.ack_latency.count, 500);
+    // Each ack is timed when its report is served, after a broker round trip.
+    assert!(report.ack_latency.min_ms > 0.0, "an ack timed no later than its send: {report}");
 
     let events = read_back(&kafka, 500).await;
     let mut seqs: Vec<u64> = events.iter().map(|e| e.json_data().unwrap()["seq"].as_u64().unwrap()).collect();
