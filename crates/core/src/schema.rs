@@ -6,6 +6,7 @@
 //! kcat or Redpanda Console then show the payload untouched, and any
 //! CloudEvents-aware consumer understands the metadata.
 
+use std::cell::Cell;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -88,26 +89,72 @@ impl Timestamp {
     /// `String` cost twice the instructions (callgrind, consumer); and
     /// humantime's fails past the year 9999, where this saturates, while a
     /// record's own timestamp can be anything a producer chose.
+    ///
+    /// The date and time of day of the last two seconds written on each
+    /// thread are kept, so most calls only write the six digits of the
+    /// microseconds: a consumer writes an event's time and the time it
+    /// processed it, hundreds of thousands of times a second.
     pub fn rfc3339(self) -> Rfc3339 {
         let micros = (self.as_micros() as u64).min(MAX_TEXT_MICROS);
-        let (secs, frac) = (micros / 1_000_000, (micros % 1_000_000) as u32);
-        let (days, day_secs) = (secs / 86_400, (secs % 86_400) as u32);
-        let (year, month, day) = civil_from_days(days as i64);
-        let mut out = *b"0000-00-00T00:00:00.000000Z";
-        let mut put = |at: usize, mut value: u32, width: usize| {
-            for i in (at..at + width).rev() {
-                out[i] = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
-        };
-        put(0, year as u32, 4);
-        put(5, month, 2);
-        put(8, day, 2);
-        put(11, day_secs / 3600, 2);
-        put(14, day_secs / 60 % 60, 2);
-        put(17, day_secs % 60, 2);
-        put(20, frac, 6);
+        let (second, frac) = (micros / 1_000_000, (micros % 1_000_000) as u32);
+        let mut out = RECENT_SECONDS.with(|recent| recent.text_of(second));
+        put_digits(&mut out[20..26], frac);
         Rfc3339(out)
+    }
+}
+
+/// Writes `value`'s last `out.len()` decimal digits, zero-padded.
+fn put_digits(out: &mut [u8], mut value: u32) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// The RFC 3339 text of a whole second, its microseconds zero.
+fn second_text(second: u64) -> [u8; 27] {
+    let (days, day_secs) = (second / 86_400, (second % 86_400) as u32);
+    let (year, month, day) = civil_from_days(days as i64);
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    put_digits(&mut out[0..4], year as u32);
+    put_digits(&mut out[5..7], month);
+    put_digits(&mut out[8..10], day);
+    put_digits(&mut out[11..13], day_secs / 3600);
+    put_digits(&mut out[14..16], day_secs / 60 % 60);
+    put_digits(&mut out[17..19], day_secs % 60);
+    out
+}
+
+/// The text of the two seconds a thread wrote last (a cache this small and
+/// this specific has no crate). A hit reads and writes nothing else, so a
+/// thread alternating between two seconds, an event's and now, hits both.
+struct RecentSeconds {
+    seconds: Cell<[u64; 2]>,
+    texts: [Cell<[u8; 27]>; 2],
+    /// The slot the next miss replaces: the older one.
+    next: Cell<usize>,
+}
+
+thread_local! {
+    // u64::MAX is past the last second the text can hold: never a hit.
+    static RECENT_SECONDS: RecentSeconds = const {
+        RecentSeconds { seconds: Cell::new([u64::MAX; 2]), texts: [Cell::new([0; 27]), Cell::new([0; 27])], next: Cell::new(0) }
+    };
+}
+
+impl RecentSeconds {
+    fn text_of(&self, second: u64) -> [u8; 27] {
+        let mut seconds = self.seconds.get();
+        if let Some(slot) = seconds.iter().position(|s| *s == second) {
+            return self.texts[slot].get();
+        }
+        let slot = self.next.get();
+        self.next.set(1 - slot);
+        let text = second_text(second);
+        seconds[slot] = second;
+        self.seconds.set(seconds);
+        self.texts[slot].set(text);
+        text
     }
 }
 
@@ -139,40 +186,6 @@ impl Rfc3339 {
     /// The text's bytes, ASCII.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
-    }
-}
-
-/// The RFC 3339 text of successive times, the date and time of day worked
-/// out once per second: a sender stamping hundreds of thousands of events
-/// a second then writes only the six digits of the microseconds for most
-/// of them (no crate keeps such a cache for this exact format).
-#[derive(Debug, Clone, Copy)]
-pub struct TimeText {
-    second: u64,
-    text: Rfc3339,
-}
-
-impl Default for TimeText {
-    fn default() -> Self {
-        Self { second: u64::MAX, text: Timestamp::from_micros(0).rfc3339() }
-    }
-}
-
-impl TimeText {
-    /// `time`'s text, the same as [`Timestamp::rfc3339`].
-    pub fn of(&mut self, time: Timestamp) -> Rfc3339 {
-        let micros = (time.as_micros() as u64).min(MAX_TEXT_MICROS);
-        let (second, mut frac) = (micros / 1_000_000, (micros % 1_000_000) as u32);
-        if second != self.second {
-            self.second = second;
-            self.text = time.rfc3339();
-            return self.text;
-        }
-        for digit in self.text.0[20..26].iter_mut().rev() {
-            *digit = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
-        self.text
     }
 }
 
@@ -511,9 +524,9 @@ impl EventResult {
         }
         // RFC 3339 text is digits and `-:.TZ`: nothing to escape.
         out.extend_from_slice(b",\"event_time\":\"");
-        out.extend_from_slice(self.event_time.rfc3339().as_str().as_bytes());
+        out.extend_from_slice(self.event_time.rfc3339().as_bytes());
         out.extend_from_slice(b"\",\"processed_at\":\"");
-        out.extend_from_slice(self.processed_at.rfc3339().as_str().as_bytes());
+        out.extend_from_slice(self.processed_at.rfc3339().as_bytes());
         out.extend_from_slice(b"\",\"worker_id\":");
         match self.worker_id {
             Some(worker) => write_int(&mut out, worker),
@@ -667,9 +680,11 @@ mod tests {
     }
 
     #[test]
-    fn cached_time_text_matches_the_full_text() {
-        // Within a second, into the next, back to an earlier one, across a
-        // day and a year, and saturated past the year 9999.
+    fn timestamp_text_stays_right_as_seconds_come_and_go() {
+        // Within a second, into the next, back to one still cached, to one
+        // no longer cached, alternating between two (an event's time and
+        // its processing time), across a day and a year, and saturated
+        // past the year 9999.
         let day = 86_400_000_000;
         let micros = [
             1_764_547_200_000_000,
@@ -678,18 +693,23 @@ mod tests {
             1_764_547_201_000_000,
             1_764_547_201_123_456,
             1_764_547_200_500_000,
+            1_764_547_202_000_007,
             1_764_547_200_000_007,
+            1_764_547_201_654_321,
+            1_764_547_200_000_008,
+            1_764_547_201_654_322,
             1_767_225_599_999_999,
             1_767_225_600_000_000,
             1_767_225_600_000_000 + day,
             0,
             i64::MAX,
             i64::MAX - 1,
+            1,
         ];
-        let mut cache = TimeText::default();
         for m in micros {
             let t = Timestamp::from_micros(m);
-            assert_eq!(cache.of(t).as_str(), t.rfc3339().as_str(), "{m}");
+            let expected = humantime::format_rfc3339_micros(t.0.min(Timestamp::from_micros(MAX_TEXT_MICROS as i64).0));
+            assert_eq!(t.rfc3339().as_str(), expected.to_string(), "{m}");
         }
     }
 

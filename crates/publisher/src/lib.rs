@@ -39,7 +39,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer as _};
 use stream_core::config::{parse_duration, LogArgs};
 use stream_core::kafka::{self, Acks, ProducerOptions, TopicSpec};
-use stream_core::schema::{self, Attributes, IdBuffer, TimeText, Timestamp, EVENT_TYPE, JSON};
+use stream_core::schema::{self, Attributes, IdBuffer, Timestamp, EVENT_TYPE, JSON};
 use stream_core::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -271,10 +271,9 @@ pub async fn publish(
     let mut refusals = Vec::new();
     let mut last_sent = started;
     let mut interrupted = false;
-    // Per-record buffers, reused: the payload, the id's text, the time's.
+    // Per-record buffers, reused: the payload and the id's text.
     let mut scratch = Vec::new();
     let mut id_buffer: IdBuffer = [0; std::mem::size_of::<IdBuffer>()];
-    let mut time_text = TimeText::default();
 
     for seq in 0..count {
         let due = match pacer.due(seq) {
@@ -316,8 +315,7 @@ pub async fn publish(
                 None => Timestamp::now(),
             };
             let id = schema::write_new_id(&mut id_buffer);
-            let time = time_text.of(time);
-            Attributes { id, source, event_type: EVENT_TYPE, time, content_type: Some(JSON) }.headers()
+            Attributes { id, source, event_type: EVENT_TYPE, time: time.rfc3339(), content_type: Some(JSON) }.headers()
         });
         let opaque = delivery::opaque(epoch, due);
         let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque).payload(data);
