@@ -85,12 +85,12 @@ impl Timestamp {
     ///
     /// Written by hand rather than with humantime's `Display` (the crate
     /// still parses, in [`parse`](Self::parse)): every event and result
-    /// writes one to four of these, and going through `fmt` into a fresh
+    /// writes one to five of these, and going through `fmt` into a fresh
     /// `String` cost twice the instructions (callgrind, consumer); and
     /// humantime's fails past the year 9999, where this saturates, while a
     /// record's own timestamp can be anything a producer chose.
     ///
-    /// The date and time of day of the last two seconds written on each
+    /// The date and time of day of the last two seconds used on each
     /// thread are kept, so most calls only write the six digits of the
     /// microseconds: a consumer writes an event's time and the time it
     /// processed it, hundreds of thousands of times a second.
@@ -125,20 +125,24 @@ fn second_text(second: u64) -> [u8; 27] {
     out
 }
 
-/// The text of the two seconds a thread wrote last (a cache this small and
-/// this specific has no crate). A hit reads and writes nothing else, so a
-/// thread alternating between two seconds, an event's and now, hits both.
+/// The text of the two seconds a thread used last (a cache this small and
+/// this specific has no crate). A thread alternating between two seconds,
+/// an event's and now, hits both.
 struct RecentSeconds {
     seconds: Cell<[u64; 2]>,
     texts: [Cell<[u8; 27]>; 2],
-    /// The slot the next miss replaces: the older one.
+    /// The slot the next miss replaces: the one used less recently.
     next: Cell<usize>,
 }
 
 thread_local! {
     // u64::MAX is past the last second the text can hold: never a hit.
     static RECENT_SECONDS: RecentSeconds = const {
-        RecentSeconds { seconds: Cell::new([u64::MAX; 2]), texts: [Cell::new([0; 27]), Cell::new([0; 27])], next: Cell::new(0) }
+        RecentSeconds {
+            seconds: Cell::new([u64::MAX; 2]),
+            texts: [Cell::new([0; 27]), Cell::new([0; 27])],
+            next: Cell::new(0),
+        }
     };
 }
 
@@ -146,6 +150,7 @@ impl RecentSeconds {
     fn text_of(&self, second: u64) -> [u8; 27] {
         let mut seconds = self.seconds.get();
         if let Some(slot) = seconds.iter().position(|s| *s == second) {
+            self.next.set(1 - slot);
             return self.texts[slot].get();
         }
         let slot = self.next.get();
@@ -413,11 +418,16 @@ pub mod trace {
 /// A fresh time-ordered event id (UUID v7), hyphenated, written straight
 /// into its string instead of through `fmt`.
 fn new_id() -> String {
-    write_new_id(&mut [0; uuid::fmt::Hyphenated::LENGTH]).to_owned()
+    write_new_id(&mut id_buffer()).to_owned()
 }
 
 /// Room for an event id's text.
 pub type IdBuffer = [u8; uuid::fmt::Hyphenated::LENGTH];
+
+/// An empty [`IdBuffer`].
+pub const fn id_buffer() -> IdBuffer {
+    [0; uuid::fmt::Hyphenated::LENGTH]
+}
 
 /// A fresh time-ordered event id (UUID v7), hyphenated into `buffer`, for
 /// senders that write an event's headers without building an [`Event`].

@@ -38,20 +38,24 @@ pub const REPORT_SLICE: Duration = Duration::from_millis(1);
 /// Serves every delivery report librdkafka holds for `producer`, on the
 /// calling thread, without waiting for more; returns how many records they
 /// settled.
+///
+/// The same queue carries librdkafka's log lines (and statistics), so a
+/// poll that settles nothing may still have taken an event off it: serving
+/// goes on while the producer's out-queue (records in flight plus events
+/// waiting) shrinks, and stops at the first poll that took nothing.
 pub fn serve_reports(producer: &BulkProducer) -> u64 {
     let deliveries = producer.context();
     let before = deliveries.tally().settled();
-    let mut settled = before;
     loop {
+        let queued = producer.in_flight_count();
         // One event per call: a report covers one produce response's
         // records, all timed by this one clock read.
-        deliveries.tally().serving_since = Instant::now();
+        deliveries.tally().serving_since = Some(Instant::now());
         producer.poll(Duration::ZERO);
-        let now = deliveries.tally().settled();
-        if now == settled {
-            return now - before;
+        deliveries.tally().serving_since = None;
+        if producer.in_flight_count() >= queued {
+            return deliveries.tally().settled() - before;
         }
-        settled = now;
     }
 }
 
@@ -71,13 +75,14 @@ pub struct Tally {
     pub errors: Vec<ErrorCount>,
     /// Due time -> delivery report, microseconds.
     pub ack_latency: Histogram<u64>,
-    /// When the latest report arrived.
+    /// When the latest report was served.
     pub last: Option<Instant>,
     /// Opaques count nanoseconds from here ([`opaque`]).
     epoch: Instant,
-    /// When [`serve_reports`] asked librdkafka for the reports it is
-    /// serving: their arrival time, give or take one poll.
-    serving_since: Instant,
+    /// While [`serve_reports`] polls: when it asked librdkafka for the
+    /// reports it is serving, the time they are timed at (reports wait
+    /// for it up to [`REPORT_SLICE`] or 64 sends, as the module says).
+    serving_since: Option<Instant>,
 }
 
 impl Tally {
@@ -90,7 +95,7 @@ impl Tally {
             ack_latency: report::latency_histogram(),
             last: None,
             epoch,
-            serving_since: epoch,
+            serving_since: None,
         }
     }
 
@@ -152,7 +157,9 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, due_ns: usize) {
         {
             let mut tally = self.tally();
-            let now = tally.serving_since;
+            // Served outside `serve_reports` (the producer's drop flushes
+            // and polls): timed now.
+            let now = tally.serving_since.unwrap_or_else(Instant::now);
             tally.last = Some(now);
             match result {
                 Ok(message) => {

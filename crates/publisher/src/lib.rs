@@ -39,7 +39,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer as _};
 use stream_core::config::{parse_duration, LogArgs};
 use stream_core::kafka::{self, Acks, ProducerOptions, TopicSpec};
-use stream_core::schema::{self, Attributes, IdBuffer, Timestamp, EVENT_TYPE, JSON};
+use stream_core::schema::{self, Attributes, Timestamp, EVENT_TYPE, JSON};
 use stream_core::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -245,7 +245,8 @@ impl Outcome {
 /// time it went out, and ack latency counts from then too: when the sender
 /// or the broker falls behind, the delay shows in the numbers instead of
 /// being hidden by a later start (coordinated omission). `source` is each
-/// event's `ce_source` ([`payload::SOURCE`]; the bench tags its runs).
+/// event's `ce_source` ([`payload::SOURCE`]; the bench tags its runs);
+/// bare records (without headers) have none.
 ///
 /// On `shutdown`, sending stops and the in-flight messages are awaited.
 /// Calls on one producer must not overlap: each starts a fresh tally.
@@ -273,7 +274,7 @@ pub async fn publish(
     let mut interrupted = false;
     // Per-record buffers, reused: the payload and the id's text.
     let mut scratch = Vec::new();
-    let mut id_buffer: IdBuffer = [0; std::mem::size_of::<IdBuffer>()];
+    let mut id_buffer = schema::id_buffer();
 
     for seq in 0..count {
         let due = match pacer.due(seq) {

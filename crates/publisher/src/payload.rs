@@ -118,7 +118,7 @@ impl Payloads {
 const KEY_PREFIX: &[u8] = b"key-";
 
 /// A message key, `key-` and up to 20 digits, held inline.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct KeyText {
     bytes: [u8; KeyText::CAPACITY],
     len: usize,
