@@ -451,11 +451,11 @@ pub struct Attributes<'a> {
 impl Attributes<'_> {
     /// The record headers of binary mode.
     pub fn headers(&self) -> OwnedHeaders {
-        self.headers_with(&[])
+        self.headers_with::<&str, &str>(&[])
     }
 
     /// The record headers of binary mode, `extensions` last.
-    pub fn headers_with(&self, extensions: &[(String, String)]) -> OwnedHeaders {
+    pub fn headers_with<K: AsRef<str>, V: AsRef<str>>(&self, extensions: &[(K, V)]) -> OwnedHeaders {
         let mut headers = OwnedHeaders::new_with_capacity(6 + extensions.len())
             .insert(Header { key: header::ID, value: Some(self.id) })
             .insert(Header { key: header::SOURCE, value: Some(self.source) })
@@ -466,7 +466,7 @@ impl Attributes<'_> {
             headers = headers.insert(Header { key: header::CONTENT_TYPE, value: Some(content_type) });
         }
         for (key, value) in extensions {
-            headers = headers.insert(Header { key, value: Some(value) });
+            headers = headers.insert(Header { key: key.as_ref(), value: Some(value.as_ref()) });
         }
         headers
     }
@@ -564,6 +564,42 @@ impl EventResult {
             event.extensions.push((header::TRACEPARENT.into(), trace.into()));
         }
         event
+    }
+
+    /// The record [`to_event`](Self::to_event)'s event makes, written
+    /// without one: `data` (this result's [`to_json`](Self::to_json))
+    /// keyed by the stream id and, `with_headers`, the CloudEvents headers
+    /// of a result (a fresh id, `source`, the current time) with the
+    /// origin's trace context. The consumer writes one per event, and the
+    /// event's seven owned strings were allocated only to be freed.
+    pub fn record<'a>(
+        &'a self,
+        data: &'a [u8],
+        source: &str,
+        origin: &Event,
+        topic: &'a str,
+        with_headers: bool,
+    ) -> FutureRecord<'a, str, [u8]> {
+        let mut record = FutureRecord::to(topic).payload(data);
+        if let Some(stream) = &self.stream_id {
+            record = record.key(stream.as_str());
+        }
+        if !with_headers {
+            return record;
+        }
+        let mut id = id_buffer();
+        let attributes = Attributes {
+            id: write_new_id(&mut id),
+            source,
+            event_type: RESULT_TYPE,
+            time: Timestamp::now().rfc3339(),
+            content_type: Some(JSON),
+        };
+        let headers = match origin.extension(header::TRACEPARENT) {
+            Some(trace) => attributes.headers_with(&[(header::TRACEPARENT, trace)]),
+            None => attributes.headers(),
+        };
+        record.headers(headers)
     }
 }
 
@@ -794,6 +830,59 @@ mod tests {
         assert_eq!(event.key.as_deref(), Some("s"));
         let back: EventResult = serde_json::from_slice(&event.data).unwrap();
         assert_eq!(back, result);
+    }
+
+    #[test]
+    fn a_result_record_carries_what_its_event_would() {
+        let mut origin = Event::json("/t", Some("s".into()), &json!("x"));
+        origin
+            .extensions
+            .push((header::TRACEPARENT.into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()));
+        let mut result = EventResult {
+            event_id: origin.id.clone(),
+            stream_id: Some("s".into()),
+            event_time: origin.time,
+            processed_at: Timestamp::now(),
+            worker_id: Some(2),
+            latency_us: 10,
+            output: json!({"ok": true}),
+            traceparent: None,
+        };
+        let named = |headers: &OwnedHeaders| -> Vec<(String, String)> {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), String::from_utf8(h.value.unwrap().to_vec()).unwrap()))
+                .filter(|(k, _)| k != header::ID && k != header::TIME)
+                .collect()
+        };
+        for with_trace in [true, false] {
+            if !with_trace {
+                origin.extensions.clear();
+                result.stream_id = None;
+            }
+            let data = result.to_json();
+            let event = result.to_event("/consumer", &origin);
+            let record = result.record(&data, "/consumer", &origin, "results", true);
+            assert_eq!(record.payload, Some(event.data.as_slice()));
+            assert_eq!(record.key, event.key.as_deref());
+            let headers = record.headers.as_ref().unwrap();
+            assert_eq!(named(headers), named(&event.headers()));
+            assert_eq!(headers.count(), 6 + usize::from(with_trace));
+            let consumed = OwnedMessage::new(
+                record.payload.map(<[u8]>::to_vec),
+                record.key.map(|k| k.as_bytes().to_vec()),
+                "results".into(),
+                KafkaTimestamp::NotAvailable,
+                0,
+                0,
+                record.headers.clone(),
+            );
+            let back = Event::from_message(&consumed).unwrap();
+            assert_ne!(back.id, event.id, "a fresh id");
+            assert!(back.time >= result.processed_at);
+            let bare = result.record(&data, "/consumer", &origin, "results", false);
+            assert!(bare.headers.is_none());
+        }
     }
 
     #[test]

@@ -172,12 +172,8 @@ impl<P: Processor> PartitionTask<P> {
                         "event processed"
                     );
                 }
-                let out = result.to_event(RESULT_SOURCE, &event);
-                let record = if shared.result_headers {
-                    out.record(&shared.results_topic)
-                } else {
-                    out.record_without_headers(&shared.results_topic)
-                };
+                let data = result.to_json();
+                let record = result.record(&data, RESULT_SOURCE, &event, &shared.results_topic, shared.result_headers);
                 (send(&shared.producer, record).await, Kind::Result(event.time))
             }
             Err(failure) => (self.dead_letter(&record, &failure).await, Kind::DeadLetter(failure)),
