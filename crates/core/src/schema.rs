@@ -812,10 +812,9 @@ mod tests {
         assert_eq!(result.traceparent.as_deref(), origin.extension(header::TRACEPARENT));
     }
 
-    #[test]
-    fn results_serialise_with_their_correlation_id() {
-        let origin = Event::json("/t", Some("s".into()), &json!("x"));
-        let result = EventResult {
+    /// A result of `origin` on stream `s`, processed now.
+    fn result_of(origin: &Event) -> EventResult {
+        EventResult {
             event_id: origin.id.clone(),
             stream_id: Some("s".into()),
             event_time: origin.time,
@@ -824,7 +823,13 @@ mod tests {
             latency_us: 10,
             output: json!({"ok": true}),
             traceparent: None,
-        };
+        }
+    }
+
+    #[test]
+    fn results_serialise_with_their_correlation_id() {
+        let origin = Event::json("/t", Some("s".into()), &json!("x"));
+        let result = result_of(&origin);
         let event = result.to_event("/consumer", &origin);
         assert_eq!(event.event_type, RESULT_TYPE);
         assert_eq!(event.key.as_deref(), Some("s"));
@@ -838,16 +843,7 @@ mod tests {
         origin
             .extensions
             .push((header::TRACEPARENT.into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()));
-        let mut result = EventResult {
-            event_id: origin.id.clone(),
-            stream_id: Some("s".into()),
-            event_time: origin.time,
-            processed_at: Timestamp::now(),
-            worker_id: Some(2),
-            latency_us: 10,
-            output: json!({"ok": true}),
-            traceparent: None,
-        };
+        let mut result = result_of(&origin);
         let named = |headers: &OwnedHeaders| -> Vec<(String, String)> {
             headers
                 .iter()

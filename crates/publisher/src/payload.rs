@@ -97,8 +97,14 @@ impl Payloads {
 
     /// The payload of message `seq`.
     pub fn data(&self, seq: u64) -> Vec<u8> {
-        let mut scratch = Vec::new();
-        self.data_in(seq, &mut scratch).to_vec()
+        match &self.body {
+            Body::Generated(size) => {
+                let mut data = Vec::new();
+                generate(seq, *size, &mut data);
+                data
+            }
+            Body::Lines(lines) => lines[(seq % lines.len() as u64) as usize].clone(),
+        }
     }
 
     /// The payload of message `seq`, generated into `scratch` (reused from
