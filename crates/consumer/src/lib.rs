@@ -37,7 +37,7 @@ pub mod stats;
 mod worker;
 
 pub use config::{Config, AFTER_HELP};
-pub use processor::{DefaultProcessor, ProcessError, Processor, WorkerInfo};
+pub use processor::{DefaultProcessor, ProcessError, Processed, Processor, WorkerInfo};
 pub use worker::RESULT_SOURCE;
 
 /// Runs the consumer with the [`DefaultProcessor`] until `shutdown` is

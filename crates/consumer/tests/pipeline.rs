@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use consumer::{Config, DefaultProcessor, ProcessError, Processor, WorkerInfo};
+use consumer::{Config, DefaultProcessor, ProcessError, Processed, Processor, WorkerInfo};
 use rdkafka::message::{Headers, Message};
-use serde_json::{json, Value};
+use serde_json::json;
 use stream_core::testing::{create_project_topics, eventually, kafka_args};
 use stream_core::Event;
 
@@ -162,7 +162,7 @@ async fn order_per_key_is_kept() {
 struct Counting(Arc<AtomicU64>);
 
 impl Processor for Counting {
-    async fn process(&self, event: &Event, worker: &WorkerInfo) -> Result<Value, ProcessError> {
+    async fn process(&self, event: &Event, worker: &WorkerInfo) -> Result<Processed, ProcessError> {
         self.0.fetch_add(1, Ordering::Relaxed);
         DefaultProcessor.process(event, worker).await
     }

@@ -61,6 +61,19 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
+/// Something that writes itself as compact JSON: a result's `output`, as
+/// a [`Value`] or as JSON text a processor wrote itself.
+pub trait WriteJson {
+    /// Appends `self` as compact JSON.
+    fn write_json(&self, out: &mut Vec<u8>);
+}
+
+impl WriteJson for Value {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_value(out, self);
+    }
+}
+
 /// `value` as compact JSON.
 pub fn to_vec(value: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);

@@ -14,6 +14,8 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::json::WriteJson;
+
 /// Record header names used by the binary-mode mapping.
 pub mod header {
     pub const ID: &str = "ce_id";
@@ -478,8 +480,12 @@ fn static_name(key: &str) -> &'static str {
 
 /// What processing one event produced; the value of a record on the results
 /// topic (keyed by stream id) and the frame a WebSocket client receives.
+///
+/// `O` is the output's type: a [`serde_json::Value`] wherever results are
+/// read or built as values; the consumer writes its processor's output,
+/// which may be JSON text already (see `consumer::Output`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventResult {
+pub struct EventResult<O = serde_json::Value> {
     /// `ce_id` of the event this result answers, for correlation.
     pub event_id: String,
     /// Stream (record key) the event belonged to.
@@ -493,18 +499,18 @@ pub struct EventResult {
     /// `processed_at - event_time` in microseconds.
     pub latency_us: u64,
     /// The processed payload.
-    pub output: serde_json::Value,
+    pub output: O,
     /// W3C trace context of the source event, so one request can be followed
     /// from the HTTP call through the consumer's logs to this result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }
 
-impl EventResult {
+impl<O> EventResult<O> {
     /// The result of processing `event` into `output`, finished now: it
     /// carries the event's id, stream, send time and trace context, and the
     /// latency from the send time to now.
-    pub fn answering(event: &Event, worker_id: Option<u32>, output: serde_json::Value) -> Self {
+    pub fn answering(event: &Event, worker_id: Option<u32>, output: O) -> Self {
         let processed_at = Timestamp::now();
         Self {
             event_id: event.id.clone(),
@@ -522,8 +528,11 @@ impl EventResult {
     /// tests hold the two together), written straight into one buffer:
     /// the timestamps as they are, every other string through
     /// [`json::write_str`](crate::json::write_str).
-    pub fn to_json(&self) -> Vec<u8> {
-        use crate::json::{write_int, write_str, write_value};
+    pub fn to_json(&self) -> Vec<u8>
+    where
+        O: WriteJson,
+    {
+        use crate::json::{write_int, write_str};
         let mut out = Vec::with_capacity(320);
         out.extend_from_slice(b"{\"event_id\":");
         write_str(&mut out, &self.event_id);
@@ -545,7 +554,7 @@ impl EventResult {
         out.extend_from_slice(b",\"latency_us\":");
         write_int(&mut out, self.latency_us);
         out.extend_from_slice(b",\"output\":");
-        write_value(&mut out, &self.output);
+        self.output.write_json(&mut out);
         if let Some(trace) = &self.traceparent {
             out.extend_from_slice(b",\"traceparent\":");
             write_str(&mut out, trace);
@@ -556,7 +565,10 @@ impl EventResult {
 
     /// The result as a CloudEvent for the results topic: JSON payload,
     /// keyed by the stream id, trace context carried over from the source.
-    pub fn to_event(&self, source: &str, origin: &Event) -> Event {
+    pub fn to_event(&self, source: &str, origin: &Event) -> Event
+    where
+        O: WriteJson,
+    {
         let data = self.to_json();
         let mut event = Event::with_bytes(source, self.stream_id.clone(), Some(JSON.into()), data);
         event.event_type = RESULT_TYPE.into();
