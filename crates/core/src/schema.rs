@@ -216,8 +216,18 @@ impl Serialize for Timestamp {
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Timestamp::parse(&text).map_err(serde::de::Error::custom)
+        // Parsed from the text where it lies: no `String` per timestamp.
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 UTC time")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Timestamp, E> {
+                Timestamp::parse(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
@@ -325,18 +335,18 @@ impl Event {
         let mut extensions = Vec::new();
         if let Some(headers) = msg.headers() {
             for h in headers.iter() {
-                let value = || -> Result<String, SchemaError> {
-                    let bytes = h.value.unwrap_or_default();
-                    String::from_utf8(bytes.to_vec()).map_err(|_| SchemaError::BadHeader {
+                let text = || -> Result<&str, SchemaError> {
+                    std::str::from_utf8(h.value.unwrap_or_default()).map_err(|_| SchemaError::BadHeader {
                         name: static_name(h.key),
                         reason: "value is not UTF-8".into(),
                     })
                 };
+                let value = || text().map(str::to_owned);
                 match h.key {
                     header::ID => id = Some(value()?),
                     header::SOURCE => source = Some(value()?),
                     header::TYPE => event_type = Some(value()?),
-                    header::TIME => time = Some(Timestamp::parse(&value()?)?),
+                    header::TIME => time = Some(Timestamp::parse(text()?)?),
                     header::SPEC_VERSION => {}
                     header::CONTENT_TYPE => content_type = Some(value()?),
                     key => {
@@ -694,6 +704,26 @@ mod tests {
             OwnedMessage::new(Some(b"1".to_vec()), None, "t".into(), KafkaTimestamp::NotAvailable, 0, 0, Some(headers));
         let err = Event::from_message(&msg).unwrap_err();
         assert!(matches!(err, SchemaError::BadHeader { name: "ce_time", .. }), "{err}");
+        assert!(err.to_string().contains("\"yesterday\" is not an RFC 3339 UTC time"), "{err}");
+        let headers = OwnedHeaders::new().insert(Header { key: header::TIME, value: Some(&b"\xff"[..]) });
+        let msg =
+            OwnedMessage::new(Some(b"1".to_vec()), None, "t".into(), KafkaTimestamp::NotAvailable, 0, 0, Some(headers));
+        let err = Event::from_message(&msg).unwrap_err();
+        assert_eq!(err, SchemaError::BadHeader { name: "ce_time", reason: "value is not UTF-8".into() });
+    }
+
+    #[test]
+    fn timestamps_deserialise_from_json_text() {
+        let t = Timestamp::from_micros(1_763_892_000_123_456);
+        // Borrowed from the input, and decoded from an escaped string.
+        for text in [r#""2025-11-23T10:00:00.123456Z""#, r#""2025-11-23T10:00:00.123456\u005a""#] {
+            assert_eq!(serde_json::from_str::<Timestamp>(text).unwrap(), t, "{text}");
+        }
+        assert_eq!(serde_json::from_value::<Timestamp>(json!("2025-11-23T10:00:00.123456Z")).unwrap(), t);
+        let err = serde_json::from_str::<Timestamp>(r#""yesterday""#).unwrap_err().to_string();
+        assert!(err.contains("\"yesterday\" is not an RFC 3339 UTC time"), "{err}");
+        let err = serde_json::from_str::<Timestamp>("1763892000").unwrap_err().to_string();
+        assert!(err.contains("an RFC 3339 UTC time"), "{err}");
     }
 
     #[test]
