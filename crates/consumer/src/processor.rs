@@ -74,10 +74,10 @@ pub trait Processor: Send + Sync + 'static {
 /// bytes and appends its `_processed` field, where parsing the payload into
 /// a [`Value`], inserting into it and writing it out again cost about a
 /// sixth of the consumer's instructions per event.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Processed(Repr);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum Repr {
     Value(Value),
     /// One JSON document, without surrounding whitespace.
@@ -95,7 +95,10 @@ impl Processed {
     /// (whitespace around it is dropped).
     pub fn json(text: impl Into<Vec<u8>>) -> Result<Self, serde_json::Error> {
         let mut text = text.into();
-        serde_json::from_slice::<Checked>(&text)?;
+        if !serde_json::from_slice::<Checked>(&text)?.plain {
+            // serde_json's own keys: what they mean is up to `Value`.
+            return serde_json::from_slice::<Value>(&text).map(Self::from);
+        }
         let start = text.len() - text.trim_ascii_start().len();
         text.truncate(text.trim_ascii_end().len());
         text.drain(..start);
@@ -175,7 +178,10 @@ impl DefaultProcessor {
             return Err(SchemaError::EmptyPayload);
         }
         let value = match serde_json::from_slice::<Shape>(data) {
-            Ok(Shape::Object { fields }) => return Ok(Self::append_processed(data, fields, processed_at, worker)),
+            Ok(Shape::Object { fields }) if data.trim_ascii().first() == Some(&b'{') => {
+                return Ok(Self::append_processed(data, fields, processed_at, worker));
+            }
+            Ok(Shape::Object { .. }) => serde_json::from_slice(data),
             Ok(Shape::Text(text)) => Ok(Value::String(text)),
             Ok(Shape::Other) => serde_json::from_slice(data),
             Err(error) => Err(error),
@@ -190,7 +196,7 @@ impl DefaultProcessor {
     /// them).
     fn append_processed(data: &[u8], fields: usize, at: Timestamp, worker: &WorkerInfo) -> Processed {
         // JSON whitespace only around a checked document: `trim_ascii`
-        // also trims form feeds, which JSON allows nowhere outside strings.
+        // also trims form feeds, which JSON allows nowhere unescaped.
         let text = data.trim_ascii();
         let open = &text[..text.len() - 1];
         let mut out = Vec::with_capacity(text.len() + 96);
@@ -219,12 +225,23 @@ impl Processor for DefaultProcessor {
 /// `serde_json::Value` parsing would (the same parser, numbers, escapes,
 /// UTF-8 and depth limit), without building it.
 enum Shape {
-    /// An object with this many keys, all distinct, none `_processed`.
+    /// An object with this many keys, all distinct, none `_processed`, and
+    /// no serde_json key anywhere in it (see [`reserved`]).
     Object { fields: usize },
     /// A string.
     Text(String),
-    /// Anything else, an object with a repeated key or `_processed` too.
+    /// Anything else, an object with a repeated key or `_processed` too:
+    /// the `Value` transform decides.
     Other,
+}
+
+/// A key serde_json gives a meaning of its own when it parses a `Value`
+/// with some of its features on (`raw_value`, on in this build through
+/// axum, turns `{"$serde_json::private::RawValue": "[1]"}` into `[1]`).
+/// An object that has one anywhere is left to `Value` parsing, so it is
+/// taken or refused exactly as before.
+fn reserved(key: &str) -> bool {
+    key.starts_with("$serde_json::private::")
 }
 
 impl<'de> Deserialize<'de> for Shape {
@@ -244,13 +261,14 @@ impl<'de> Visitor<'de> for ShapeVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
         let mut keys: Vec<Cow<'de, str>> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        let mut plain = true;
         while let Some(Key(key)) = map.next_key()? {
-            map.next_value::<Checked>()?;
+            plain &= map.next_value::<Checked>()?.plain && !reserved(&key);
             keys.push(key);
         }
         let fields = keys.len();
         keys.sort_unstable();
-        let plain = keys.windows(2).all(|pair| pair[0] != pair[1]) && keys.binary_search(&"_processed".into()).is_err();
+        plain &= keys.windows(2).all(|pair| pair[0] != pair[1]) && keys.binary_search(&"_processed".into()).is_err();
         Ok(if plain { Shape::Object { fields } } else { Shape::Other })
     }
 
@@ -310,8 +328,13 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 /// Any JSON value, checked and dropped: what `Value` parsing accepts and
-/// refuses, without allocating (strings are only looked at).
-struct Checked;
+/// refuses, without allocating (strings are only looked at; a key with an
+/// escape is decoded), and whether it is free of [`reserved`] keys.
+struct Checked {
+    plain: bool,
+}
+
+const PLAIN: Checked = Checked { plain: true };
 
 impl<'de> Deserialize<'de> for Checked {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -329,37 +352,43 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        while map.next_entry::<Checked, Checked>()?.is_some() {}
-        Ok(Checked)
+        let mut plain = true;
+        while let Some(Key(key)) = map.next_key()? {
+            plain &= map.next_value::<Checked>()?.plain && !reserved(&key);
+        }
+        Ok(Checked { plain })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
-        Ok(Checked)
+        let mut plain = true;
+        while let Some(item) = seq.next_element::<Checked>()? {
+            plain &= item.plain;
+        }
+        Ok(Checked { plain })
     }
 
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
-        Ok(Checked)
+        Ok(PLAIN)
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
-        Ok(Checked)
+        Ok(PLAIN)
     }
 
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
-        Ok(Checked)
+        Ok(PLAIN)
     }
 
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
-        Ok(Checked)
+        Ok(PLAIN)
     }
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
-        Ok(Checked)
+        Ok(PLAIN)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
-        Ok(Checked)
+        Ok(PLAIN)
     }
 }
 
@@ -475,6 +504,46 @@ mod tests {
         }
         let empty = DefaultProcessor::transform_payload(b"", at(), &WORKER).unwrap_err();
         assert_eq!(empty, SchemaError::EmptyPayload);
+    }
+
+    /// Keys serde_json reads as its own with `raw_value` on (as in this
+    /// build): such payloads are taken or refused as `Value` parsing does.
+    #[test]
+    fn serde_json_keys_are_left_to_value_parsing() {
+        for payload in [
+            &br#"{"$serde_json::private::RawValue":"[1,2]"}"#[..],
+            br#"{"\u0024serde_json::private::RawValue":"{\"a\":1}"}"#,
+            br#"{"$serde_json::private::RawValue":1}"#,
+            br#"{"$serde_json::private::RawValue":"not json"}"#,
+            br#"{"a":{"$serde_json::private::RawValue":"x"}}"#,
+            br#"{"a":[{"$serde_json::private::Number":"1"}]}"#,
+        ] {
+            let shown = String::from_utf8_lossy(payload);
+            let old = Event::with_bytes("/t", None, None, payload.to_vec())
+                .json_data()
+                .map(|value| DefaultProcessor::transform(value, at(), &WORKER));
+            let new = DefaultProcessor::transform_payload(payload, at(), &WORKER).map(|out| out.to_value());
+            assert_eq!(new, old, "{shown}");
+            let text = Processed::json(payload);
+            assert_eq!(text.is_ok(), serde_json::from_slice::<Value>(payload).is_ok(), "{shown}");
+            if let Ok(text) = text {
+                assert_eq!(text.to_value(), serde_json::from_slice::<Value>(payload).unwrap(), "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_result_carries_text_output_as_it_is() {
+        let event = Event::with_bytes("/t", Some("s".into()), None, br#"{"b":1, "a":[true]}"#.to_vec());
+        let output = DefaultProcessor::transform_payload(&event.data, at(), &WORKER).unwrap();
+        let result = stream_core::EventResult::answering(&event, Some(3), output.clone());
+        let json = result.to_json();
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(text.contains(r#","output":{"b":1, "a":[true],"_processed":{"at":"#), "{text}");
+        let back: stream_core::EventResult = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.output, output.to_value());
+        assert_eq!(back.event_id, event.id);
+        assert_eq!(back.stream_id.as_deref(), Some("s"));
     }
 
     #[test]

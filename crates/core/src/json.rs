@@ -61,10 +61,11 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
-/// Something that writes itself as compact JSON: a result's `output`, as
-/// a [`Value`] or as JSON text a processor wrote itself.
+/// Something that writes itself as JSON: a result's `output`, as a
+/// [`Value`] (compact) or as JSON text a processor kept or wrote itself
+/// (as it is).
 pub trait WriteJson {
-    /// Appends `self` as compact JSON.
+    /// Appends `self` as one JSON value.
     fn write_json(&self, out: &mut Vec<u8>);
 }
 

@@ -493,7 +493,7 @@ fn static_name(key: &str) -> &'static str {
 ///
 /// `O` is the output's type: a [`serde_json::Value`] wherever results are
 /// read or built as values; the consumer writes its processor's output,
-/// which may be JSON text already (see `consumer::Output`).
+/// which may be JSON text already (see `consumer::Processed`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventResult<O = serde_json::Value> {
     /// `ce_id` of the event this result answers, for correlation.
@@ -534,10 +534,11 @@ impl<O> EventResult<O> {
         }
     }
 
-    /// The result as JSON, byte for byte what its `Serialize` writes (the
-    /// tests hold the two together), written straight into one buffer:
-    /// the timestamps as they are, every other string through
-    /// [`json::write_str`](crate::json::write_str).
+    /// The result as JSON, written straight into one buffer: the
+    /// timestamps as they are, every other string through
+    /// [`json::write_str`](crate::json::write_str), the output through its
+    /// [`WriteJson`]. With a `Value` output it is byte for byte what
+    /// `Serialize` writes (the tests hold the two together).
     pub fn to_json(&self) -> Vec<u8>
     where
         O: WriteJson,
@@ -715,7 +716,7 @@ mod tests {
     #[test]
     fn timestamps_deserialise_from_json_text() {
         let t = Timestamp::from_micros(1_763_892_000_123_456);
-        // Borrowed from the input, and decoded from an escaped string.
+        // Plain text, and text with an escape (decoded into a scratch buffer).
         for text in [r#""2025-11-23T10:00:00.123456Z""#, r#""2025-11-23T10:00:00.123456\u005a""#] {
             assert_eq!(serde_json::from_str::<Timestamp>(text).unwrap(), t, "{text}");
         }
