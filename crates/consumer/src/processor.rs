@@ -168,7 +168,9 @@ impl DefaultProcessor {
     /// object whose keys are distinct and do not include `_processed` (the
     /// usual case) keeps its own text, with `_processed` appended as its
     /// last field; anything else is parsed into a [`Value`] and
-    /// transformed.
+    /// transformed. So is an object with a line break inside it (pretty
+    /// printed): a result stays on one line, as SSE clients that read it
+    /// line by line expect.
     pub fn transform_payload(
         data: &[u8],
         processed_at: Timestamp,
@@ -178,7 +180,7 @@ impl DefaultProcessor {
             return Err(SchemaError::EmptyPayload);
         }
         let value = match serde_json::from_slice::<Shape>(data) {
-            Ok(Shape::Object { fields }) if data.trim_ascii().first() == Some(&b'{') => {
+            Ok(Shape::Object { fields }) if one_line_object(data.trim_ascii()) => {
                 return Ok(Self::append_processed(data, fields, processed_at, worker));
             }
             Ok(Shape::Object { .. }) => serde_json::from_slice(data),
@@ -219,6 +221,12 @@ impl Processor for DefaultProcessor {
     async fn process(&self, event: &Event, worker: &WorkerInfo) -> Result<Processed, ProcessError> {
         Ok(Self::transform_payload(&event.data, Timestamp::now(), worker)?)
     }
+}
+
+/// Whether checked JSON text is an object without a line break: JSON
+/// strings hold none unescaped, so any is whitespace between tokens.
+fn one_line_object(text: &[u8]) -> bool {
+    text.first() == Some(&b'{') && !text.iter().any(|&b| b == b'\n' || b == b'\r')
 }
 
 /// What a payload is, found in one pass that checks all of it as
@@ -432,7 +440,10 @@ mod tests {
             (br#"{"a":1,"b":"x"}"#, true),
             (b"{}", true),
             (b" { } ", true),
-            (b"\n\t{ \"a\" : [1, 2.5e3, -0, {\"b\": null}],\r\n \"c\":true }\n", true),
+            (b"\n\t{ \"a\" : [1, 2.5e3, -0, {\"b\": null}],\t \"c\":true }\r\n", true),
+            // Pretty printed: rebuilt, so the result stays on one line.
+            (b"{\n  \"a\": 1,\n  \"b\": [2]\n}\n", false),
+            (b"{\"a\": 1,\r\"b\": \"x\"}", false),
             (br#"{"s":"\u00e9 \" \\ \n \ud83d\ude00","":{},"n":18446744073709551616}"#, true),
             (r#"{"ünï":"cödé","k":[{"_processed":1}]}"#.as_bytes(), true),
             (br#"{"\u0041":1,"A ":2}"#, true),
@@ -462,6 +473,7 @@ mod tests {
             let mut written = Vec::new();
             out.write_json(&mut written);
             assert_eq!(serde_json::from_slice::<Value>(&written).unwrap(), expected, "{shown}");
+            assert!(!written.iter().any(|&b| b == b'\n' || b == b'\r'), "one line: {shown}");
             assert_eq!(matches!(out.0, Repr::Text(_)), plain, "{shown}");
             if plain {
                 // The payload's own text, then `_processed`.
