@@ -11,6 +11,7 @@
 //! (pipelining), and stores an offset only once every record up to it has
 //! its result or dead letter acknowledged (at-least-once).
 
+mod acks;
 mod context;
 mod delivery;
 mod partition;

@@ -3,12 +3,10 @@
 //! stored once everything up to them is acknowledged.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Instant;
 
-use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
@@ -18,8 +16,9 @@ use stream_core::{Event, EventResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::{Acks, Settled};
 use super::context::Member;
-use super::delivery::{dead_letter, send, Delivery, InFlight, Kind, Outcome, Sent};
+use super::delivery::{dead_letter, send, Delivery, InFlight, Kind, Sent};
 use super::record::Record;
 use super::shared::{Shared, RESULT_SOURCE};
 use crate::dlq;
@@ -40,7 +39,7 @@ pub(super) struct PartitionTask<P> {
 
 impl<P: Processor> PartitionTask<P> {
     pub(super) async fn run(self, mut records: mpsc::Receiver<Vec<Record>>) {
-        let mut in_flight = FuturesOrdered::new();
+        let mut in_flight = Acks::new();
         let shared = self.shared.clone();
         let max = shared.max_in_flight;
         let mut abandoned = false;
@@ -49,8 +48,8 @@ impl<P: Processor> PartitionTask<P> {
         'run: loop {
             tokio::select! {
                 biased;
-                Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
-                    if !self.settle(outcome, &mut in_flight) {
+                Some(settled) = in_flight.settled(), if !in_flight.is_empty() => {
+                    if !self.settle(settled) {
                         abandoned = true;
                         break;
                     }
@@ -69,7 +68,7 @@ impl<P: Processor> PartitionTask<P> {
                 if self.stop.is_cancelled() {
                     break 'run;
                 }
-                in_flight.push_back(self.handle(record).await);
+                in_flight.push(self.handle(record).await);
             }
         }
         // Records still queued are dropped unprocessed: their offsets are
@@ -84,8 +83,8 @@ impl<P: Processor> PartitionTask<P> {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                outcome = in_flight.next() => match outcome {
-                    Some(outcome) => if !self.settle(outcome, &mut in_flight) { break },
+                settled = in_flight.settled() => match settled {
+                    Some(settled) => if !self.settle(settled) { break },
                     None => break,
                 },
                 _ = &mut deadline => {
@@ -102,27 +101,19 @@ impl<P: Processor> PartitionTask<P> {
         tracing::debug!(partition = self.partition, pending, "partition drained");
     }
 
-    /// Takes `first` and every outcome already available after it, then
-    /// stores the offset after the last finished record. Returns `false` if
+    /// Stores the offset after the last record settled. Returns `false` if
     /// the partition must stop.
-    pub(super) fn settle<F>(&self, first: Outcome, in_flight: &mut FuturesOrdered<F>) -> bool
-    where
-        F: Future<Output = Outcome>,
-    {
-        let mut last = None;
-        let mut outcome = Some(first);
-        while let Some(current) = outcome.take() {
-            match current {
-                Outcome::Done(offset) => last = Some(offset),
-                Outcome::Abandoned => {
-                    self.store(last);
-                    return false;
-                }
+    pub(super) fn settle(&self, settled: Settled) -> bool {
+        match settled {
+            Settled::UpTo(offset) => {
+                self.store(Some(offset));
+                true
             }
-            outcome = in_flight.next().now_or_never().flatten();
+            Settled::Abandoned(last) => {
+                self.store(last);
+                false
+            }
         }
-        self.store(last);
-        true
     }
 
     pub(super) fn store(&self, offset: Option<i64>) {
@@ -136,8 +127,8 @@ impl<P: Processor> PartitionTask<P> {
     }
 
     /// Processes one record and enqueues its result (or dead letter).
-    /// Returns the future that resolves once the broker acknowledged it.
-    pub(super) async fn handle(&self, record: Record) -> impl Future<Output = Outcome> + Send + 'static {
+    /// Returns its delivery, which settles once the broker acknowledged it.
+    pub(super) async fn handle(&self, record: Record) -> Delivery<P> {
         let shared = &self.shared;
         let started = Instant::now();
         let offset = record.offset();
@@ -187,7 +178,6 @@ impl<P: Processor> PartitionTask<P> {
             kind,
             _counted: counted,
         }
-        .run()
     }
 
     pub(super) async fn dead_letter(&self, record: &Record, failure: &dlq::Failure) -> Sent {
