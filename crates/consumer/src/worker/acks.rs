@@ -7,9 +7,9 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::error::KafkaError;
+use stream_core::kafka::canceled;
 
-use super::delivery::{empty, Delivery, Outcome};
+use super::delivery::{Delivery, Outcome};
 use crate::processor::Processor;
 
 /// The results (or dead letters) of one partition's records, oldest first,
@@ -21,9 +21,18 @@ use crate::processor::Processor;
 /// thread that served it (perf: about a sixth of the bulk consumer's CPU in
 /// those wake-ups and polls). A report completes its record's future whether
 /// or not anyone waits on it, so only the oldest record still waiting
-/// registers a waker here, and one wake-up settles every record whose report
-/// is in. A record whose report is a failure goes into its retries (or its
-/// dead letter) at once, beside the others.
+/// registers a waker here, and one wake-up settles it and every record after
+/// it whose report is in, up to the next one still waiting.
+///
+/// What that costs: a record's report is looked at only once every record
+/// before it is settled or recovering. A failure behind a record still
+/// waiting (a result refused for good while an older one waits on a slow
+/// partition) starts its retries or dead letter when the older one reports,
+/// at the latest when it times out (`message.timeout.ms`), and the counters
+/// and end-to-end latency of a record are taken when it is reached. Nothing
+/// is stored early: a record's offset is stored only once it and every
+/// record before it are acknowledged, as before. Once looked at, a failure
+/// goes into its retries or dead letter beside the others.
 pub(super) struct Acks<P> {
     slots: VecDeque<Slot<P>>,
     /// Sequence number of the front slot.
@@ -47,7 +56,7 @@ enum Slot<P> {
 }
 
 /// What became of the records settled in one look.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Settled {
     /// Every record up to and including this offset is acknowledged.
     UpTo(i64),
@@ -99,10 +108,9 @@ impl<P: Processor> Acks<P> {
             };
             let Ok(report) = &mut delivery.sent else { unreachable!("refused sends are recovering from the start") };
             let Poll::Ready(report) = Pin::new(report).poll(cx) else { break };
-            // The producer went away with the record queued: canceled.
             let report = match report {
                 Ok(report) => report,
-                Err(_canceled) => Err((KafkaError::Canceled, empty())),
+                Err(_gone) => Err(canceled()),
             };
             let slot = match report {
                 Ok(_) => Slot::Settled(delivery.acknowledged()),

@@ -83,6 +83,8 @@ impl<P: Processor> PartitionTask<P> {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
+                // Results already in are stored before the deadline counts.
+                biased;
                 settled = in_flight.settled() => match settled {
                     Some(settled) => if !self.settle(settled) { break },
                     None => break,

@@ -17,18 +17,13 @@ pub fn enqueue(producer: &Producer, topic: &str, event: &Event) -> std::result::
 // delivery result does, so callers can retry it without a copy.
 #[allow(clippy::result_large_err)]
 pub async fn delivered(future: DeliveryFuture) -> OwnedDeliveryResult {
-    future.await.unwrap_or_else(|_canceled| {
-        Err((
-            KafkaError::Canceled,
-            rdkafka::message::OwnedMessage::new(
-                None,
-                None,
-                String::new(),
-                rdkafka::Timestamp::NotAvailable,
-                -1,
-                -1,
-                None,
-            ),
-        ))
-    })
+    future.await.unwrap_or_else(|_gone| Err(canceled()))
+}
+
+/// The failure of a record whose producer went away with it still queued:
+/// `KafkaError::Canceled`, with an empty message.
+pub fn canceled() -> (KafkaError, rdkafka::message::OwnedMessage) {
+    let empty =
+        rdkafka::message::OwnedMessage::new(None, None, String::new(), rdkafka::Timestamp::NotAvailable, -1, -1, None);
+    (KafkaError::Canceled, empty)
 }
