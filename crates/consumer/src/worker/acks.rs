@@ -112,8 +112,8 @@ impl<P: Processor> Acks<P> {
                 Ok(report) => report,
                 Err(_gone) => Err(canceled()),
             };
-            let slot = match report {
-                Ok(_) => Slot::Settled(delivery.acknowledged()),
+            match report {
+                Ok(_) => self.slots[self.looked] = Slot::Settled(delivery.acknowledged()),
                 Err(failed) => {
                     let Slot::Waiting(mut delivery) = std::mem::replace(&mut self.slots[self.looked], Slot::Recovering)
                     else {
@@ -121,10 +121,8 @@ impl<P: Processor> Acks<P> {
                     };
                     delivery.sent = Err(failed);
                     self.recover(seq, delivery);
-                    Slot::Recovering
                 }
-            };
-            self.slots[self.looked] = slot;
+            }
             self.looked += 1;
         }
         // Recoveries that finished (and, for new ones, their first steps).
