@@ -149,7 +149,7 @@ pub struct KafkaBench {
 
     /// Messages librdkafka may hold unacknowledged before sends wait for acks
     /// (see publisher --queue-capacity).
-    #[arg(long, env = "BENCH_QUEUE_CAPACITY", default_value_t = 500_000)]
+    #[arg(long, env = "BENCH_QUEUE_CAPACITY", default_value_t = 20_000)]
     pub queue_capacity: u32,
 
     #[command(flatten)]
