@@ -14,6 +14,7 @@
 //! - [`report`]: latency histograms, percentiles and the final [`Report`].
 //! - [`delivery`]: the producer, whose delivery reports are callbacks the
 //!   sender serves itself.
+//! - [`topic`]: records handed to librdkafka with its handle of the topic.
 //! - [`publish`] (here): the pipelined send loop, shared with `bench`.
 //!
 //! Sends are pipelined: each event is handed to librdkafka without waiting,
@@ -26,6 +27,7 @@ pub mod delivery;
 pub mod pacer;
 pub mod payload;
 pub mod report;
+pub mod topic;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -36,7 +38,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, Producer as _};
+use rdkafka::producer::Producer as _;
 use stream_core::config::{parse_duration, LogArgs};
 use stream_core::kafka::{self, Acks, ProducerOptions, TopicSpec};
 use stream_core::schema::{self, Attributes, Timestamp, EVENT_TYPE, JSON};
@@ -277,6 +279,7 @@ pub async fn publish(
     // Per-record buffers, reused: the payload and the id's text.
     let mut scratch = Vec::new();
     let mut id_buffer = schema::id_buffer();
+    let topic_handle = topic::Topic::new(producer, topic);
 
     for seq in 0..count {
         let due = match pacer.due(seq) {
@@ -304,12 +307,11 @@ pub async fn publish(
             break;
         }
         // The record is written from the payload's scratch buffer, stack
-        // text and constants; what is allocated per record is the
-        // producer's (rdkafka's C string of the topic, librdkafka's copy
-        // of key and payload, and the headers).
+        // text and constants; what is allocated per record is librdkafka's
+        // (its copy of key and payload, and the headers).
         let data = payloads.data_in(seq, &mut scratch);
         let key = payloads.key_text(seq);
-        let headers = payloads.has_headers().then(|| {
+        let mut headers = payloads.has_headers().then(|| {
             let time = match pacer.rate() {
                 Some(_) => {
                     let offset = due.saturating_duration_since(pacer.start());
@@ -321,15 +323,12 @@ pub async fn publish(
             Attributes { id, source, event_type: EVENT_TYPE, time: time.rfc3339(), content_type: Some(JSON) }.headers()
         });
         let opaque = delivery::opaque(epoch, due);
-        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque).payload(data);
-        if let Some(key) = &key {
-            record = record.key(key.as_bytes());
-        }
-        if let Some(headers) = headers {
-            record = record.headers(headers);
-        }
         loop {
-            match producer.send(record) {
+            let outcome = match &topic_handle {
+                Ok(handle) => handle.send(key.as_ref().map(|key| key.as_bytes()), data, headers, opaque),
+                Err(code) => Err((*code, None)),
+            };
+            match outcome {
                 Ok(()) => {
                     sent += 1;
                     if sent % 64 == 0 {
@@ -338,17 +337,17 @@ pub async fn publish(
                     last_sent = if pacer.rate().is_some() { Instant::now() } else { due };
                     break;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Err((RDKafkaErrorCode::QueueFull, back)) => {
                     // Backpressure: librdkafka's queue is full, so wait for
                     // deliveries to make room rather than fail or spin.
-                    record = back;
+                    headers = back;
                     if serve_reports(producer) == 0 {
                         tokio::time::sleep(REPORT_SLICE).await;
                     }
                 }
-                Err((error, _)) => {
+                Err((code, _)) => {
                     refused += 1;
-                    report::count_error(&mut refusals, error.to_string());
+                    report::count_error(&mut refusals, KafkaError::MessageProduction(code).to_string());
                     break;
                 }
             }

@@ -223,3 +223,41 @@ async fn delivery_reports_wait_for_the_sender_to_serve_them() {
     assert!(tally.ack_latency.min() >= waited, "{} µs < {waited} µs", tally.ack_latency.min());
     assert_eq!(publisher::serve_reports(&producer), 0, "nothing is left to serve");
 }
+
+/// A queue of 50 records is full almost all the time: each refused record
+/// waits for acks and is sent again with its own headers, and none is lost
+/// or sent twice.
+#[tokio::test]
+async fn a_full_queue_waits_for_acks_and_loses_nothing() {
+    let kafka = testing::kafka_args();
+    let report = publisher::run(
+        &args(&kafka, &["--count", "3000", "--keys", "10", "--queue-capacity", "50"]),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.sent, report.acked, report.failed), (3000, 3000, 0), "{report}");
+    let events = read_back(&kafka, 3000).await;
+    assert!(events.iter().all(|e| e.source == "/publisher" && e.event_type == EVENT_TYPE), "headers kept on retry");
+    let ids: std::collections::BTreeSet<_> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 3000, "every event once, with an id of its own");
+}
+
+/// A record librdkafka refuses outright (larger than `message.max.bytes`)
+/// is counted as failed with librdkafka's reason, and fails the exit code.
+#[tokio::test]
+async fn records_librdkafka_refuses_are_counted_with_the_reason() {
+    let kafka = testing::kafka_args();
+    let output = Command::new(env!("CARGO_BIN_EXE_publisher"))
+        .args(["--count", "5", "--size", "3000", "--json", "--brokers", &kafka.brokers])
+        .args(["-X", "message.max.bytes=2000", "--topic", &kafka.topics.events])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let report: Report = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((report.sent, report.acked, report.failed), (0, 0, 5));
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert_eq!(report.errors[0].count, 5);
+    assert!(report.errors[0].error.contains("MessageSizeTooLarge"), "{}", report.errors[0].error);
+}
