@@ -7,6 +7,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::Write as _;
+
 use clap::Parser;
 use publisher::Args;
 use stream_core::{config, shutdown, telemetry};
@@ -19,11 +21,14 @@ async fn main() {
     let shutdown = shutdown::on_signal();
     match publisher::run(&args, shutdown).await {
         Ok(report) => {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
+            let text = if args.json {
+                serde_json::to_string_pretty(&report).expect("reports serialise")
             } else {
-                println!("{report}");
-            }
+                report.to_string()
+            };
+            // A reader that went away (`| head`) only misses the report: the
+            // records are sent, and the exit code still says how it went.
+            let _ = writeln!(std::io::stdout(), "{text}");
             let code = if report.failed > 0 {
                 1
             } else if report.interrupted {

@@ -261,3 +261,20 @@ async fn records_librdkafka_refuses_are_counted_with_the_reason() {
     assert_eq!(report.errors[0].count, 5);
     assert!(report.errors[0].error.contains("MessageSizeTooLarge"), "{}", report.errors[0].error);
 }
+
+/// A reader that closes the pipe early loses the report, not the exit code.
+#[tokio::test]
+async fn a_closed_stdout_does_not_panic() {
+    let kafka = testing::kafka_args();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_publisher"))
+        .args(["--count", "20", "--json", "--brokers", &kafka.brokers, "--topic", &kafka.topics.events])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
