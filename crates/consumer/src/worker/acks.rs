@@ -12,6 +12,51 @@ use stream_core::kafka::canceled;
 use super::delivery::{Delivery, Outcome};
 use crate::processor::Processor;
 
+/// What [`Acks`] needs of a record's delivery: a trait so that the order of
+/// settling can be tested without a broker.
+pub(super) trait Pending: Send {
+    /// Refused at send: its retries start at once.
+    fn refused(&self) -> bool;
+    /// Its first delivery report: `true` acknowledged, `false` failed (the
+    /// failure is kept for [`recover`](Self::recover)). Only for records
+    /// not refused.
+    fn poll_report(&mut self, cx: &mut Context<'_>) -> Poll<bool>;
+    /// What an acknowledged record comes to.
+    fn acknowledged(&self) -> Outcome;
+    /// Its retries, or its dead letter, after a failure.
+    fn recover(self) -> impl Future<Output = Outcome> + Send + 'static;
+}
+
+impl<P: Processor> Pending for Delivery<P> {
+    fn refused(&self) -> bool {
+        self.sent.is_err()
+    }
+
+    fn poll_report(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let Ok(report) = &mut self.sent else { unreachable!("refused sends are recovering from the start") };
+        let Poll::Ready(report) = Pin::new(report).poll(cx) else { return Poll::Pending };
+        match report {
+            Ok(Ok(_)) => Poll::Ready(true),
+            Ok(Err(failed)) => {
+                self.sent = Err(failed);
+                Poll::Ready(false)
+            }
+            Err(_gone) => {
+                self.sent = Err(canceled());
+                Poll::Ready(false)
+            }
+        }
+    }
+
+    fn acknowledged(&self) -> Outcome {
+        Delivery::acknowledged(self)
+    }
+
+    fn recover(self) -> impl Future<Output = Outcome> + Send + 'static {
+        self.run()
+    }
+}
+
 /// The results (or dead letters) of one partition's records, oldest first,
 /// each settled once its ack is in and every record before it is settled.
 ///
@@ -33,8 +78,8 @@ use crate::processor::Processor;
 /// is stored early: a record's offset is stored only once it and every
 /// record before it are acknowledged, as before. Once looked at, a failure
 /// goes into its retries or dead letter beside the others.
-pub(super) struct Acks<P> {
-    slots: VecDeque<Slot<P>>,
+pub(super) struct Acks<D> {
+    slots: VecDeque<Slot<D>>,
     /// Sequence number of the front slot.
     front: u64,
     /// How many slots at the front are past waiting (settled or
@@ -47,9 +92,9 @@ pub(super) struct Acks<P> {
 // Nearly every slot is waiting, so boxing that variant would only add an
 // allocation per record.
 #[allow(clippy::large_enum_variant)]
-enum Slot<P> {
+enum Slot<D> {
     /// Waiting for its first delivery report.
-    Waiting(Delivery<P>),
+    Waiting(D),
     /// Retrying, or writing a dead letter instead.
     Recovering,
     Settled(Outcome),
@@ -66,7 +111,7 @@ pub(super) enum Settled {
     Abandoned(Option<i64>),
 }
 
-impl<P: Processor> Acks<P> {
+impl<D: Pending> Acks<D> {
     pub(super) fn new() -> Self {
         Self { slots: VecDeque::new(), front: 0, looked: 0, recovering: FuturesUnordered::new() }
     }
@@ -80,9 +125,9 @@ impl<P: Processor> Acks<P> {
     }
 
     /// Adds the newest record's delivery.
-    pub(super) fn push(&mut self, delivery: Delivery<P>) {
+    pub(super) fn push(&mut self, delivery: D) {
         let seq = self.front + self.slots.len() as u64;
-        if delivery.sent.is_err() {
+        if delivery.refused() {
             // Refused at once: straight to its retries.
             self.recover(seq, delivery);
             self.slots.push_back(Slot::Recovering);
@@ -91,8 +136,9 @@ impl<P: Processor> Acks<P> {
         }
     }
 
-    fn recover(&mut self, seq: u64, delivery: Delivery<P>) {
-        self.recovering.push(Box::pin(async move { (seq, delivery.run().await) }));
+    fn recover(&mut self, seq: u64, delivery: D) {
+        let recovery = delivery.recover();
+        self.recovering.push(Box::pin(async move { (seq, recovery.await) }));
     }
 
     /// Settles what can be settled, in offset order; pending while the
@@ -106,22 +152,14 @@ impl<P: Processor> Acks<P> {
                 self.looked += 1;
                 continue;
             };
-            let Ok(report) = &mut delivery.sent else { unreachable!("refused sends are recovering from the start") };
-            let Poll::Ready(report) = Pin::new(report).poll(cx) else { break };
-            let report = match report {
-                Ok(report) => report,
-                Err(_gone) => Err(canceled()),
-            };
-            match report {
-                Ok(_) => self.slots[self.looked] = Slot::Settled(delivery.acknowledged()),
-                Err(failed) => {
-                    let Slot::Waiting(mut delivery) = std::mem::replace(&mut self.slots[self.looked], Slot::Recovering)
-                    else {
-                        unreachable!("the slot was waiting")
-                    };
-                    delivery.sent = Err(failed);
-                    self.recover(seq, delivery);
-                }
+            let Poll::Ready(acknowledged) = delivery.poll_report(cx) else { break };
+            if acknowledged {
+                self.slots[self.looked] = Slot::Settled(delivery.acknowledged());
+            } else {
+                let Slot::Waiting(delivery) = std::mem::replace(&mut self.slots[self.looked], Slot::Recovering) else {
+                    unreachable!("the slot was waiting")
+                };
+                self.recover(seq, delivery);
             }
             self.looked += 1;
         }
@@ -153,5 +191,201 @@ impl<P: Processor> Acks<P> {
     /// [`poll_settled`](Self::poll_settled) as a future.
     pub(super) async fn settled(&mut self) -> Option<Settled> {
         std::future::poll_fn(|cx| self.poll_settled(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures::task::{waker, ArcWake};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A record whose first report and recovery the test sends by hand.
+    struct Fake {
+        offset: i64,
+        /// `None`: refused at send.
+        report: Option<oneshot::Receiver<bool>>,
+        /// Whether its recovery wrote something (`Done`) or gave up.
+        recovery: oneshot::Receiver<bool>,
+    }
+
+    impl Pending for Fake {
+        fn refused(&self) -> bool {
+            self.report.is_none()
+        }
+
+        fn poll_report(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+            let report = self.report.as_mut().expect("looked at only when not refused");
+            Pin::new(report).poll(cx).map(|acked| acked.unwrap_or(false))
+        }
+
+        fn acknowledged(&self) -> Outcome {
+            Outcome::Done(self.offset)
+        }
+
+        async fn recover(self) -> Outcome {
+            match self.recovery.await {
+                Ok(true) => Outcome::Done(self.offset),
+                _ => Outcome::Abandoned,
+            }
+        }
+    }
+
+    /// The test's ends of one record.
+    struct Ends {
+        report: Option<oneshot::Sender<bool>>,
+        recovery: Option<oneshot::Sender<bool>>,
+    }
+
+    impl Ends {
+        fn report(&mut self, acked: bool) {
+            self.report.take().expect("one report").send(acked).unwrap();
+        }
+
+        fn recovered(&mut self, wrote: bool) {
+            // The recovery may not have started (nor its receiver be kept)
+            // when the test decides it: a send to nobody is fine.
+            let _ = self.recovery.take().expect("one recovery").send(wrote);
+        }
+    }
+
+    fn record(acks: &mut Acks<Fake>, offset: i64, refused: bool) -> Ends {
+        let (report_tx, report_rx) = oneshot::channel();
+        let (recovery_tx, recovery_rx) = oneshot::channel();
+        let report = (!refused).then_some(report_rx);
+        acks.push(Fake { offset, report, recovery: recovery_rx });
+        Ends { report: (!refused).then_some(report_tx), recovery: Some(recovery_tx) }
+    }
+
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl ArcWake for Wakes {
+        fn wake_by_ref(this: &Arc<Self>) {
+            this.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn look(acks: &mut Acks<Fake>, wakes: &Arc<Wakes>) -> Poll<Option<Settled>> {
+        let waker = waker(wakes.clone());
+        acks.poll_settled(&mut Context::from_waker(&waker))
+    }
+
+    fn up_to(poll: Poll<Option<Settled>>) -> Option<i64> {
+        match poll {
+            Poll::Ready(Some(Settled::UpTo(offset))) => Some(offset),
+            Poll::Pending => None,
+            other => panic!("expected UpTo or Pending, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn offsets_are_settled_in_order_whatever_order_the_acks_come_in() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (10..15).map(|offset| record(&mut acks, offset, false)).collect();
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        ends[4].report(true);
+        ends[2].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None, "the oldest is still waiting");
+        ends[0].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(10), "up to the next one still waiting");
+        ends[1].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(12));
+        ends[3].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(14));
+        assert!(acks.is_empty());
+        assert!(matches!(look(&mut acks, &wakes), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn only_the_oldest_waiting_record_wakes_the_task() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        ends[2].report(true);
+        ends[1].report(true);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "reports behind the oldest wake nobody");
+        ends[0].report(true);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one wake-up for the oldest");
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(2), "which settles all three");
+    }
+
+    #[test]
+    fn a_failure_is_retried_before_the_records_after_it_are_stored() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        ends[0].report(true);
+        ends[1].report(false);
+        ends[2].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(0), "stops before the failed record");
+        assert_eq!(up_to(look(&mut acks, &wakes)), None, "its recovery is under way");
+        ends[1].recovered(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(2), "then it and the one after it");
+    }
+
+    #[test]
+    fn a_failure_behind_a_waiting_record_recovers_once_that_one_reports() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (0..2).map(|offset| record(&mut acks, offset, false)).collect();
+        ends[1].report(false);
+        ends[1].recovered(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None, "the older record still waits");
+        ends[0].report(true);
+        assert_eq!(
+            up_to(look(&mut acks, &wakes)),
+            Some(1),
+            "the older record's report starts the failure's recovery, here done at once"
+        );
+    }
+
+    #[test]
+    fn a_record_refused_at_send_recovers_at_once() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut refused = record(&mut acks, 0, true);
+        let mut after = record(&mut acks, 1, false);
+        after.report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        refused.recovered(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(1));
+    }
+
+    #[test]
+    fn nothing_from_an_abandoned_record_on_is_stored() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (5..8).map(|offset| record(&mut acks, offset, false)).collect();
+        ends[0].report(true);
+        ends[1].report(false);
+        ends[2].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(5));
+        ends[1].recovered(false);
+        match look(&mut acks, &wakes) {
+            Poll::Ready(Some(Settled::Abandoned(None))) => {}
+            other => panic!("expected Abandoned(None), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_abandoned_record_carries_what_was_settled_before_it_in_the_same_look() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (5..8).map(|offset| record(&mut acks, offset, false)).collect();
+        ends[1].report(false);
+        ends[1].recovered(false);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        ends[0].report(true);
+        match look(&mut acks, &wakes) {
+            Poll::Ready(Some(Settled::Abandoned(Some(5)))) => {}
+            other => panic!("expected Abandoned(Some(5)), got {other:?}"),
+        }
     }
 }
