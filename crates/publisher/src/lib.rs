@@ -105,9 +105,10 @@ pub struct Args {
     /// for acks. The default keeps several full requests in flight while
     /// the records waiting (each its own allocations, eight with CloudEvents
     /// headers) stay within the CPU's caches: 500,000 cost a quarter more
-    /// CPU per record with headers, three times the memory and seconds of
-    /// queueing in the ack latency, for no higher rate (README,
-    /// Performance). Lower values cut the rate of bare records.
+    /// CPU per record with headers, two to three times the memory and up
+    /// to a second of queueing in the ack latency, for no higher rate with
+    /// headers (README, Performance). Bare records reach a sixth more with
+    /// 500,000; lower values cut their rate.
     #[arg(long, env = "PUBLISH_QUEUE_CAPACITY", default_value_t = 20_000)]
     pub queue_capacity: u32,
 
@@ -279,9 +280,19 @@ pub async fn publish(
     // Per-record buffers, reused: the payload and the id's text.
     let mut scratch = Vec::new();
     let mut id_buffer = schema::id_buffer();
-    let topic_handle = topic::Topic::new(producer, topic);
+    let topic_handle = match topic::Topic::new(producer, topic) {
+        Ok(handle) => Some(handle),
+        Err(code) => {
+            // librdkafka refuses the topic itself: every record would be
+            // refused for the same reason, so none is built.
+            refused = count;
+            refusals.push(report::ErrorCount { error: KafkaError::MessageProduction(code).to_string(), count });
+            None
+        }
+    };
 
     for seq in 0..count {
+        let Some(handle) = &topic_handle else { break };
         let due = match pacer.due(seq) {
             Some(due) => {
                 // Reports are served while the schedule waits, a slice at a
@@ -324,11 +335,7 @@ pub async fn publish(
         });
         let opaque = delivery::opaque(epoch, due);
         loop {
-            let outcome = match &topic_handle {
-                Ok(handle) => handle.send(key.as_ref().map(|key| key.as_bytes()), data, headers, opaque),
-                Err(code) => Err((*code, None)),
-            };
-            match outcome {
+            match handle.send(key.as_ref().map(|key| key.as_bytes()), data, headers, opaque) {
                 Ok(()) => {
                     sent += 1;
                     if sent % 64 == 0 {

@@ -196,7 +196,7 @@ impl<D: Pending> Acks<D> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use futures::task::{waker, ArcWake};
@@ -211,6 +211,8 @@ mod tests {
         report: Option<oneshot::Receiver<bool>>,
         /// Whether its recovery wrote something (`Done`) or gave up.
         recovery: oneshot::Receiver<bool>,
+        /// Set when its recovery first runs.
+        recovering: Arc<AtomicBool>,
     }
 
     impl Pending for Fake {
@@ -228,6 +230,7 @@ mod tests {
         }
 
         async fn recover(self) -> Outcome {
+            self.recovering.store(true, Ordering::SeqCst);
             match self.recovery.await {
                 Ok(true) => Outcome::Done(self.offset),
                 _ => Outcome::Abandoned,
@@ -239,6 +242,7 @@ mod tests {
     struct Ends {
         report: Option<oneshot::Sender<bool>>,
         recovery: Option<oneshot::Sender<bool>>,
+        recovering: Arc<AtomicBool>,
     }
 
     impl Ends {
@@ -246,19 +250,27 @@ mod tests {
             self.report.take().expect("one report").send(acked).unwrap();
         }
 
+        /// The delivery's sender goes away without a report.
+        fn drop_report(&mut self) {
+            drop(self.report.take().expect("one report"));
+        }
+
         fn recovered(&mut self, wrote: bool) {
-            // The recovery may not have started (nor its receiver be kept)
-            // when the test decides it: a send to nobody is fine.
-            let _ = self.recovery.take().expect("one recovery").send(wrote);
+            self.recovery.take().expect("one recovery").send(wrote).unwrap();
+        }
+
+        fn recovering(&self) -> bool {
+            self.recovering.load(Ordering::SeqCst)
         }
     }
 
     fn record(acks: &mut Acks<Fake>, offset: i64, refused: bool) -> Ends {
         let (report_tx, report_rx) = oneshot::channel();
         let (recovery_tx, recovery_rx) = oneshot::channel();
+        let recovering = Arc::new(AtomicBool::new(false));
         let report = (!refused).then_some(report_rx);
-        acks.push(Fake { offset, report, recovery: recovery_rx });
-        Ends { report: (!refused).then_some(report_tx), recovery: Some(recovery_tx) }
+        acks.push(Fake { offset, report, recovery: recovery_rx, recovering: recovering.clone() });
+        Ends { report: (!refused).then_some(report_tx), recovery: Some(recovery_tx), recovering }
     }
 
     #[derive(Default)]
@@ -338,12 +350,27 @@ mod tests {
         ends[1].report(false);
         ends[1].recovered(true);
         assert_eq!(up_to(look(&mut acks, &wakes)), None, "the older record still waits");
+        assert!(!ends[1].recovering(), "not looked at behind a waiting record");
         ends[0].report(true);
         assert_eq!(
             up_to(look(&mut acks, &wakes)),
             Some(1),
             "the older record's report starts the failure's recovery, here done at once"
         );
+        assert!(ends[1].recovering());
+    }
+
+    #[test]
+    fn a_report_that_never_comes_is_a_failure_to_recover_from() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (0..2).map(|offset| record(&mut acks, offset, false)).collect();
+        ends[0].drop_report();
+        ends[1].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None, "recovering, not settled");
+        assert!(ends[0].recovering());
+        ends[0].recovered(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(1));
     }
 
     #[test]
@@ -354,6 +381,7 @@ mod tests {
         let mut after = record(&mut acks, 1, false);
         after.report(true);
         assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        assert!(refused.recovering(), "its recovery runs without a report");
         refused.recovered(true);
         assert_eq!(up_to(look(&mut acks, &wakes)), Some(1));
     }
