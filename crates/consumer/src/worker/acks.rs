@@ -4,10 +4,12 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use stream_core::kafka::canceled;
+use tokio::time::{Instant, Sleep};
 
 use super::delivery::{Delivery, Outcome};
 use crate::processor::Processor;
@@ -69,15 +71,17 @@ impl<P: Processor> Pending for Delivery<P> {
 /// registers a waker here, and one wake-up settles it and every record after
 /// it whose report is in, up to the next one still waiting.
 ///
-/// What that costs: a record's report is looked at only once every record
-/// before it is settled or recovering. A failure behind a record still
-/// waiting (a result refused for good while an older one waits on a slow
-/// partition) starts its retries or dead letter when the older one reports,
-/// at the latest when it times out (`message.timeout.ms`), and the counters
-/// and end-to-end latency of a record are taken when it is reached. Nothing
-/// is stored early: a record's offset is stored only once it and every
-/// record before it are acknowledged, as before. Once looked at, a failure
-/// goes into its retries or dead letter beside the others.
+/// What that costs: a record's report is looked at once every record
+/// before it is settled or recovering, or once the oldest record still
+/// waiting has waited [`PROBE_AFTER`]: then a probe looks at the reports
+/// behind it, so a failure there (a result refused for good while an older
+/// one waits on a slow partition) starts its retries or dead letter within
+/// about that time, not when the older one reports or times out
+/// (`message.timeout.ms`). The counters and end-to-end latency of a record
+/// are taken when its report is looked at. Nothing is stored early: a
+/// record's offset is stored only once it and every record before it are
+/// acknowledged, as before. Once looked at, a failure goes into its retries
+/// or dead letter beside the others.
 pub(super) struct Acks<D> {
     slots: VecDeque<Slot<D>>,
     /// Sequence number of the front slot.
@@ -87,7 +91,16 @@ pub(super) struct Acks<D> {
     looked: usize,
     /// Deliveries whose first report was a failure, by sequence number.
     recovering: FuturesUnordered<BoxFuture<'static, (u64, Outcome)>>,
+    /// The oldest record still waiting, and when the reports behind it are
+    /// due to be probed.
+    probing: Option<(u64, Instant)>,
+    /// Wakes the task for that probe; made when first needed.
+    probe: Option<Pin<Box<Sleep>>>,
 }
+
+/// How long the oldest record may wait before the reports behind it are
+/// looked at anyway.
+pub(super) const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 // Nearly every slot is waiting, so boxing that variant would only add an
 // allocation per record.
@@ -113,7 +126,14 @@ pub(super) enum Settled {
 
 impl<D: Pending> Acks<D> {
     pub(super) fn new() -> Self {
-        Self { slots: VecDeque::new(), front: 0, looked: 0, recovering: FuturesUnordered::new() }
+        Self {
+            slots: VecDeque::new(),
+            front: 0,
+            looked: 0,
+            recovering: FuturesUnordered::new(),
+            probing: None,
+            probe: None,
+        }
     }
 
     pub(super) fn len(&self) -> usize {
@@ -163,6 +183,11 @@ impl<D: Pending> Acks<D> {
             }
             self.looked += 1;
         }
+        if self.looked < self.slots.len() {
+            self.watch_oldest(cx);
+        } else {
+            self.probing = None;
+        }
         // Recoveries that finished (and, for new ones, their first steps).
         while let Poll::Ready(Some((seq, outcome))) = self.recovering.poll_next_unpin(cx) {
             self.slots[(seq - self.front) as usize] = Slot::Settled(outcome);
@@ -185,6 +210,58 @@ impl<D: Pending> Acks<D> {
             Some(offset) => Poll::Ready(Some(Settled::UpTo(offset))),
             None if self.slots.is_empty() => Poll::Ready(None),
             None => Poll::Pending,
+        }
+    }
+
+    /// Times how long the oldest record still waiting has waited, and once
+    /// it has waited [`PROBE_AFTER`], probes the reports behind it (again
+    /// every `PROBE_AFTER` while it keeps waiting). A new oldest only notes
+    /// its due time (one clock read); the timer keeps its deadline and, if
+    /// it fires for an older record that settled since, moves to the new
+    /// one. So a partition whose records settle steadily never resets it.
+    fn watch_oldest(&mut self, cx: &mut Context<'_>) {
+        let seq = self.front + self.looked as u64;
+        let due = match self.probing {
+            Some((probed, due)) if probed == seq => due,
+            _ => {
+                let due = Instant::now() + PROBE_AFTER;
+                self.probing = Some((seq, due));
+                due
+            }
+        };
+        let mut probe = self.probe.take().unwrap_or_else(|| Box::pin(tokio::time::sleep_until(due)));
+        while probe.as_mut().poll(cx).is_ready() {
+            // Set for this record, or for an older one settled since.
+            let now = Instant::now();
+            let next = if now >= due {
+                self.probe_behind();
+                let next = now + PROBE_AFTER;
+                self.probing = Some((seq, next));
+                next
+            } else {
+                due
+            };
+            probe.as_mut().reset(next);
+        }
+        self.probe = Some(probe);
+    }
+
+    /// Looks at the reports behind the oldest record still waiting, without
+    /// registering for them: a failure starts its recovery, an ack settles
+    /// its record (stored later, in order).
+    fn probe_behind(&mut self) {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        for index in self.looked + 1..self.slots.len() {
+            let Slot::Waiting(delivery) = &mut self.slots[index] else { continue };
+            let Poll::Ready(acknowledged) = delivery.poll_report(&mut cx) else { continue };
+            if acknowledged {
+                self.slots[index] = Slot::Settled(delivery.acknowledged());
+            } else {
+                let Slot::Waiting(delivery) = std::mem::replace(&mut self.slots[index], Slot::Recovering) else {
+                    unreachable!("the slot was waiting")
+                };
+                self.recover(self.front + index as u64, delivery);
+            }
         }
     }
 
@@ -295,8 +372,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn offsets_are_settled_in_order_whatever_order_the_acks_come_in() {
+    #[tokio::test]
+    async fn offsets_are_settled_in_order_whatever_order_the_acks_come_in() {
         let wakes = Arc::new(Wakes::default());
         let mut acks = Acks::new();
         let mut ends: Vec<Ends> = (10..15).map(|offset| record(&mut acks, offset, false)).collect();
@@ -314,8 +391,8 @@ mod tests {
         assert!(matches!(look(&mut acks, &wakes), Poll::Ready(None)));
     }
 
-    #[test]
-    fn only_the_oldest_waiting_record_wakes_the_task() {
+    #[tokio::test]
+    async fn only_the_oldest_waiting_record_wakes_the_task() {
         let wakes = Arc::new(Wakes::default());
         let mut acks = Acks::new();
         let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
@@ -328,8 +405,8 @@ mod tests {
         assert_eq!(up_to(look(&mut acks, &wakes)), Some(2), "which settles all three");
     }
 
-    #[test]
-    fn a_failure_is_retried_before_the_records_after_it_are_stored() {
+    #[tokio::test]
+    async fn a_failure_is_retried_before_the_records_after_it_are_stored() {
         let wakes = Arc::new(Wakes::default());
         let mut acks = Acks::new();
         let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
@@ -342,8 +419,8 @@ mod tests {
         assert_eq!(up_to(look(&mut acks, &wakes)), Some(2), "then it and the one after it");
     }
 
-    #[test]
-    fn a_failure_behind_a_waiting_record_recovers_once_that_one_reports() {
+    #[tokio::test]
+    async fn a_failure_behind_a_waiting_record_recovers_once_that_one_reports() {
         let wakes = Arc::new(Wakes::default());
         let mut acks = Acks::new();
         let mut ends: Vec<Ends> = (0..2).map(|offset| record(&mut acks, offset, false)).collect();
@@ -360,8 +437,52 @@ mod tests {
         assert!(ends[1].recovering());
     }
 
-    #[test]
-    fn a_report_that_never_comes_is_a_failure_to_recover_from() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_behind_a_record_that_waits_too_long_is_probed() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (0..4).map(|offset| record(&mut acks, offset, false)).collect();
+        ends[1].report(true);
+        ends[2].report(false);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        tokio::time::advance(PROBE_AFTER - Duration::from_millis(10)).await;
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        assert!(!ends[2].recovering(), "not before the probe is due");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the probe's timer wakes the task");
+        assert_eq!(up_to(look(&mut acks, &wakes)), None, "the oldest still waits: nothing is stored");
+        assert!(ends[2].recovering(), "the failure behind it recovers");
+        // A report that comes in after a probe is found by the next one.
+        ends[3].report(false);
+        tokio::time::advance(PROBE_AFTER).await;
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        assert!(ends[3].recovering());
+        ends[2].recovered(true);
+        ends[3].recovered(true);
+        ends[0].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(3), "in order once the oldest reports");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_that_settle_steadily_are_never_probed() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        ends[2].report(false);
+        for index in 0..2 {
+            // Each oldest waits less than PROBE_AFTER, two together more.
+            tokio::time::advance(PROBE_AFTER * 3 / 4).await;
+            assert_eq!(up_to(look(&mut acks, &wakes)), if index == 0 { None } else { Some(0) });
+            assert!(!ends[2].recovering(), "not probed while the oldest keeps settling");
+            ends[index].report(true);
+        }
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(1));
+        assert!(ends[2].recovering(), "reached in order");
+    }
+
+    #[tokio::test]
+    async fn a_report_that_never_comes_is_a_failure_to_recover_from() {
         let wakes = Arc::new(Wakes::default());
         let mut acks = Acks::new();
         let mut ends: Vec<Ends> = (0..2).map(|offset| record(&mut acks, offset, false)).collect();
@@ -373,8 +494,8 @@ mod tests {
         assert_eq!(up_to(look(&mut acks, &wakes)), Some(1));
     }
 
-    #[test]
-    fn a_record_refused_at_send_recovers_at_once() {
+    #[tokio::test]
+    async fn a_record_refused_at_send_recovers_at_once() {
         let wakes = Arc::new(Wakes::default());
         let mut acks = Acks::new();
         let mut refused = record(&mut acks, 0, true);
@@ -386,8 +507,8 @@ mod tests {
         assert_eq!(up_to(look(&mut acks, &wakes)), Some(1));
     }
 
-    #[test]
-    fn nothing_from_an_abandoned_record_on_is_stored() {
+    #[tokio::test]
+    async fn nothing_from_an_abandoned_record_on_is_stored() {
         let wakes = Arc::new(Wakes::default());
         let mut acks = Acks::new();
         let mut ends: Vec<Ends> = (5..8).map(|offset| record(&mut acks, offset, false)).collect();
@@ -402,8 +523,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_abandoned_record_carries_what_was_settled_before_it_in_the_same_look() {
+    #[tokio::test]
+    async fn an_abandoned_record_carries_what_was_settled_before_it_in_the_same_look() {
         let wakes = Arc::new(Wakes::default());
         let mut acks = Acks::new();
         let mut ends: Vec<Ends> = (5..8).map(|offset| record(&mut acks, offset, false)).collect();
