@@ -72,13 +72,16 @@ impl<P: Processor> Pending for Delivery<P> {
 /// it whose report is in, up to the next one still waiting.
 ///
 /// What that costs: a record's report is looked at once every record
-/// before it is settled or recovering, or once the oldest record still
-/// waiting has waited [`PROBE_AFTER`]: then a probe looks at the reports
-/// behind it, so a failure there (a result refused for good while an older
-/// one waits on a slow partition) starts its retries or dead letter within
-/// about that time, not when the older one reports or times out
-/// (`message.timeout.ms`). The counters and end-to-end latency of a record
-/// are taken when its report is looked at. Nothing is stored early: a
+/// before it is settled or recovering, or once the same record has been
+/// the oldest still waiting for [`PROBE_AFTER`]: then a probe looks at the
+/// reports behind it, so a failure there (a result refused for good while
+/// an older one waits on a slow partition) starts its retries or dead
+/// letter then, not when the older one reports or times out
+/// (`message.timeout.ms`). The clock restarts for each new oldest record,
+/// so a run of records that each settle just within it still holds a
+/// failure back. The counters and end-to-end latency of a record are taken
+/// when its report is looked at, by a probe too: a record counted that way
+/// whose offset a drain then gives up on is processed, and counted, again. Nothing is stored early: a
 /// record's offset is stored only once it and every record before it are
 /// acknowledged, as before. Once looked at, a failure goes into its retries
 /// or dead letter beside the others.
@@ -249,20 +252,30 @@ impl<D: Pending> Acks<D> {
     /// Looks at the reports behind the oldest record still waiting, without
     /// registering for them: a failure starts its recovery, an ack settles
     /// its record (stored later, in order).
+    ///
+    /// Outside Tokio's task budget: every report taken spends a unit of it,
+    /// and once it is spent a report that is in reads as pending, with the
+    /// wake-up going to this probe's no-op waker, so a probe would stop
+    /// after about 128 reports and reach a failure further back seconds
+    /// later. A probe takes at most `--max-in-flight` reports a second.
     fn probe_behind(&mut self) {
-        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-        for index in self.looked + 1..self.slots.len() {
-            let Slot::Waiting(delivery) = &mut self.slots[index] else { continue };
-            let Poll::Ready(acknowledged) = delivery.poll_report(&mut cx) else { continue };
-            if acknowledged {
-                self.slots[index] = Slot::Settled(delivery.acknowledged());
-            } else {
-                let Slot::Waiting(delivery) = std::mem::replace(&mut self.slots[index], Slot::Recovering) else {
-                    unreachable!("the slot was waiting")
-                };
-                self.recover(self.front + index as u64, delivery);
+        let probe = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            for index in self.looked + 1..self.slots.len() {
+                let Slot::Waiting(delivery) = &mut self.slots[index] else { continue };
+                let Poll::Ready(acknowledged) = delivery.poll_report(cx) else { continue };
+                if acknowledged {
+                    self.slots[index] = Slot::Settled(delivery.acknowledged());
+                } else {
+                    let Slot::Waiting(delivery) = std::mem::replace(&mut self.slots[index], Slot::Recovering) else {
+                        unreachable!("the slot was waiting")
+                    };
+                    self.recover(self.front + index as u64, delivery);
+                }
             }
-        }
+            Poll::Ready(())
+        }));
+        // Ready at its first poll.
+        let _ = std::pin::pin!(probe).poll(&mut Context::from_waker(futures::task::noop_waker_ref()));
     }
 
     /// [`poll_settled`](Self::poll_settled) as a future.
@@ -462,6 +475,64 @@ mod tests {
         ends[3].recovered(true);
         ends[0].report(true);
         assert_eq!(up_to(look(&mut acks, &wakes)), Some(3), "in order once the oldest reports");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_probe_reaches_every_report_behind_the_oldest() {
+        // More reports than Tokio's task budget (128) lets one poll take.
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let n = 1000;
+        let mut ends: Vec<Ends> = (0..n).map(|offset| record(&mut acks, offset, false)).collect();
+        for end in &mut ends[1..n as usize - 1] {
+            end.report(true);
+        }
+        ends[n as usize - 1].report(false);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        tokio::time::advance(PROBE_AFTER + Duration::from_millis(10)).await;
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        assert!(ends[n as usize - 1].recovering(), "the failure 998 records back, in the first probe");
+        ends[n as usize - 1].recovered(true);
+        ends[0].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(n - 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probed_record_wakes_the_task_once_it_is_the_oldest() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        tokio::time::advance(PROBE_AFTER + Duration::from_millis(10)).await;
+        // The probe polls records 1 and 2 with a waker that does nothing.
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        let woken = wakes.0.load(Ordering::SeqCst);
+        ends[0].report(true);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), woken + 1);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(0));
+        ends[1].report(true);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), woken + 2, "record 1 holds the task's waker again");
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_moves_to_a_new_oldest_record() {
+        let wakes = Arc::new(Wakes::default());
+        let mut acks = Acks::new();
+        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        ends[2].report(false);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None, "record 0 due for a probe at 1.0 s");
+        tokio::time::advance(PROBE_AFTER * 3 / 4).await;
+        ends[0].report(true);
+        assert_eq!(up_to(look(&mut acks, &wakes)), Some(0), "record 1 due at 1.75 s");
+        tokio::time::advance(PROBE_AFTER / 2).await;
+        let woken = wakes.0.load(Ordering::SeqCst);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        assert!(!ends[2].recovering(), "the timer fired for record 0: it moves, no probe");
+        tokio::time::advance(PROBE_AFTER / 2 + Duration::from_millis(10)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), woken + 1);
+        assert_eq!(up_to(look(&mut acks, &wakes)), None);
+        assert!(ends[2].recovering(), "probed at 1.75 s");
     }
 
     #[tokio::test(start_paused = true)]
