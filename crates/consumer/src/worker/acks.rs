@@ -216,9 +216,9 @@ impl<D: Pending> Acks<D> {
         }
     }
 
-    /// Times how long the oldest record still waiting has waited, and once
-    /// it has waited [`PROBE_AFTER`], probes the reports behind it (again
-    /// every `PROBE_AFTER` while it keeps waiting). A new oldest only notes
+    /// Times how long the oldest record still waiting has been the oldest,
+    /// and once that is [`PROBE_AFTER`], probes the reports behind it (again
+    /// every `PROBE_AFTER` while it stays the oldest). A new oldest only notes
     /// its due time (one clock read); the timer keeps its deadline and, if
     /// it fires for an older record that settled since, moves to the new
     /// one. So a partition whose records settle steadily never resets it.
