@@ -102,27 +102,27 @@ async fn rate_limited_events_carry_the_schedule() {
     assert!(events.iter().all(|e| e.time <= Timestamp::now()));
 }
 
-#[tokio::test]
-async fn the_binary_prints_a_json_report_that_parses() {
-    let kafka = testing::kafka_args();
+/// Runs the `publisher` binary with `--json` and `args`: its exit code and
+/// the report it printed (which must parse).
+fn run_binary(args: &[&str]) -> (Option<i32>, Report) {
     let output = Command::new(env!("CARGO_BIN_EXE_publisher"))
-        .args([
-            "--count",
-            "200",
-            "--size",
-            "32",
-            "--json",
-            "--brokers",
-            &kafka.brokers,
-            "--topic",
-            &kafka.topics.events,
-        ])
+        .arg("--json")
+        .args(args)
         .env_remove("KAFKA_PROPERTIES")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "exit {:?}\n{stdout}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
-    let report: Report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.code(), report)
+}
+
+#[tokio::test]
+async fn the_binary_prints_a_json_report_that_parses() {
+    let kafka = testing::kafka_args();
+    let (code, report) =
+        run_binary(&["--count", "200", "--size", "32", "--brokers", &kafka.brokers, "--topic", &kafka.topics.events]);
+    assert_eq!(code, Some(0), "{report}");
     assert_eq!((report.sent, report.acked, report.failed), (200, 200, 0));
     assert!(report.msgs_per_sec > 0.0 && report.ack_latency.p99_ms >= report.ack_latency.p50_ms);
 }
@@ -130,14 +130,18 @@ async fn the_binary_prints_a_json_report_that_parses() {
 #[tokio::test]
 async fn undeliverable_messages_are_reported_and_fail_the_exit_code() {
     // Nobody listens on port 1: every message times out after 1 s.
-    let output = Command::new(env!("CARGO_BIN_EXE_publisher"))
-        .args(["--count", "20", "--json", "--no-create-topic", "--brokers", "127.0.0.1:1"])
-        .args(["-X", "message.timeout.ms=1000", "--topic", "nowhere"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
-    let report: Report = serde_json::from_str(&stdout).unwrap();
+    let (code, report) = run_binary(&[
+        "--count",
+        "20",
+        "--no-create-topic",
+        "--brokers",
+        "127.0.0.1:1",
+        "-X",
+        "message.timeout.ms=1000",
+        "--topic",
+        "nowhere",
+    ]);
+    assert_eq!(code, Some(1), "{report}");
     assert_eq!((report.sent, report.acked, report.failed), (20, 0, 20));
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
     assert_eq!(report.errors[0].count, 20);
@@ -248,14 +252,19 @@ async fn a_full_queue_waits_for_acks_and_loses_nothing() {
 #[tokio::test]
 async fn records_librdkafka_refuses_are_counted_with_the_reason() {
     let kafka = testing::kafka_args();
-    let output = Command::new(env!("CARGO_BIN_EXE_publisher"))
-        .args(["--count", "5", "--size", "3000", "--json", "--brokers", &kafka.brokers])
-        .args(["-X", "message.max.bytes=2000", "--topic", &kafka.topics.events])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
-    let report: Report = serde_json::from_str(&stdout).unwrap();
+    let (code, report) = run_binary(&[
+        "--count",
+        "5",
+        "--size",
+        "3000",
+        "--brokers",
+        &kafka.brokers,
+        "-X",
+        "message.max.bytes=2000",
+        "--topic",
+        &kafka.topics.events,
+    ]);
+    assert_eq!(code, Some(1), "{report}");
     assert_eq!((report.sent, report.acked, report.failed), (0, 0, 5));
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
     assert_eq!(report.errors[0].count, 5);

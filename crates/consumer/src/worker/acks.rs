@@ -363,6 +363,14 @@ mod tests {
         Ends { report: (!refused).then_some(report_tx), recovery: Some(recovery_tx), recovering }
     }
 
+    /// Records at `offsets`, each waiting for its report, and a count of
+    /// the task's wake-ups.
+    fn waiting(offsets: std::ops::Range<i64>) -> (Arc<Wakes>, Acks<Fake>, Vec<Ends>) {
+        let mut acks = Acks::new();
+        let ends = offsets.map(|offset| record(&mut acks, offset, false)).collect();
+        (Arc::new(Wakes::default()), acks, ends)
+    }
+
     #[derive(Default)]
     struct Wakes(AtomicUsize);
 
@@ -387,9 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn offsets_are_settled_in_order_whatever_order_the_acks_come_in() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (10..15).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(10..15);
         assert_eq!(up_to(look(&mut acks, &wakes)), None);
         ends[4].report(true);
         ends[2].report(true);
@@ -406,9 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_oldest_waiting_record_wakes_the_task() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(0..3);
         assert_eq!(up_to(look(&mut acks, &wakes)), None);
         ends[2].report(true);
         ends[1].report(true);
@@ -420,9 +424,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_is_retried_before_the_records_after_it_are_stored() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(0..3);
         ends[0].report(true);
         ends[1].report(false);
         ends[2].report(true);
@@ -434,9 +436,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_behind_a_waiting_record_recovers_once_that_one_reports() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (0..2).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(0..2);
         ends[1].report(false);
         ends[1].recovered(true);
         assert_eq!(up_to(look(&mut acks, &wakes)), None, "the older record still waits");
@@ -452,9 +452,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failure_behind_a_record_that_waits_too_long_is_probed() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (0..4).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(0..4);
         ends[1].report(true);
         ends[2].report(false);
         assert_eq!(up_to(look(&mut acks, &wakes)), None);
@@ -480,10 +478,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_probe_reaches_every_report_behind_the_oldest() {
         // More reports than Tokio's task budget (128) lets one poll take.
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
         let n = 1000;
-        let mut ends: Vec<Ends> = (0..n).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(0..n);
         for end in &mut ends[1..n as usize - 1] {
             end.report(true);
         }
@@ -499,9 +495,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_probed_record_wakes_the_task_once_it_is_the_oldest() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(0..3);
         assert_eq!(up_to(look(&mut acks, &wakes)), None);
         tokio::time::advance(PROBE_AFTER + Duration::from_millis(10)).await;
         // The probe polls records 1 and 2 with a waker that does nothing.
@@ -517,9 +511,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_timer_moves_to_a_new_oldest_record() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(0..3);
         ends[2].report(false);
         assert_eq!(up_to(look(&mut acks, &wakes)), None, "record 0 due for a probe at 1.0 s");
         tokio::time::advance(PROBE_AFTER * 3 / 4).await;
@@ -537,9 +529,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn records_that_settle_steadily_are_never_probed() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (0..3).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(0..3);
         ends[2].report(false);
         for index in 0..2 {
             // Each oldest waits less than PROBE_AFTER, two together more.
@@ -554,9 +544,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_report_that_never_comes_is_a_failure_to_recover_from() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (0..2).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(0..2);
         ends[0].drop_report();
         ends[1].report(true);
         assert_eq!(up_to(look(&mut acks, &wakes)), None, "recovering, not settled");
@@ -580,9 +568,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_from_an_abandoned_record_on_is_stored() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (5..8).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(5..8);
         ends[0].report(true);
         ends[1].report(false);
         ends[2].report(true);
@@ -596,9 +582,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_record_carries_what_was_settled_before_it_in_the_same_look() {
-        let wakes = Arc::new(Wakes::default());
-        let mut acks = Acks::new();
-        let mut ends: Vec<Ends> = (5..8).map(|offset| record(&mut acks, offset, false)).collect();
+        let (wakes, mut acks, mut ends) = waiting(5..8);
         ends[1].report(false);
         ends[1].recovered(false);
         assert_eq!(up_to(look(&mut acks, &wakes)), None);
