@@ -81,9 +81,11 @@ pub struct Registry {
     /// Streams open per owner, for the per-key quota; changed under the
     /// `streams` write lock so the two agree.
     per_owner: RwLock<HashMap<Arc<str>, usize>>,
-    /// Starts in progress per owner, not yet applied: counted against the
-    /// quota too, so concurrent starts cannot all slip under it.
-    starting: std::sync::Mutex<HashMap<Arc<str>, usize>>,
+    /// Starts in progress, by owner and stream, not yet applied: counted
+    /// against the quota too, so concurrent starts cannot all slip under
+    /// it. A stream leaves this when its claim is applied, in the same step
+    /// as it joins `per_owner`, so no start is ever counted twice.
+    starting: std::sync::Mutex<HashMap<(Arc<str>, String), usize>>,
     /// Next offset to apply, per partition; waiters watch it.
     applied: watch::Sender<BTreeMap<i32, i64>>,
     follower: Follower,
@@ -155,11 +157,16 @@ impl Registry {
 
     /// First claim wins: a later claim of an open stream lost a race (or is
     /// a retried start by the owner, or this process's own claim applied
-    /// ahead of the log) and changes nothing.
+    /// ahead of the log) and changes nothing. Starts of the stream still in
+    /// progress stop counting as starting: the stream is open now.
     fn insert_first(&self, stream: &str, owner: Arc<str>) {
         let mut streams = self.streams.write().expect("registry lock");
         if !streams.contains_key(stream) {
+            // Lock order: streams, starting, per_owner.
+            let mut starting = self.starting.lock().expect("registry lock");
+            starting.retain(|(_, starting), _| starting != stream);
             *self.per_owner.write().expect("registry lock").entry(owner.clone()).or_default() += 1;
+            drop(starting);
             streams.insert(stream.to_owned(), owner);
             self.hub.open(stream);
         }
@@ -175,17 +182,22 @@ impl Registry {
         self.per_owner.read().expect("registry lock").get(owner).copied().unwrap_or(0)
     }
 
-    /// A place for one more stream of `owner` if it owns (or is starting)
-    /// fewer than `max`; held until the start is done, so this process
-    /// never lets concurrent starts of one key exceed the quota.
-    pub fn reserve(self: &Arc<Self>, owner: &Arc<str>, max: usize) -> Option<StartSlot> {
+    /// A place for `stream`, one more of `owner`'s, if it owns and is
+    /// starting fewer than `max` streams; held until the start is done, so
+    /// this process never lets concurrent starts of one key exceed the
+    /// quota. Once the claim is applied the stream counts as owned, not as
+    /// starting, even while the start still holds its place.
+    pub fn reserve(self: &Arc<Self>, owner: &Arc<str>, stream: &str, max: usize) -> Option<StartSlot> {
         let mut starting = self.starting.lock().expect("registry lock");
-        let pending = starting.get(owner).copied().unwrap_or(0);
-        if self.owned_by(owner) + pending >= max {
-            return None;
+        let key = (owner.clone(), stream.to_owned());
+        if !starting.contains_key(&key) {
+            let pending = starting.keys().filter(|(starter, _)| starter == owner).count();
+            if self.owned_by(owner) + pending >= max {
+                return None;
+            }
         }
-        *starting.entry(owner.clone()).or_default() += 1;
-        Some(StartSlot { registry: self.clone(), owner: owner.clone() })
+        *starting.entry(key.clone()).or_default() += 1;
+        Some(StartSlot { registry: self.clone(), key })
     }
 
     /// Streams currently open.
@@ -355,17 +367,65 @@ impl Registry {
 /// A reserved place under the per-key stream quota; released on drop.
 pub struct StartSlot {
     registry: Arc<Registry>,
-    owner: Arc<str>,
+    key: (Arc<str>, String),
 }
 
 impl Drop for StartSlot {
     fn drop(&mut self) {
         let mut starting = self.registry.starting.lock().expect("registry lock");
-        if let Some(count) = starting.get_mut(&self.owner) {
+        // Gone already if the claim was applied.
+        if let Some(count) = starting.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                starting.remove(&self.owner);
+                starting.remove(&self.key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stream_core::testing;
+
+    use super::*;
+
+    async fn registry() -> Arc<Registry> {
+        let args = testing::kafka_args();
+        let topic = testing::unique_name("registry-quota");
+        testing::create_topic(&args, &topic, 1).await;
+        let hub = Hub::new(16, 0, 16);
+        tokio::task::spawn_blocking(move || Registry::start(&args, &topic, hub)).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_applied_while_its_start_holds_a_place_counts_once() {
+        let registry = registry().await;
+        let owner: Arc<str> = "owner".into();
+        let first = registry.reserve(&owner, "s1", 2).expect("room for s1");
+        // s1's claim is applied (read back from the log, or by `claim_new`)
+        // before its start has returned and let its place go.
+        registry.insert_first("s1", owner.clone());
+        assert_eq!(registry.owned_by(&owner), 1);
+        let second = registry.reserve(&owner, "s2", 2).expect("s1 counted once, so there is room for s2");
+        drop(first);
+        assert!(registry.reserve(&owner, "s3", 2).is_none(), "s1 owned and s2 starting fill the quota");
+        // s2's start failed: its place is free again.
+        drop(second);
+        let third = registry.reserve(&owner, "s3", 2).expect("room for s3");
+        assert!(registry.reserve(&"other".into(), "s4", 1).is_some(), "the quota is per key");
+        drop(third);
+    }
+
+    #[tokio::test]
+    async fn concurrent_starts_of_one_stream_take_one_place() {
+        let registry = registry().await;
+        let owner: Arc<str> = "owner".into();
+        let a = registry.reserve(&owner, "s1", 1).expect("room for s1");
+        let b = registry.reserve(&owner, "s1", 1).expect("a retried start of s1 takes no second place");
+        assert!(registry.reserve(&owner, "s2", 1).is_none());
+        drop(a);
+        assert!(registry.reserve(&owner, "s2", 1).is_none(), "s1 is still starting");
+        drop(b);
+        assert!(registry.reserve(&owner, "s2", 1).is_some());
     }
 }

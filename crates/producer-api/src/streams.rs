@@ -155,7 +155,7 @@ fn reserve_quota(state: &AppState, caller: &Caller, stream_id: &str) -> Result<O
         return Ok(None);
     }
     let max = state.config.max_streams_per_key;
-    match state.registry.reserve(&caller.owner, max) {
+    match state.registry.reserve(&caller.owner, stream_id, max) {
         Some(slot) => Ok(Some(slot)),
         None => {
             metrics::counter!("stream_quota_refusals_total").increment(1);
