@@ -25,7 +25,7 @@
 //! - [`streams`]: `/stream/...` handlers; [`ws`]: WebSocket and SSE.
 //! - [`idempotency`]: `Idempotency-Key` (one write per key, replays);
 //!   [`ratelimit`]: per-key rate limits; [`validation`]: the event schema.
-//! - [`layers`]: CORS, panics answered 500, per-request metrics and limits.
+//! - [`layers`]: CORS, per-request metrics and limits, panics answered 500.
 //! - [`serve`]: the connection loop (connection limit, header timeout).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; [`openapi`]: `/openapi.json`.
 
@@ -71,7 +71,7 @@ use stream_core::kafka::{self, ProducerOptions};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::timeout::RequestBodyTimeout;
 
 pub use crate::config::Config;
 pub use crate::error::AppError;
@@ -173,22 +173,26 @@ pub fn routes(config: &Config) -> Vec<Route> {
     ]
 }
 
+/// The HTTP application: [`app`]'s router inside the layer that needs no
+/// route. A layer of the router is boxed around every route, and each
+/// request pays for a cloned service and a boxed future per layer; this
+/// one wraps the router once.
+pub type App = RequestBodyTimeout<Router>;
+
 /// The HTTP application over `state`.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: AppState) -> App {
     let router = routes(&state.config).into_iter().fold(Router::new(), |router, r| router.route(r.path, r.handler));
     let router = router
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(layers::catch_panic(state.panics.clone()))
-        // A body that trickles in slower than this is answered 408 and the
-        // connection closed: a slow upload cannot hold a request slot.
-        .layer(RequestBodyTimeoutLayer::new(state.config.body_read_timeout))
         .layer(middleware::from_fn_with_state(state.clone(), layers::observe));
     let router = match layers::cors(&state.config) {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    router.with_state(state)
+    // A body that trickles in slower than this is answered 408 and the
+    // connection closed: a slow upload cannot hold a request slot.
+    RequestBodyTimeout::new(router.with_state(state.clone()), state.config.body_read_timeout)
 }
 
 /// State with its Kafka clients; the background readers are returned

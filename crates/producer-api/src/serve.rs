@@ -1,4 +1,4 @@
-//! The connection loop: axum's router on hyper HTTP/1.1 connections, with
+//! The connection loop: the application ([`App`]) on hyper HTTP/1.1 connections, with
 //! the limits a public endpoint needs and `axum::serve` does not set.
 //!
 //! - At most `max_connections` connections at once. Beyond it a new
@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -31,6 +30,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::App;
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -47,9 +48,9 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then waits
+/// Serves `app` on `listener` until `shutdown` is cancelled, then waits
 /// until every connection has ended.
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, app: App, limits: Limits, shutdown: CancellationToken) {
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let slots = Arc::new(Semaphore::new(max));
     metrics::counter!("http_connections_refused_total").absolute(0);
@@ -78,7 +79,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
         let slot = ConnectionSlot(Arc::new(slot));
         let service = {
             let slot = slot.clone();
-            TowerToHyperService::new(router.clone().map_request(move |request: Request<Incoming>| {
+            TowerToHyperService::new(app.clone().map_request(move |request: Request<Incoming>| {
                 let mut request = request.map(Body::new);
                 request.extensions_mut().insert(slot.clone());
                 request

@@ -22,6 +22,7 @@ mod limits;
 mod openapi;
 mod outage;
 mod page;
+mod panics;
 mod publish;
 mod rate_limit;
 mod schema;

@@ -61,7 +61,7 @@ async fn publish_is_acknowledged_and_the_record_carries_cloudevents_headers() {
     app.stop().await;
 }
 
-async fn call(router: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
+async fn call(router: &producer_api::App, request: Request<Body>) -> (StatusCode, Value) {
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
