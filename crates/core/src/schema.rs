@@ -575,7 +575,8 @@ impl<O> EventResult<O> {
     }
 
     /// The result as a CloudEvent for the results topic: JSON payload,
-    /// keyed by the stream id, trace context carried over from the source.
+    /// keyed by the stream id, trace context carried over from the source,
+    /// timed when processing finished (`processed_at`).
     pub fn to_event(&self, source: &str, origin: &Event) -> Event
     where
         O: WriteJson,
@@ -583,6 +584,7 @@ impl<O> EventResult<O> {
         let data = self.to_json();
         let mut event = Event::with_bytes(source, self.stream_id.clone(), Some(JSON.into()), data);
         event.event_type = RESULT_TYPE.into();
+        event.time = self.processed_at;
         if let Some(trace) = origin.extension(header::TRACEPARENT) {
             event.extensions.push((header::TRACEPARENT.into(), trace.into()));
         }
@@ -592,7 +594,7 @@ impl<O> EventResult<O> {
     /// The record [`to_event`](Self::to_event)'s event makes, written
     /// without one: `data` (this result's [`to_json`](Self::to_json))
     /// keyed by the stream id and, `with_headers`, the CloudEvents headers
-    /// of a result (a fresh id, `source`, the current time) with the
+    /// of a result (a fresh id, `source`, `processed_at`) with the
     /// origin's trace context. The consumer writes one per event, and the
     /// event's seven owned strings were allocated only to be freed.
     pub fn record<'a>(
@@ -615,7 +617,8 @@ impl<O> EventResult<O> {
             id: write_new_id(&mut id),
             source,
             event_type: RESULT_TYPE,
-            time: Timestamp::now().rfc3339(),
+            // The result came to be when processing finished.
+            time: self.processed_at.rfc3339(),
             content_type: Some(JSON),
         };
         let headers = match origin.extension(header::TRACEPARENT) {
@@ -891,7 +894,7 @@ mod tests {
             headers
                 .iter()
                 .map(|h| (h.key.to_owned(), String::from_utf8(h.value.unwrap().to_vec()).unwrap()))
-                .filter(|(k, _)| k != header::ID && k != header::TIME)
+                .filter(|(k, _)| k != header::ID)
                 .collect()
         };
         for with_trace in [true, false] {
@@ -918,7 +921,7 @@ mod tests {
             );
             let back = Event::from_message(&consumed).unwrap();
             assert_ne!(back.id, event.id, "a fresh id");
-            assert!(back.time >= result.processed_at);
+            assert_eq!(back.time.rfc3339().as_str(), result.processed_at.rfc3339().as_str(), "timed at processed_at");
             let bare = result.record(&data, "/consumer", &origin, "results", false);
             assert!(bare.headers.is_none());
         }
