@@ -591,6 +591,38 @@ async fn websocket_bad_frames_are_answered_and_other_sockets_carry_on() {
 }
 
 #[tokio::test]
+async fn one_key_starting_exactly_its_quota_at_once_gets_every_stream() {
+    const QUOTA: usize = 300;
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = config(kafka);
+    config.max_streams_per_key = QUOTA;
+    let app = common::start(config).await;
+    let client = common::client();
+    let url = app.url("/stream/start");
+    // Server-chosen ids and client-chosen ones, 64 at a time: each start
+    // holds its place until it returns, after its claim is applied.
+    let statuses: Vec<u16> = futures::stream::iter(0..QUOTA)
+        .map(|n| {
+            let request = client.post(&url).header("X-API-Key", KEY_A);
+            let request = if n % 2 == 0 { request } else { request.json(&json!({"stream_id": format!("exact-{n}")})) };
+            async move { request.send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == 201),
+        "not all 201: {:?}",
+        statuses.iter().filter(|s| **s != 201).collect::<Vec<_>>()
+    );
+    assert_eq!(app.state.registry.owned_by(&producer_api::auth::fingerprint(KEY_A)), QUOTA);
+    let over = client.post(&url).header("X-API-Key", KEY_A).send().await.unwrap();
+    assert_eq!(over.status(), 429, "the quota is full");
+    assert_no_panic(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn one_key_starting_ten_thousand_streams_at_once_gets_exactly_its_quota() {
     const QUOTA: usize = 25;
     const STARTS: usize = 10_000;
