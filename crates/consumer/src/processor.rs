@@ -225,8 +225,8 @@ impl Processor for DefaultProcessor {
 
 /// Whether checked JSON text is an object without a line break: JSON
 /// strings hold none unescaped, so any is whitespace between tokens.
-/// memchr looks a word at a time, where a byte loop cost about 5
-/// instructions per byte of every payload (callgrind).
+/// memchr compares many bytes at once (SIMD), where a byte loop cost
+/// about 5 instructions per byte of every payload (callgrind).
 fn one_line_object(text: &[u8]) -> bool {
     text.first() == Some(&b'{') && memchr::memchr2(b'\n', b'\r', text).is_none()
 }

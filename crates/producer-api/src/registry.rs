@@ -83,9 +83,9 @@ pub struct Registry {
     per_owner: RwLock<HashMap<Arc<str>, usize>>,
     /// Starts in progress, by owner and stream, not yet applied: counted
     /// against the quota too, so concurrent starts cannot all slip under
-    /// it. A stream leaves this when its claim is applied, in the same step
-    /// as it joins `per_owner`, so no start is ever counted twice.
-    starting: std::sync::Mutex<HashMap<(Arc<str>, String), usize>>,
+    /// it. A stream leaves its owner's starts when its claim is applied, in
+    /// the same step as it joins `per_owner`, so it never counts twice.
+    starting: std::sync::Mutex<Starting>,
     /// Next offset to apply, per partition; waiters watch it.
     applied: watch::Sender<BTreeMap<i32, i64>>,
     follower: Follower,
@@ -101,7 +101,7 @@ impl Registry {
         Ok(Arc::new(Self {
             streams: RwLock::new(HashMap::new()),
             per_owner: RwLock::new(HashMap::new()),
-            starting: std::sync::Mutex::new(HashMap::new()),
+            starting: std::sync::Mutex::new(Starting::default()),
             applied: watch::Sender::new(BTreeMap::new()),
             follower: Follower {
                 topic: topic.to_owned(),
@@ -157,14 +157,15 @@ impl Registry {
 
     /// First claim wins: a later claim of an open stream lost a race (or is
     /// a retried start by the owner, or this process's own claim applied
-    /// ahead of the log) and changes nothing. Starts of the stream still in
-    /// progress stop counting as starting: the stream is open now.
+    /// ahead of the log) and changes nothing. The owner's starts of the
+    /// stream still in progress stop counting as starting: it is open now.
+    /// (Another key's start of it keeps its place until it returns.)
     fn insert_first(&self, stream: &str, owner: Arc<str>) {
         let mut streams = self.streams.write().expect("registry lock");
         if !streams.contains_key(stream) {
             // Lock order: streams, starting, per_owner.
             let mut starting = self.starting.lock().expect("registry lock");
-            starting.retain(|(_, starting), _| starting != stream);
+            starting.applied(&owner, stream);
             *self.per_owner.write().expect("registry lock").entry(owner.clone()).or_default() += 1;
             drop(starting);
             streams.insert(stream.to_owned(), owner);
@@ -182,22 +183,27 @@ impl Registry {
         self.per_owner.read().expect("registry lock").get(owner).copied().unwrap_or(0)
     }
 
-    /// A place for `stream`, one more of `owner`'s, if it owns and is
-    /// starting fewer than `max` streams; held until the start is done, so
-    /// this process never lets concurrent starts of one key exceed the
-    /// quota. Once the claim is applied the stream counts as owned, not as
-    /// starting, even while the start still holds its place.
-    pub fn reserve(self: &Arc<Self>, owner: &Arc<str>, stream: &str, max: usize) -> Option<StartSlot> {
-        let mut starting = self.starting.lock().expect("registry lock");
-        let key = (owner.clone(), stream.to_owned());
-        if !starting.contains_key(&key) {
-            let pending = starting.keys().filter(|(starter, _)| starter == owner).count();
-            if self.owned_by(owner) + pending >= max {
-                return None;
-            }
+    /// A place under the quota for a start of `stream` by `owner`: `Ok(None)`
+    /// if the stream is open already (a retried start, or another key's
+    /// stream: it needs none), `Err(Full)` if `owner` owns and is starting
+    /// `max` streams. The place is held until the start is done, so this
+    /// process never lets concurrent starts of one key exceed the quota;
+    /// once the claim is applied the stream counts as owned, not as
+    /// starting, even while the start still holds its place. A second start
+    /// of a stream already starting shares its place.
+    pub fn reserve(self: &Arc<Self>, owner: &Arc<str>, stream: &str, max: usize) -> Result<Option<StartSlot>, Full> {
+        // Lock order: streams, starting, per_owner.
+        let streams = self.streams.read().expect("registry lock");
+        if streams.contains_key(stream) {
+            return Ok(None);
         }
-        *starting.entry(key.clone()).or_default() += 1;
-        Some(StartSlot { registry: self.clone(), key })
+        let mut starting = self.starting.lock().expect("registry lock");
+        let generation = match starting.joined(owner, stream) {
+            Some(generation) => generation,
+            None if self.owned_by(owner) + starting.count(owner) >= max => return Err(Full),
+            None => starting.start(owner, stream),
+        };
+        Ok(Some(StartSlot { registry: self.clone(), owner: owner.clone(), stream: stream.to_owned(), generation }))
     }
 
     /// Streams currently open.
@@ -364,22 +370,82 @@ impl Registry {
     }
 }
 
+/// `owner` owns and is starting as many streams as the quota allows.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
+
+/// Starts in progress per owner and stream: how many requests are starting
+/// it, and the generation of their place, so that a place freed when the
+/// stream was applied (and perhaps taken again after a delete) is not
+/// released twice.
+#[derive(Default)]
+struct Starting {
+    by_owner: HashMap<Arc<str>, HashMap<String, Place>>,
+    next_generation: u64,
+}
+
+struct Place {
+    starts: usize,
+    generation: u64,
+}
+
+impl Starting {
+    fn count(&self, owner: &str) -> usize {
+        self.by_owner.get(owner).map_or(0, HashMap::len)
+    }
+
+    /// Joins a start of `stream` already in progress; its generation.
+    fn joined(&mut self, owner: &str, stream: &str) -> Option<u64> {
+        let place = self.by_owner.get_mut(owner)?.get_mut(stream)?;
+        place.starts += 1;
+        Some(place.generation)
+    }
+
+    fn start(&mut self, owner: &Arc<str>, stream: &str) -> u64 {
+        self.next_generation += 1;
+        let place = Place { starts: 1, generation: self.next_generation };
+        self.by_owner.entry(owner.clone()).or_default().insert(stream.to_owned(), place);
+        self.next_generation
+    }
+
+    /// `stream` is open now: its owner's starts of it take no place.
+    fn applied(&mut self, owner: &str, stream: &str) {
+        if let Some(streams) = self.by_owner.get_mut(owner) {
+            streams.remove(stream);
+            if streams.is_empty() {
+                self.by_owner.remove(owner);
+            }
+        }
+    }
+
+    /// One start of `stream` is done; its place goes once every start of
+    /// the same generation is.
+    fn done(&mut self, owner: &str, stream: &str, generation: u64) {
+        let Some(streams) = self.by_owner.get_mut(owner) else { return };
+        if let Some(place) = streams.get_mut(stream).filter(|place| place.generation == generation) {
+            place.starts -= 1;
+            if place.starts == 0 {
+                streams.remove(stream);
+                if streams.is_empty() {
+                    self.by_owner.remove(owner);
+                }
+            }
+        }
+    }
+}
+
 /// A reserved place under the per-key stream quota; released on drop.
 pub struct StartSlot {
     registry: Arc<Registry>,
-    key: (Arc<str>, String),
+    owner: Arc<str>,
+    stream: String,
+    generation: u64,
 }
 
 impl Drop for StartSlot {
     fn drop(&mut self) {
         let mut starting = self.registry.starting.lock().expect("registry lock");
-        // Gone already if the claim was applied.
-        if let Some(count) = starting.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                starting.remove(&self.key);
-            }
-        }
+        starting.done(&self.owner, &self.stream, self.generation);
     }
 }
 
@@ -397,35 +463,84 @@ mod tests {
         tokio::task::spawn_blocking(move || Registry::start(&args, &topic, hub)).await.unwrap().unwrap()
     }
 
+    fn placed(reserved: Result<Option<StartSlot>, Full>) -> StartSlot {
+        match reserved {
+            Ok(Some(slot)) => slot,
+            Ok(None) => panic!("no place taken: the stream is open"),
+            Err(Full) => panic!("refused: the quota is full"),
+        }
+    }
+
     #[tokio::test]
     async fn a_stream_applied_while_its_start_holds_a_place_counts_once() {
         let registry = registry().await;
         let owner: Arc<str> = "owner".into();
-        let first = registry.reserve(&owner, "s1", 2).expect("room for s1");
+        let first = placed(registry.reserve(&owner, "s1", 2));
         // s1's claim is applied (read back from the log, or by `claim_new`)
         // before its start has returned and let its place go.
         registry.insert_first("s1", owner.clone());
         assert_eq!(registry.owned_by(&owner), 1);
-        let second = registry.reserve(&owner, "s2", 2).expect("s1 counted once, so there is room for s2");
+        let second = placed(registry.reserve(&owner, "s2", 2));
         drop(first);
-        assert!(registry.reserve(&owner, "s3", 2).is_none(), "s1 owned and s2 starting fill the quota");
+        assert!(matches!(registry.reserve(&owner, "s3", 2), Err(Full)), "s1 owned and s2 starting fill the quota");
         // s2's start failed: its place is free again.
         drop(second);
-        let third = registry.reserve(&owner, "s3", 2).expect("room for s3");
-        assert!(registry.reserve(&"other".into(), "s4", 1).is_some(), "the quota is per key");
-        drop(third);
+        let _third = placed(registry.reserve(&owner, "s3", 2));
+        let _other = placed(registry.reserve(&"other".into(), "s4", 1));
     }
 
     #[tokio::test]
-    async fn concurrent_starts_of_one_stream_take_one_place() {
+    async fn a_start_of_an_open_stream_takes_no_place_even_at_the_quota() {
         let registry = registry().await;
         let owner: Arc<str> = "owner".into();
-        let a = registry.reserve(&owner, "s1", 1).expect("room for s1");
-        let b = registry.reserve(&owner, "s1", 1).expect("a retried start of s1 takes no second place");
-        assert!(registry.reserve(&owner, "s2", 1).is_none());
+        registry.insert_first("s1", owner.clone());
+        assert!(matches!(registry.reserve(&owner, "s1", 1), Ok(None)), "a retried start is never refused");
+        assert!(matches!(registry.reserve(&"other".into(), "s1", 1), Ok(None)), "another key's stream: 403 later");
+        assert!(matches!(registry.reserve(&owner, "s2", 1), Err(Full)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_starts_of_one_stream_share_one_place() {
+        let registry = registry().await;
+        let owner: Arc<str> = "owner".into();
+        let a = placed(registry.reserve(&owner, "s1", 1));
+        let b = placed(registry.reserve(&owner, "s1", 1));
+        assert!(matches!(registry.reserve(&owner, "s2", 1), Err(Full)));
         drop(a);
-        assert!(registry.reserve(&owner, "s2", 1).is_none(), "s1 is still starting");
+        assert!(matches!(registry.reserve(&owner, "s2", 1), Err(Full)), "s1 is still starting");
         drop(b);
-        assert!(registry.reserve(&owner, "s2", 1).is_some());
+        let _s2 = placed(registry.reserve(&owner, "s2", 1));
+    }
+
+    #[tokio::test]
+    async fn a_key_that_lost_a_stream_holds_its_place_until_its_start_returns() {
+        let registry = registry().await;
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let a_start = placed(registry.reserve(&a, "x", 1));
+        let b_start = placed(registry.reserve(&b, "x", 1));
+        registry.insert_first("x", a.clone());
+        assert_eq!((registry.owned_by(&a), registry.owned_by(&b)), (1, 0));
+        assert!(matches!(registry.reserve(&b, "y", 1), Err(Full)), "b's start of x has not returned");
+        drop(b_start);
+        let _y = placed(registry.reserve(&b, "y", 1));
+        drop(a_start);
+        assert!(matches!(registry.reserve(&a, "z", 1), Err(Full)), "a owns x");
+    }
+
+    #[tokio::test]
+    async fn a_start_that_returns_late_does_not_free_a_newer_place() {
+        let registry = registry().await;
+        let owner: Arc<str> = "owner".into();
+        let old = placed(registry.reserve(&owner, "x", 1));
+        registry.insert_first("x", owner.clone());
+        // Deleted (its tombstone applied) and started again while the
+        // first start has still not returned.
+        registry.apply("x", None);
+        assert_eq!(registry.owned_by(&owner), 0);
+        let new = placed(registry.reserve(&owner, "x", 1));
+        drop(old);
+        assert!(matches!(registry.reserve(&owner, "y", 1), Err(Full)), "the new start of x still holds its place");
+        drop(new);
+        let _y = placed(registry.reserve(&owner, "y", 1));
     }
 }

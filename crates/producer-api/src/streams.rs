@@ -151,13 +151,10 @@ fn start_form(body: &[u8]) -> Result<StartRequest, AppError> {
 /// process the limit is exact even for concurrent starts; across replicas
 /// each counts the others' streams once their claims are applied.
 fn reserve_quota(state: &AppState, caller: &Caller, stream_id: &str) -> Result<Option<StartSlot>, AppError> {
-    if state.registry.owner_of(stream_id).is_some() {
-        return Ok(None);
-    }
     let max = state.config.max_streams_per_key;
     match state.registry.reserve(&caller.owner, stream_id, max) {
-        Some(slot) => Ok(Some(slot)),
-        None => {
+        Ok(slot) => Ok(slot),
+        Err(_full) => {
             metrics::counter!("stream_quota_refusals_total").increment(1);
             Err(AppError::QuotaExceeded {
                 detail: format!("this key already owns {max} streams (the limit); delete some before starting more"),

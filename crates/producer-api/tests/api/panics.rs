@@ -37,4 +37,5 @@ async fn a_panicking_handler_is_answered_500_and_counted_with_its_route() {
     let text = stream_core::metrics::handle().render();
     let line = r#"http_requests_total{method="GET",route="/panics-test/boom",status="500"} 1"#;
     assert!(text.lines().any(|l| l == line), "the panicked request is counted: {text}");
+    app.stop().await;
 }
