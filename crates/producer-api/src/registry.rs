@@ -410,25 +410,26 @@ impl Starting {
 
     /// `stream` is open now: its owner's starts of it take no place.
     fn applied(&mut self, owner: &str, stream: &str) {
-        if let Some(streams) = self.by_owner.get_mut(owner) {
-            streams.remove(stream);
-            if streams.is_empty() {
-                self.by_owner.remove(owner);
-            }
-        }
+        self.remove(owner, stream);
     }
 
     /// One start of `stream` is done; its place goes once every start of
     /// the same generation is.
     fn done(&mut self, owner: &str, stream: &str, generation: u64) {
-        let Some(streams) = self.by_owner.get_mut(owner) else { return };
-        if let Some(place) = streams.get_mut(stream).filter(|place| place.generation == generation) {
+        let Some(place) = self.by_owner.get_mut(owner).and_then(|streams| streams.get_mut(stream)) else { return };
+        if place.generation == generation {
             place.starts -= 1;
             if place.starts == 0 {
-                streams.remove(stream);
-                if streams.is_empty() {
-                    self.by_owner.remove(owner);
-                }
+                self.remove(owner, stream);
+            }
+        }
+    }
+
+    fn remove(&mut self, owner: &str, stream: &str) {
+        if let Some(streams) = self.by_owner.get_mut(owner) {
+            streams.remove(stream);
+            if streams.is_empty() {
+                self.by_owner.remove(owner);
             }
         }
     }

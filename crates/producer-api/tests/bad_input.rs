@@ -357,10 +357,7 @@ async fn every_route_answers_bad_input_with_its_documented_error() {
 
 #[tokio::test]
 async fn one_key_starting_too_many_streams_gets_429_with_retry_after() {
-    let kafka = stream_core::testing::kafka_args();
-    let mut config = config(kafka);
-    config.max_streams_per_key = 3;
-    let app = common::start(config).await;
+    let app = app_with_quota(3).await;
     let client = common::client();
     let start = |key: &'static str, id: String| {
         let request = client.post(app.url("/stream/start")).header("X-API-Key", key).json(&json!({"stream_id": id}));
@@ -590,53 +587,26 @@ async fn websocket_bad_frames_are_answered_and_other_sockets_carry_on() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn one_key_starting_exactly_its_quota_at_once_gets_every_stream() {
-    const QUOTA: usize = 300;
-    let kafka = stream_core::testing::kafka_args();
-    let mut config = config(kafka);
-    config.max_streams_per_key = QUOTA;
-    let app = common::start(config).await;
-    let client = common::client();
-    let url = app.url("/stream/start");
-    // Server-chosen ids and client-chosen ones, 64 at a time: each start
-    // holds its place until it returns, after its claim is applied.
-    let statuses: Vec<u16> = futures::stream::iter(0..QUOTA)
-        .map(|n| {
-            let request = client.post(&url).header("X-API-Key", KEY_A);
-            let request = if n % 2 == 0 { request } else { request.json(&json!({"stream_id": format!("exact-{n}")})) };
-            async move { request.send().await.unwrap().status().as_u16() }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    assert!(
-        statuses.iter().all(|s| *s == 201),
-        "not all 201: {:?}",
-        statuses.iter().filter(|s| **s != 201).collect::<Vec<_>>()
-    );
-    assert_eq!(app.state.registry.owned_by(&producer_api::auth::fingerprint(KEY_A)), QUOTA);
-    let over = client.post(&url).header("X-API-Key", KEY_A).send().await.unwrap();
-    assert_eq!(over.status(), 429, "the quota is full");
-    assert_no_panic(&app).await;
-    app.stop().await;
+/// An app whose keys may own `quota` streams each.
+async fn app_with_quota(quota: usize) -> common::TestApp {
+    let mut config = config(stream_core::testing::kafka_args());
+    config.max_streams_per_key = quota;
+    common::start(config).await
 }
 
-#[tokio::test]
-async fn one_key_starting_ten_thousand_streams_at_once_gets_exactly_its_quota() {
-    const QUOTA: usize = 25;
-    const STARTS: usize = 10_000;
-    let kafka = stream_core::testing::kafka_args();
-    let mut config = config(kafka);
-    config.max_streams_per_key = QUOTA;
-    let app = common::start(config).await;
+/// `POST /stream/start` with each body, 64 at a time (a body of `None`:
+/// no body, a server-chosen id); the statuses, each 429 checked for its
+/// `Retry-After`.
+async fn start_at_once(app: &common::TestApp, bodies: impl Iterator<Item = Option<Value>>) -> Vec<u16> {
     let client = common::client();
     let url = app.url("/stream/start");
-    // 64 connections' worth of concurrency, 10,000 distinct ids.
-    let statuses: Vec<u16> = futures::stream::iter(0..STARTS)
-        .map(|n| {
-            let request =
-                client.post(&url).header("X-API-Key", KEY_A).json(&json!({"stream_id": format!("flood-{n}")}));
+    futures::stream::iter(bodies)
+        .map(|body| {
+            let request = client.post(&url).header("X-API-Key", KEY_A);
+            let request = match body {
+                Some(body) => request.json(&body),
+                None => request,
+            };
             async move {
                 let response = request.send().await.unwrap();
                 let status = response.status().as_u16();
@@ -648,7 +618,36 @@ async fn one_key_starting_ten_thousand_streams_at_once_gets_exactly_its_quota() 
         })
         .buffer_unordered(64)
         .collect()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn one_key_starting_exactly_its_quota_at_once_gets_every_stream() {
+    const QUOTA: usize = 300;
+    let app = app_with_quota(QUOTA).await;
+    // Server-chosen ids and client-chosen ones: each start holds its place
+    // until it returns, after its claim is applied.
+    let bodies = (0..QUOTA).map(|n| (n % 2 == 1).then(|| json!({"stream_id": format!("exact-{n}")})));
+    let statuses = start_at_once(&app, bodies).await;
+    assert!(
+        statuses.iter().all(|s| *s == 201),
+        "not all 201: {:?}",
+        statuses.iter().filter(|s| **s != 201).collect::<Vec<_>>()
+    );
+    assert_eq!(app.state.registry.owned_by(&producer_api::auth::fingerprint(KEY_A)), QUOTA);
+    let over = common::client().post(app.url("/stream/start")).header("X-API-Key", KEY_A).send().await.unwrap();
+    assert_eq!(over.status(), 429, "the quota is full");
+    assert_no_panic(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_key_starting_ten_thousand_streams_at_once_gets_exactly_its_quota() {
+    const QUOTA: usize = 25;
+    const STARTS: usize = 10_000;
+    let app = app_with_quota(QUOTA).await;
+    // 10,000 distinct ids.
+    let statuses = start_at_once(&app, (0..STARTS).map(|n| Some(json!({"stream_id": format!("flood-{n}")})))).await;
     let created = statuses.iter().filter(|s| **s == 201).count();
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((created, refused), (QUOTA, STARTS - QUOTA), "statuses other than 201/429: {:?}", {
@@ -658,7 +657,7 @@ async fn one_key_starting_ten_thousand_streams_at_once_gets_exactly_its_quota() 
     });
     assert_eq!(app.state.registry.owned_by(&producer_api::auth::fingerprint(KEY_A)), QUOTA);
     // Another key is unaffected.
-    let other = client.post(&url).header("X-API-Key", KEY_B).send().await.unwrap();
+    let other = common::client().post(app.url("/stream/start")).header("X-API-Key", KEY_B).send().await.unwrap();
     assert_eq!(other.status(), 201);
     assert_no_panic(&app).await;
     app.stop().await;

@@ -81,10 +81,10 @@ impl<P: Processor> Pending for Delivery<P> {
 /// so a run of records that each settle just within it still holds a
 /// failure back. The counters and end-to-end latency of a record are taken
 /// when its report is looked at, by a probe too: a record counted that way
-/// whose offset a drain then gives up on is processed, and counted, again. Nothing is stored early: a
-/// record's offset is stored only once it and every record before it are
-/// acknowledged, as before. Once looked at, a failure goes into its retries
-/// or dead letter beside the others.
+/// whose offset a drain then gives up on is processed, and counted, again.
+/// Nothing is stored early: a record's offset is stored only once it and
+/// every record before it are acknowledged, as before. Once looked at, a
+/// failure goes into its retries or dead letter beside the others.
 pub(super) struct Acks<D> {
     slots: VecDeque<Slot<D>>,
     /// Sequence number of the front slot.
@@ -170,20 +170,12 @@ impl<D: Pending> Acks<D> {
         // Reports that came in, oldest first, up to the first record still
         // waiting, which keeps the waker.
         while self.looked < self.slots.len() {
-            let seq = self.front + self.looked as u64;
             let Slot::Waiting(delivery) = &mut self.slots[self.looked] else {
                 self.looked += 1;
                 continue;
             };
             let Poll::Ready(acknowledged) = delivery.poll_report(cx) else { break };
-            if acknowledged {
-                self.slots[self.looked] = Slot::Settled(delivery.acknowledged());
-            } else {
-                let Slot::Waiting(delivery) = std::mem::replace(&mut self.slots[self.looked], Slot::Recovering) else {
-                    unreachable!("the slot was waiting")
-                };
-                self.recover(seq, delivery);
-            }
+            self.take_report(self.looked, acknowledged);
             self.looked += 1;
         }
         if self.looked < self.slots.len() {
@@ -263,19 +255,25 @@ impl<D: Pending> Acks<D> {
             for index in self.looked + 1..self.slots.len() {
                 let Slot::Waiting(delivery) = &mut self.slots[index] else { continue };
                 let Poll::Ready(acknowledged) = delivery.poll_report(cx) else { continue };
-                if acknowledged {
-                    self.slots[index] = Slot::Settled(delivery.acknowledged());
-                } else {
-                    let Slot::Waiting(delivery) = std::mem::replace(&mut self.slots[index], Slot::Recovering) else {
-                        unreachable!("the slot was waiting")
-                    };
-                    self.recover(self.front + index as u64, delivery);
-                }
+                self.take_report(index, acknowledged);
             }
             Poll::Ready(())
         }));
         // Ready at its first poll.
         let _ = std::pin::pin!(probe).poll(&mut Context::from_waker(futures::task::noop_waker_ref()));
+    }
+
+    /// The waiting record at `index` has its first report: settled if it
+    /// was acknowledged, into its retries or dead letter if not.
+    fn take_report(&mut self, index: usize, acknowledged: bool) {
+        let Slot::Waiting(delivery) = std::mem::replace(&mut self.slots[index], Slot::Recovering) else {
+            unreachable!("the slot was waiting")
+        };
+        if acknowledged {
+            self.slots[index] = Slot::Settled(delivery.acknowledged());
+        } else {
+            self.recover(self.front + index as u64, delivery);
+        }
     }
 
     /// [`poll_settled`](Self::poll_settled) as a future.
