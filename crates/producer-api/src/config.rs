@@ -147,7 +147,8 @@ pub struct Config {
     #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_HEADER_READ_TIMEOUT)]
     pub header_read_timeout: Duration,
 
-    /// Time a client has to send a request's whole body (a slow upload is
+    /// Time a client has to send a request's whole body, counted from the
+    /// first read of it, however steadily it trickles in (a slow upload is
     /// answered 408 and the connection closed).
     #[arg(long, env = "BODY_READ_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_BODY_READ_TIMEOUT)]
     pub body_read_timeout: Duration,
@@ -337,11 +338,23 @@ impl Config {
     }
 }
 
-/// The soft open-file limit of this process, from /proc (Linux).
+/// The soft open-file limit of this process.
 fn open_file_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    usize::try_from(soft).ok()
+}
+
+/// Raises this process's soft open-file limit to its hard limit, as a
+/// server holding thousands of sockets needs (Go's runtime does the same at
+/// start): a shell's usual soft limit of 1,024 would otherwise cap
+/// `--max-connections` at 768. Returns the limit now in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
 }
 
 /// Where a generated key is written for a gateway on `port`:

@@ -218,7 +218,7 @@ impl From<JsonRejection> for AppError {
 
 impl From<BytesRejection> for AppError {
     fn from(rejection: BytesRejection) -> Self {
-        if caused_by::<tower_http::timeout::TimeoutError>(&rejection) {
+        if caused_by::<crate::deadline::BodyDeadlineExceeded>(&rejection) {
             return Self::BodyTimeout;
         }
         match rejection.status() {

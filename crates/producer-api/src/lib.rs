@@ -32,6 +32,7 @@
 pub mod auth;
 pub mod config;
 pub mod cursor;
+pub mod deadline;
 pub mod delivered;
 pub mod error;
 pub mod extract;
@@ -71,7 +72,6 @@ use stream_core::kafka::{self, ProducerOptions};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::RequestBodyTimeout;
 
 pub use crate::config::Config;
 pub use crate::error::AppError;
@@ -177,7 +177,7 @@ pub fn routes(config: &Config) -> Vec<Route> {
 /// route. A layer of the router is boxed around every route, and each
 /// request pays for a cloned service and a boxed future per layer; this
 /// one wraps the router once.
-pub type App = RequestBodyTimeout<Router>;
+pub type App = deadline::BodyDeadline<Router>;
 
 /// The HTTP application over `state`.
 pub fn app(state: AppState) -> App {
@@ -190,9 +190,9 @@ pub fn app(state: AppState) -> App {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    // A body that trickles in slower than this is answered 408 and the
-    // connection closed: a slow upload cannot hold a request slot.
-    RequestBodyTimeout::new(router.with_state(state.clone()), state.config.body_read_timeout)
+    // A body still incomplete this long after its first read is answered
+    // 408 and the connection closed: a slow upload cannot hold a request slot.
+    deadline::BodyDeadline::new(router.with_state(state.clone()), state.config.body_read_timeout)
 }
 
 /// State with its Kafka clients; the background readers are returned

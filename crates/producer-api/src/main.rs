@@ -43,6 +43,9 @@ async fn main() -> std::process::ExitCode {
     let mut cli = Cli::parse();
     stream_core::telemetry::init(cli.log.log_format);
     let generated = cli.config.generate_key_if_none();
+    if let Some(limit) = producer_api::config::raise_open_file_limit() {
+        tracing::info!(limit, "open-file limit");
+    }
     let shutdown = stream_core::shutdown::on_signal();
     let outcome = async {
         let app = Application::build(cli.config).await?;

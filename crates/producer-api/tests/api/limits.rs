@@ -71,7 +71,7 @@ async fn half_sent_requests_are_closed_while_other_clients_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_that_trickles_in_is_answered_408() {
+async fn a_body_that_stops_is_answered_408() {
     let kafka = stream_core::testing::kafka_args();
     let mut config = common::config(kafka);
     config.body_read_timeout = Duration::from_secs(1);
@@ -82,6 +82,49 @@ async fn a_body_that_trickles_in_is_answered_408() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(20), read_until_closed(&mut stream)).await.expect("answered");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    app.stop().await;
+}
+
+/// A byte every 200 ms keeps each gap far inside the 1 s timeout, but the
+/// 100-byte body would take 20 s: the deadline covers the whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_in_steadily_is_answered_408() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.body_read_timeout = Duration::from_secs(1);
+    let app = common::start(config).await;
+    let stream = TcpStream::connect(app.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST /publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"message\":"
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    let body_left = 100 - "{\"message\":".len();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..body_left {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write.write_all(b" ").await.is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    let answered = tokio::time::timeout(Duration::from_secs(15), async {
+        while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "answered while the body was still trickling in");
+    let sent_whole_body = trickle.is_finished() && trickle.await.unwrap();
+    assert!(!sent_whole_body, "answered before the whole body was sent");
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     app.stop().await;
