@@ -125,14 +125,14 @@ fn results_operation(security: &Value) -> Value {
             { "name": "api_key", "in": "query", "required": false, "schema": { "type": "string" } },
             { "name": "after", "in": "query", "required": false, "description": cursor, "schema": { "$ref": "#/components/schemas/Cursor" } },
             { "name": "from", "in": "query", "required": false, "description": "beginning: start at the stream's oldest retained result (a cursor, if given too, wins)", "schema": { "type": "string", "enum": ["beginning"] } },
-            { "name": "limit", "in": "query", "required": false, "description": "JSON long poll: most results in one answer", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
-            { "name": "wait", "in": "query", "required": false, "description": "JSON long poll: seconds to wait for a result when none is available", "schema": { "type": "number", "minimum": 0, "maximum": 10, "default": 0 } },
+            { "name": "limit", "in": "query", "required": false, "description": "JSON long poll: most results in one answer; above 1000, 1000", "schema": { "type": "integer", "minimum": 1, "default": 100 } },
+            { "name": "wait", "in": "query", "required": false, "description": "JSON long poll: seconds to wait for a result when none is available; above 10, 10", "schema": { "type": "number", "minimum": 0, "default": 0 } },
             { "name": "Last-Event-ID", "in": "header", "required": false, "description": format!("{cursor} (SSE reconnects); wins over `after`; empty: none"), "schema": { "anyOf": [{ "$ref": "#/components/schemas/Cursor" }, { "const": "" }] } }
         ],
         "responses": authed(map(json!({
             "101": { "description": "Switching to WebSocket" },
             "200": {
-                "description": "JSON results (a long poll page with `after`/`from`, else the most recent), or an SSE stream of `result` events (id: the cursor) and `notice` events",
+                "description": "JSON results (a long poll page with `after`/`from`, else the most recent), or an SSE stream of results as unnamed events (id: the cursor) and `notice` events",
                 "content": {
                     "application/json": { "schema": { "$ref": "#/components/schemas/Results" } },
                     "text/event-stream": { "schema": { "type": "string" } }

@@ -284,14 +284,14 @@ pub async fn delete(
 
 /// Results one long poll returns when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
-/// Most results one long poll returns.
+/// Most results one long poll returns; a larger `limit` is taken as this.
 pub const MAX_LIMIT: usize = 1000;
 /// Longest `wait` of a long poll, in seconds: below the timeouts of
-/// common proxies and HTTP clients; a client polls again.
+/// common proxies and HTTP clients; a longer `wait` is taken as this, and
+/// the client polls again.
 pub const MAX_WAIT_SECS: f64 = 10.0;
 
-/// The query of `GET /stream/{id}/results` (`api_key` is read by [`Caller`]).
-#[derive(Debug, Default, Deserialize)]
+#[derive(serde::Deserialize)]
 struct ResultsQuery {
     after: Option<String>,
     from: Option<String>,
@@ -300,24 +300,41 @@ struct ResultsQuery {
 }
 
 /// `limit` and `wait` of a long poll.
+#[derive(Debug, PartialEq)]
 struct Poll {
     limit: usize,
     wait: std::time::Duration,
 }
 
 impl ResultsQuery {
+    /// `limit` and `wait`, each held to its bound; what is not a number,
+    /// a `limit` below 1 and a negative `wait` are refused.
     fn poll(&self) -> Result<Poll, AppError> {
         let limit = match &self.limit {
             None => DEFAULT_LIMIT,
-            Some(text) => text.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
-                AppError::BadParameter(format!("limit={text:?}: give a whole number from 1 to {MAX_LIMIT}"))
-            })?,
+            Some(text) => text
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    AppError::BadParameter(format!(
+                        "limit={text:?}: give a whole number of at least 1 (at most {MAX_LIMIT} are returned)"
+                    ))
+                })?
+                .min(MAX_LIMIT as u64) as usize,
         };
         let wait = match &self.wait {
             None => 0.0,
-            Some(text) => text.parse::<f64>().ok().filter(|s| (0.0..=MAX_WAIT_SECS).contains(s)).ok_or_else(|| {
-                AppError::BadParameter(format!("wait={text:?}: give seconds from 0 to {MAX_WAIT_SECS}"))
-            })?,
+            Some(text) => text
+                .parse::<f64>()
+                .ok()
+                .filter(|s| *s >= 0.0)
+                .ok_or_else(|| {
+                    AppError::BadParameter(format!(
+                        "wait={text:?}: give seconds, 0 or more (at most {MAX_WAIT_SECS} are waited)"
+                    ))
+                })?
+                .min(MAX_WAIT_SECS),
         };
         Ok(Poll { limit, wait: std::time::Duration::from_secs_f64(wait) })
     }
@@ -443,6 +460,30 @@ fn results_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn poll(limit: Option<&str>, wait: Option<&str>) -> Result<Poll, AppError> {
+        let query = ResultsQuery { after: None, from: None, limit: limit.map(Into::into), wait: wait.map(Into::into) };
+        query.poll()
+    }
+
+    #[test]
+    fn long_poll_bounds_are_held_not_refused() {
+        let secs = std::time::Duration::from_secs_f64;
+        assert_eq!(poll(None, None).unwrap(), Poll { limit: DEFAULT_LIMIT, wait: secs(0.0) });
+        assert_eq!(poll(Some("7"), Some("2.5")).unwrap(), Poll { limit: 7, wait: secs(2.5) });
+        assert_eq!(poll(Some("5000"), Some("30")).unwrap(), Poll { limit: MAX_LIMIT, wait: secs(MAX_WAIT_SECS) });
+        assert_eq!(poll(Some("1000"), Some("inf")).unwrap(), Poll { limit: MAX_LIMIT, wait: secs(MAX_WAIT_SECS) });
+        for (limit, wait) in [
+            (Some("0"), None),
+            (Some("-1"), None),
+            (Some("ten"), None),
+            (None, Some("-1")),
+            (None, Some("soon")),
+            (None, Some("NaN")),
+        ] {
+            assert!(matches!(poll(limit, wait), Err(AppError::BadParameter(_))), "{limit:?} {wait:?}");
+        }
+    }
 
     #[test]
     fn stream_ids() {

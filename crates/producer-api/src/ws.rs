@@ -313,19 +313,19 @@ fn client_event(stream_id: &str, text: &str, schema: Option<&EventSchema>) -> Re
     Ok(Event::json(SOURCE, Some(stream_id.to_owned()), &data))
 }
 
-/// Server-Sent Events: `event: result` with the same JSON as WebSocket
-/// frames and the result's cursor as the event's `id` (so a browser's
-/// reconnect sends it back as `Last-Event-ID`), `event: notice` when
-/// results expired before this connection read them. Ends when the stream
-/// is deleted or the server shuts down.
+/// Server-Sent Events: each result an unnamed event (a browser's
+/// `EventSource.onmessage` and any SSE client's default handler get it)
+/// with the same JSON as WebSocket frames and the result's cursor as the
+/// event's `id` (so a browser's reconnect sends it back as
+/// `Last-Event-ID`); `event: notice` when results expired before this
+/// connection read them. Ends when the stream is deleted or the server
+/// shuts down.
 pub fn sse(state: AppState, feed: Feed, held: Held) -> Response {
     let gauge = (Gauge::open("sse"), held);
     let events = futures::stream::unfold((feed, gauge), |(mut feed, gauge)| async move {
         let event = loop {
             break match feed.next().await {
-                Item::Result(delivered) => {
-                    SseEvent::default().event("result").id(delivered.cursor()).data(delivered.frame.as_str())
-                }
+                Item::Result(delivered) => SseEvent::default().id(delivered.cursor()).data(delivered.frame.as_str()),
                 Item::Notice(notice) => SseEvent::default().event("notice").data(notice.as_str()),
                 Item::Live => continue,
                 Item::Closed(_) => return None,

@@ -42,16 +42,17 @@ impl Sse {
         Sse { response, buffer: String::new() }
     }
 
-    /// The next `result` event: its id and its data.
+    /// The next result event (an unnamed one): its id and its data.
     async fn next_result(&mut self) -> (String, Value) {
         tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 while let Some(end) = self.buffer.find("\n\n") {
                     let event: String = self.buffer.drain(..end + 2).collect();
-                    if !event.lines().any(|l| l == "event: result") {
-                        assert!(!event.contains("event: notice"), "unexpected notice: {event}");
+                    assert!(!event.contains("event: notice"), "unexpected notice: {event}");
+                    if !event.lines().any(|l| l.starts_with("data: ")) {
                         continue;
                     }
+                    assert!(!event.contains("event:"), "a result is an unnamed event: {event}");
                     let id = event.lines().find_map(|l| l.strip_prefix("id: ")).expect("a result event has an id");
                     let data = event.lines().find_map(|l| l.strip_prefix("data: ")).expect("data");
                     return (id.to_owned(), serde_json::from_str(data).unwrap());
@@ -245,14 +246,19 @@ async fn bad_and_expired_cursors_are_refused() {
         format!("?after={other_cursor}"),
         "?from=end".to_owned(),
         "?from=beginning&limit=0".to_owned(),
-        "?from=beginning&limit=1001".to_owned(),
-        "?from=beginning&wait=11".to_owned(),
+        "?from=beginning&limit=-1".to_owned(),
+        "?from=beginning&wait=-1".to_owned(),
         "?from=beginning&wait=soon".to_owned(),
     ] {
         let (status, body) = get_json(&app.url(&format!("/stream/mine/results{query}"))).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body["error"].is_string());
     }
+    // Beyond their bounds, limit and wait are held to them, not refused:
+    // the three results are there, so the page comes at once.
+    let (status, page) = get_json(&app.url("/stream/mine/results?from=beginning&limit=5000&wait=30")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["results"].as_array().unwrap().len(), 3, "{page}");
     // SSE and WebSocket refuse before they start.
     let sse = common::client()
         .get(app.url("/stream/mine/results"))

@@ -123,7 +123,10 @@ async fn server_sent_events_carry_results() {
         loop {
             let chunk = response.chunk().await.unwrap().expect("SSE stream stays open");
             text.push_str(std::str::from_utf8(&chunk).unwrap());
-            if let Some(event) = text.split("\n\n").find(|e| e.contains("event: result")) {
+            if let Some(event) = text.split("\n\n").find(|e| e.contains("data: ")) {
+                // A result is an unnamed event, so EventSource.onmessage gets it.
+                assert!(!event.contains("event:"), "{event}");
+                assert!(event.lines().any(|l| l.starts_with("id: ")), "a result event carries its cursor: {event}");
                 let data = event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
                 return serde_json::from_str::<Value>(data).unwrap();
             }
