@@ -202,7 +202,8 @@ impl<P: Processor> Delivery<P> {
                 retries += 1;
                 self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
                 self.shared.meters.retries.increment(1);
-                let backoff = Duration::from_millis(100u64 << retries.min(6)).min(Duration::from_secs(5));
+                // 100 ms, then doubling to at most 5 s.
+                let backoff = Duration::from_millis(100u64 << (retries - 1).min(6)).min(Duration::from_secs(5));
                 tracing::warn!(
                     worker = self.worker_id,
                     topic = copy.topic(),
