@@ -77,14 +77,26 @@ pub struct Caller {
 
 /// The key a request presents: `X-API-Key`, `Authorization: Bearer`, or,
 /// for browser WebSocket clients that cannot set headers, `?api_key=`.
+/// An `Authorization` header that is not a Bearer token presents no key,
+/// even beside a good `X-API-Key`: a malformed credential is refused, not
+/// ignored.
 fn presented_key(parts: &Parts) -> Option<&str> {
+    let bearer = match parts.headers.get(header::AUTHORIZATION) {
+        Some(value) => {
+            let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+            let token = token.trim();
+            if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+                return None;
+            }
+            Some(token)
+        }
+        None => None,
+    };
     if let Some(value) = parts.headers.get("x-api-key") {
         return value.to_str().ok().map(str::trim);
     }
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    if bearer.is_some() {
+        return bearer;
     }
     parts.uri.query()?.split('&').find_map(|pair| pair.strip_prefix("api_key="))
 }
@@ -128,6 +140,13 @@ mod tests {
         assert_eq!(presented_key(&p), Some("k2"));
         let p = parts(Request::builder().header("Authorization", "Basic k2"));
         assert_eq!(presented_key(&p), None);
+        // A malformed Authorization beside a good X-API-Key is refused.
+        for bad in ["zId.j)", "Basic k2", "Bearer", "Bearer  "] {
+            let p = parts(Request::builder().header("X-API-Key", "k1").header("Authorization", bad));
+            assert_eq!(presented_key(&p), None, "{bad:?}");
+        }
+        let p = parts(Request::builder().header("X-API-Key", "k1").header("Authorization", "bearer k2"));
+        assert_eq!(presented_key(&p), Some("k1"), "X-API-Key wins over a well-formed Bearer token");
         let p = parts(Request::builder().uri("/stream/s/results?x=1&api_key=k3"));
         assert_eq!(presented_key(&p), Some("k3"));
         assert_eq!(presented_key(&parts(Request::builder())), None);
