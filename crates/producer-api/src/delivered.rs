@@ -27,7 +27,8 @@ pub struct Delivered {
     /// Where the result record is, for resuming and for joining a catch-up
     /// read with the live feed without a gap or a repeat.
     pub pos: Pos,
-    /// Hash of the result's `event_id`, for deduplication.
+    /// Hash of the result's `event_id` (of its position when it has none),
+    /// for deduplication.
     pub event: u64,
     /// Length of the cursor inside the frame.
     cursor_len: u8,
@@ -35,16 +36,21 @@ pub struct Delivered {
 
 const FRAME_HEAD: &str = "{\"type\":\"result\",\"cursor\":\"";
 
-/// The fields of a result the router itself needs; the rest (above all the
+/// The fields of a result the router itself reads; the rest (above all the
 /// output, of any size) is passed through as bytes, never parsed into a
-/// tree and written again.
+/// tree and written again. Only the stream is needed (the record key, else
+/// `stream_id`), so any processor's JSON objects reach their subscribers:
+/// without an `event_id` a result is told apart by its position, and
+/// without an `event_time` its lag is not measured.
 #[derive(Deserialize)]
 struct ResultHead<'a> {
-    #[serde(borrow)]
-    event_id: &'a RawValue,
+    #[serde(default, borrow)]
+    event_id: Option<&'a RawValue>,
     #[serde(default, borrow)]
     stream_id: Option<Cow<'a, str>>,
-    event_time: Timestamp,
+    /// Read as a time only when it is one (RFC 3339, UTC).
+    #[serde(default, borrow)]
+    event_time: Option<&'a RawValue>,
 }
 
 /// A result record read and framed, with the stream it belongs to.
@@ -52,7 +58,8 @@ struct ResultHead<'a> {
 pub struct Decoded {
     pub delivered: Delivered,
     pub stream: String,
-    pub event_time: Timestamp,
+    /// When the event the result is for happened, if the result says.
+    pub event_time: Option<Timestamp>,
 }
 
 /// Why a record was not routed.
@@ -78,9 +85,13 @@ impl Delivered {
             None => head.stream_id.map(Cow::into_owned).ok_or(Undecodable::NoStream)?,
         };
         let text = text.trim_ascii();
-        let delivered =
-            Self::frame(text, &stream, pos, event_hash(head.event_id.get())).ok_or(Undecodable::NotAResult)?;
-        Ok(Decoded { delivered, stream, event_time: head.event_time })
+        let event = match head.event_id {
+            Some(id) => event_hash(id.get()),
+            None => event_hash(&format!("@{}:{}", pos.partition, pos.offset)),
+        };
+        let delivered = Self::frame(text, &stream, pos, event).ok_or(Undecodable::NotAResult)?;
+        let event_time = head.event_time.and_then(|raw| serde_json::from_str(raw.get()).ok());
+        Ok(Decoded { delivered, stream, event_time })
     }
 
     /// The frame of a result object: its own text with `"type":"result"`
@@ -144,7 +155,9 @@ pub(crate) mod tests {
     #[test]
     fn records_that_are_not_results_are_refused() {
         let pos = Pos { partition: 0, offset: 0 };
-        for bad in [&b"not json"[..], b"[1]", b"{}", b"{\"event_id\": \"e\"}", b"\"text\"", b"[\"e\", \"s\", 1]"] {
+        for bad in
+            [&b"not json"[..], b"[1]", b"\"text\"", b"[\"e\", \"s\", 1]", b"{\"event_id\": ", b"{\"stream_id\": 5}"]
+        {
             assert_eq!(Delivered::decode(bad, Some(b"s"), pos).unwrap_err(), Undecodable::NotAResult);
         }
         let good = serde_json::to_vec(&serde_json::from_str::<EventResult>(result(3).frame.as_str()).unwrap()).unwrap();
@@ -154,6 +167,34 @@ pub(crate) mod tests {
         assert_eq!(Delivered::decode(&good, Some(b"key"), pos).unwrap().stream, "key", "the key wins");
         let keyless = br#"{"event_id":"e","event_time":"2025-01-01T00:00:00Z"}"#;
         assert_eq!(Delivered::decode(keyless, None, pos).unwrap_err(), Undecodable::NoStream);
+    }
+
+    /// Another processor's results: any JSON object with a stream reaches
+    /// its subscribers, with or without our fields.
+    #[test]
+    fn any_object_with_a_stream_is_a_result() {
+        let at = |offset| Pos { partition: 2, offset };
+        let decoded = Delivered::decode(br#"{"output":"HELLO"}"#, Some(b"s"), at(5)).unwrap();
+        assert_eq!(decoded.stream, "s");
+        assert_eq!(decoded.event_time, None);
+        let frame: serde_json::Value = serde_json::from_str(decoded.delivered.frame.as_str()).unwrap();
+        assert_eq!(frame, json!({"type": "result", "cursor": decoded.delivered.cursor(), "output": "HELLO"}));
+        // Without an event id, a result is its position: the same record read
+        // twice is one result, two records are two.
+        let again = Delivered::decode(br#"{"output":"HELLO"}"#, Some(b"s"), at(5)).unwrap();
+        let next = Delivered::decode(br#"{"output":"HELLO"}"#, Some(b"s"), at(6)).unwrap();
+        assert_eq!(decoded.delivered.event, again.delivered.event);
+        assert_ne!(decoded.delivered.event, next.delivered.event);
+        let empty = Delivered::decode(b"{}", Some(b"s"), at(7)).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(empty.delivered.frame.as_str()).unwrap()["type"],
+            "result"
+        );
+        let odd = br#"{"stream_id":"t","event_id":7,"event_time":"yesterday"}"#;
+        let decoded = Delivered::decode(odd, None, at(8)).unwrap();
+        assert_eq!((decoded.stream.as_str(), decoded.event_time), ("t", None));
+        let timed = br#"{"event_time":"2025-01-01T00:00:00Z"}"#;
+        assert!(Delivered::decode(timed, Some(b"s"), at(9)).unwrap().event_time.is_some());
     }
 
     #[tokio::test]

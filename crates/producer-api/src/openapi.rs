@@ -383,8 +383,8 @@ fn components() -> Value {
             },
             "Result": {
                 "type": "object",
-                "description": "A result as delivered: type and cursor, then the EventResult fields",
-                "required": ["type", "cursor", "event_id"],
+                "description": "A result as delivered: type and cursor, then the EventResult fields (or whatever object another processor wrote)",
+                "required": ["type", "cursor"],
                 "properties": {
                     "type": { "const": "result" }, "cursor": { "$ref": "#/components/schemas/Cursor" },
                     "event_id": { "type": "string" }, "stream_id": { "type": ["string", "null"] },

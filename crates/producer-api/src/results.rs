@@ -98,10 +98,11 @@ fn route(hub: &Hub, counts: &Counts, msg: &BorrowedMessage<'_>) {
             return;
         }
     };
-    let lag = event_time.until(Timestamp::now());
     if hub.route(&stream, Arc::new(delivered)) {
         counts.routed.increment(1);
-        counts.latency.record(lag.as_secs_f64());
+        if let Some(event_time) = event_time {
+            counts.latency.record(event_time.until(Timestamp::now()).as_secs_f64());
+        }
     } else {
         counts.unrouted.increment(1);
     }
