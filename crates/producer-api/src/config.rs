@@ -27,6 +27,7 @@ const DEFAULT_REQUEST_TIMEOUT: &str = "10s";
 const DEFAULT_PRODUCER_LINGER: &str = "1ms";
 const DEFAULT_HEADER_READ_TIMEOUT: &str = "20s";
 const DEFAULT_BODY_READ_TIMEOUT: &str = "30s";
+const DEFAULT_WRITE_TIMEOUT: &str = "60s";
 const DEFAULT_WS_PING_INTERVAL: &str = "20s";
 const DEFAULT_WS_IDLE_TIMEOUT: &str = "60s";
 const DEFAULT_IDEMPOTENCY_TTL: &str = "1h";
@@ -153,6 +154,12 @@ pub struct Config {
     #[arg(long, env = "BODY_READ_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_BODY_READ_TIMEOUT)]
     pub body_read_timeout: Duration,
 
+    /// Time a connection's writes may make no progress: a client that
+    /// stops reading (an SSE subscriber, a large answer) or vanishes
+    /// without closing is disconnected then, not held until TCP gives up.
+    #[arg(long, env = "WRITE_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_WRITE_TIMEOUT)]
+    pub write_timeout: Duration,
+
     /// Result connections (WebSocket or SSE) one API key may hold open at
     /// once; beyond it an upgrade is answered 429 with Retry-After.
     #[arg(long, env = "MAX_WEBSOCKETS_PER_KEY", default_value_t = DEFAULT_MAX_WEBSOCKETS_PER_KEY, value_parser = at_least_one())]
@@ -236,6 +243,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: default_duration(DEFAULT_HEADER_READ_TIMEOUT),
             body_read_timeout: default_duration(DEFAULT_BODY_READ_TIMEOUT),
+            write_timeout: default_duration(DEFAULT_WRITE_TIMEOUT),
             max_websockets_per_key: DEFAULT_MAX_WEBSOCKETS_PER_KEY,
             ws_ping_interval: default_duration(DEFAULT_WS_PING_INTERVAL),
             ws_idle_timeout: default_duration(DEFAULT_WS_IDLE_TIMEOUT),
@@ -298,6 +306,7 @@ impl Config {
             ("--request-timeout", self.request_timeout),
             ("--header-read-timeout", self.header_read_timeout),
             ("--body-read-timeout", self.body_read_timeout),
+            ("--write-timeout", self.write_timeout),
             ("--ws-ping-interval", self.ws_ping_interval),
             ("--ws-idle-timeout", self.ws_idle_timeout),
             ("--idempotency-ttl", self.idempotency_ttl),

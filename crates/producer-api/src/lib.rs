@@ -323,6 +323,7 @@ impl Application {
         let limits = serve::Limits {
             max_connections: state.config.connection_limit(),
             header_read_timeout: state.config.header_read_timeout,
+            write_timeout: state.config.write_timeout,
         };
         let server = serve::serve(listener, app(state), limits, stopping.clone());
         tokio::select! {

@@ -62,6 +62,10 @@ pub fn describe_metrics() {
         "Time from a request's arrival to its response, by method, route and status."
     );
     describe_counter!("http_errors_total", "Error responses, by status.");
+    describe_counter!(
+        "http_write_timeouts_total",
+        "Connections closed because a write made no progress within --write-timeout."
+    );
     describe_counter!("http_panics_total", "Handler panics, each answered 500.");
     describe_counter!(
         "http_connections_refused_total",
@@ -95,7 +99,7 @@ pub fn describe_metrics() {
     describe_counter!("results_received_total", "Records read from the results topic.");
     describe_counter!("results_routed_total", "Results handed to at least one subscriber.");
     describe_counter!("results_unrouted_total", "Results with no subscriber on this gateway, or no stream id.");
-    describe_counter!("results_unreadable_total", "Records of the results topic that are not a result.");
+    describe_counter!("results_unreadable_total", "Records of the results topic that are not a JSON object.");
     describe_counter!(
         "results_dropped_total",
         "Results dropped from a slow subscriber's live buffer; it then reads them from the results topic."

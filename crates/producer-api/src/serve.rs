@@ -7,6 +7,10 @@
 //! - A request's headers must arrive within `header_read_timeout`, counted
 //!   from when the connection is ready for a request: a client that sends
 //!   half a request, or keeps an idle keep-alive connection, is closed then.
+//! - A write that makes no progress for `write_timeout` ends the
+//!   connection: a client that stopped reading (an SSE subscriber, a large
+//!   answer) or vanished without a FIN does not keep its place until TCP
+//!   gives up, which takes about a quarter of an hour.
 //! - A WebSocket keeps its connection's place after the upgrade (the
 //!   handler takes the [`ConnectionSlot`] from the request), so open sockets
 //!   count against the limit too.
@@ -28,6 +32,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -41,6 +46,8 @@ pub struct Limits {
     /// Time to receive a request's headers, from when the connection waits
     /// for one (so it is also the idle keep-alive limit).
     pub header_read_timeout: Duration,
+    /// Time a write may make no progress before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 /// A connection's place under [`Limits::max_connections`], in every request's
@@ -48,12 +55,26 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
+/// Whether a connection ended because a write made no progress within the
+/// write timeout.
+fn timed_out(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(error) = source {
+        if error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits
 /// until every connection has ended.
 pub async fn serve(listener: TcpListener, app: App, limits: Limits, shutdown: CancellationToken) {
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let slots = Arc::new(Semaphore::new(max));
     metrics::counter!("http_connections_refused_total").absolute(0);
+    metrics::counter!("http_write_timeouts_total").absolute(0);
     loop {
         let (stream, _peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -94,11 +115,16 @@ pub async fn serve(listener: TcpListener, app: App, limits: Limits, shutdown: Ca
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
-            let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let mut stream = TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(limits.write_timeout));
+            let connection = builder.serve_connection(TokioIo::new(Box::pin(stream)), service).with_upgrades();
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
+                        if timed_out(&error) {
+                            metrics::counter!("http_write_timeouts_total").increment(1);
+                        }
                         tracing::debug!(%error, "connection ended with an error");
                     }
                 }

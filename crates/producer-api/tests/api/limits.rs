@@ -272,3 +272,90 @@ async fn a_websocket_whose_peer_went_silent_is_closed_and_one_that_answers_pings
     reader.abort();
     app.stop().await;
 }
+
+/// An SSE subscriber that stops reading: once its socket's buffers are full
+/// and the gateway's writes make no progress for `--write-timeout`, the
+/// connection is closed and counted, while a subscriber that reads keeps
+/// its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_subscriber_that_stops_reading_is_disconnected() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka.clone());
+    config.write_timeout = Duration::from_secs(1);
+    let app = common::start(config).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let processor = common::spawn_processor(&kafka, stop.clone());
+    for stream in ["stalled", "reader"] {
+        let response = common::client()
+            .post(app.url("/stream/start"))
+            .header("X-API-Key", KEY_A)
+            .json(&json!({"stream_id": stream}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let timeouts_before = common::metric(&app, "http_write_timeouts_total").await;
+
+    // A tiny receive buffer, so the gateway's writes stall soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /stream/stalled/results HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 64];
+    let n = stalled.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    let mut reader = common::client()
+        .get(app.url("/stream/reader/results"))
+        .header("X-API-Key", KEY_A)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reader.status(), 200);
+
+    // About 12 MB of results for the stalled subscriber, more than any
+    // socket buffer holds; it reads nothing from here on.
+    let payload = "x".repeat(8 * 1024);
+    for chunk in 0..6 {
+        let records: Vec<_> =
+            (0..250).map(|n| json!({"message": {"n": chunk * 250 + n, "pad": payload}, "key": "stalled"})).collect();
+        common::publish_batch(&app, &records).await;
+    }
+    stream_core::testing::eventually(Duration::from_secs(60), "the stalled subscriber's write timeout", || async {
+        (common::metric(&app, "http_write_timeouts_total").await > timeouts_before).then_some(())
+    })
+    .await;
+    // Its connection is closed: what the kernel still held, then the end.
+    let drained = tokio::time::timeout(Duration::from_secs(30), read_until_closed(&mut stalled)).await;
+    assert!(drained.is_ok(), "the stalled connection was closed");
+
+    // The subscriber that reads still gets its results.
+    let (status, ack) = {
+        let response = common::client()
+            .post(app.url("/stream/reader/send"))
+            .header("X-API-Key", KEY_A)
+            .json(&json!({"data": "still here"}))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(status, 200, "{ack}");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !text.contains(ack["id"].as_str().unwrap()) {
+            let chunk = reader.chunk().await.unwrap().expect("the reading subscriber's stream stays open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the reading subscriber's result within 30 s");
+
+    stop.cancel();
+    let _ = processor.await;
+    app.stop().await;
+}
