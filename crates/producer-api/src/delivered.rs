@@ -90,7 +90,11 @@ impl Delivered {
             None => event_hash(&format!("@{}:{}", pos.partition, pos.offset)),
         };
         let delivered = Self::frame(text, &stream, pos, event).ok_or(Undecodable::NotAResult)?;
-        let event_time = head.event_time.and_then(|raw| serde_json::from_str(raw.get()).ok());
+        // A time is plain ASCII: a string with escapes in it is not one.
+        let event_time = head
+            .event_time
+            .and_then(|raw| raw.get().strip_prefix('"')?.strip_suffix('"'))
+            .and_then(|text| Timestamp::parse(text).ok());
         Ok(Decoded { delivered, stream, event_time })
     }
 
