@@ -39,11 +39,11 @@ pub struct KafkaArgs {
     pub client_id: Option<String>,
 
     /// Security protocol used to talk to the brokers.
-    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_enum, default_value_t = SecurityProtocol::Plaintext)]
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_enum, ignore_case = true, default_value_t = SecurityProtocol::Plaintext)]
     pub security_protocol: SecurityProtocol,
 
     /// SASL mechanism (with sasl_plaintext or sasl_ssl).
-    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_enum)]
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_enum, ignore_case = true)]
     pub sasl_mechanism: Option<SaslMechanism>,
 
     /// SASL user name.

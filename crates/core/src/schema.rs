@@ -70,13 +70,50 @@ impl Timestamp {
         later.0.duration_since(self.0).unwrap_or_default()
     }
 
-    /// Parses RFC 3339 text, with or without fractional seconds.
+    /// Parses RFC 3339 text, with or without fractional seconds, in UTC
+    /// (`Z`, `+00:00`) or at any other offset (`+02:00`, `-05:30`), as a
+    /// producer in another time zone writes it.
     pub fn parse(text: &str) -> Result<Self, SchemaError> {
-        humantime::parse_rfc3339_weak(text).map(Self).map_err(|e| SchemaError::BadHeader {
-            name: header::TIME,
-            reason: format!("{text:?} is not an RFC 3339 UTC time: {e}"),
-        })
+        let bad = |reason: String| SchemaError::BadHeader { name: header::TIME, reason };
+        // humantime reads UTC only: another offset is cut off here and
+        // applied to the time it reads.
+        let (utc_text, offset) = split_offset(text);
+        let time = humantime::parse_rfc3339_weak(utc_text)
+            .map_err(|e| bad(format!("{text:?} is not an RFC 3339 time: {e}")))?;
+        let time = match offset {
+            Offset::East(ahead) => time.checked_sub(ahead),
+            Offset::West(behind) => time.checked_add(behind),
+        };
+        time.filter(|t| *t >= UNIX_EPOCH).map(Self).ok_or_else(|| bad(format!("{text:?} is out of range")))
     }
+}
+
+/// A time's offset from UTC.
+enum Offset {
+    /// Local time ahead of UTC (`+HH:MM`).
+    East(Duration),
+    /// Local time behind UTC (`-HH:MM`).
+    West(Duration),
+}
+
+/// `text` without a `+HH:MM`/`-HH:MM` offset other than `+00:00` (which
+/// humantime reads itself), and that offset.
+fn split_offset(text: &str) -> (&str, Offset) {
+    let none = (text, Offset::East(Duration::ZERO));
+    let b = text.as_bytes();
+    let Some(at) = b.len().checked_sub(6).filter(|at| *at >= 19) else { return none };
+    let (sign, hh, colon, mm) = (b[at], &b[at + 1..at + 3], b[at + 3], &b[at + 4..]);
+    if !matches!(sign, b'+' | b'-') || colon != b':' || !hh.iter().chain(mm).all(u8::is_ascii_digit) {
+        return none;
+    }
+    let (hours, minutes) =
+        (u64::from((hh[0] - b'0') * 10 + hh[1] - b'0'), u64::from((mm[0] - b'0') * 10 + mm[1] - b'0'));
+    if hours > 23 || minutes > 59 {
+        return none;
+    }
+    let by = Duration::from_secs(hours * 3600 + minutes * 60);
+    let offset = if sign == b'+' { Offset::East(by) } else { Offset::West(by) };
+    (&text[..at], offset)
 }
 
 /// The latest time the text form can hold: 9999-12-31T23:59:59.999999Z.
@@ -221,7 +258,7 @@ impl<'de> Deserialize<'de> for Timestamp {
         impl serde::de::Visitor<'_> for Text {
             type Value = Timestamp;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an RFC 3339 UTC time")
+                f.write_str("an RFC 3339 time")
             }
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Timestamp, E> {
                 Timestamp::parse(text).map_err(E::custom)
@@ -708,12 +745,37 @@ mod tests {
             OwnedMessage::new(Some(b"1".to_vec()), None, "t".into(), KafkaTimestamp::NotAvailable, 0, 0, Some(headers));
         let err = Event::from_message(&msg).unwrap_err();
         assert!(matches!(err, SchemaError::BadHeader { name: "ce_time", .. }), "{err}");
-        assert!(err.to_string().contains("\"yesterday\" is not an RFC 3339 UTC time"), "{err}");
+        assert!(err.to_string().contains("\"yesterday\" is not an RFC 3339 time"), "{err}");
         let headers = OwnedHeaders::new().insert(Header { key: header::TIME, value: Some(&b"\xff"[..]) });
         let msg =
             OwnedMessage::new(Some(b"1".to_vec()), None, "t".into(), KafkaTimestamp::NotAvailable, 0, 0, Some(headers));
         let err = Event::from_message(&msg).unwrap_err();
         assert_eq!(err, SchemaError::BadHeader { name: "ce_time", reason: "value is not UTF-8".into() });
+    }
+
+    #[test]
+    fn times_at_any_offset_are_the_same_instant() {
+        let utc = Timestamp::parse("2026-12-01T10:00:00.250Z").unwrap();
+        for text in [
+            "2026-12-01T10:00:00.250+00:00",
+            "2026-12-01T12:00:00.250+02:00",
+            "2026-12-01T04:30:00.250-05:30",
+            "2026-12-01 10:00:00.25",
+            "2026-12-02T09:59:00.250+23:59",
+        ] {
+            assert_eq!(Timestamp::parse(text).unwrap(), utc, "{text}");
+        }
+        let whole = Timestamp::parse("2026-12-01T10:00:00Z").unwrap();
+        assert_eq!(Timestamp::parse("2026-12-01T11:00:00+01:00").unwrap(), whole);
+        assert_eq!(Timestamp::parse("2026-12-01T09:00:00-01:00").unwrap(), whole);
+        for bad in [
+            "2026-12-01T10:00:00+24:00",
+            "2026-12-01T10:00:00+02:60",
+            "2026-12-01T10:00:00+0200",
+            "1970-01-01T00:30:00+01:00",
+        ] {
+            assert!(Timestamp::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -725,9 +787,9 @@ mod tests {
         }
         assert_eq!(serde_json::from_value::<Timestamp>(json!("2025-11-23T10:00:00.123456Z")).unwrap(), t);
         let err = serde_json::from_str::<Timestamp>(r#""yesterday""#).unwrap_err().to_string();
-        assert!(err.contains("\"yesterday\" is not an RFC 3339 UTC time"), "{err}");
+        assert!(err.contains("\"yesterday\" is not an RFC 3339 time"), "{err}");
         let err = serde_json::from_str::<Timestamp>("1763892000").unwrap_err().to_string();
-        assert!(err.contains("an RFC 3339 UTC time"), "{err}");
+        assert!(err.contains("an RFC 3339 time"), "{err}");
     }
 
     #[test]
