@@ -4,6 +4,7 @@
 //! ownership is recorded with the fingerprint, never the key, so the
 //! ownership topic can be read by operators without leaking credentials.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
@@ -80,7 +81,7 @@ pub struct Caller {
 /// An `Authorization` header that is not a Bearer token presents no key,
 /// even beside a good `X-API-Key`: a malformed credential is refused, not
 /// ignored.
-fn presented_key(parts: &Parts) -> Option<&str> {
+fn presented_key(parts: &Parts) -> Option<Cow<'_, str>> {
     let bearer = match parts.headers.get(header::AUTHORIZATION) {
         Some(value) => {
             let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
@@ -93,12 +94,14 @@ fn presented_key(parts: &Parts) -> Option<&str> {
         None => None,
     };
     if let Some(value) = parts.headers.get("x-api-key") {
-        return value.to_str().ok().map(str::trim);
+        return value.to_str().ok().map(|key| Cow::Borrowed(key.trim()));
     }
-    if bearer.is_some() {
-        return bearer;
+    if let Some(token) = bearer {
+        return Some(Cow::Borrowed(token));
     }
-    parts.uri.query()?.split('&').find_map(|pair| pair.strip_prefix("api_key="))
+    // Percent-decoded, as a page's encodeURIComponent wrote it.
+    let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = serde_urlencoded::from_str(parts.uri.query()?).ok()?;
+    pairs.into_iter().find_map(|(name, value)| (name == "api_key").then_some(value))
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -106,7 +109,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let key = presented_key(parts).ok_or(AppError::Unauthorized)?;
-        let owner = state.keys.check(key).ok_or(AppError::Unauthorized)?;
+        let owner = state.keys.check(&key).ok_or(AppError::Unauthorized)?;
         Ok(Caller { owner })
     }
 }
@@ -135,9 +138,9 @@ mod tests {
     #[test]
     fn key_sources() {
         let p = parts(Request::builder().header("X-API-Key", " k1 "));
-        assert_eq!(presented_key(&p), Some("k1"));
+        assert_eq!(presented_key(&p).as_deref(), Some("k1"));
         let p = parts(Request::builder().header("Authorization", "Bearer k2"));
-        assert_eq!(presented_key(&p), Some("k2"));
+        assert_eq!(presented_key(&p).as_deref(), Some("k2"));
         let p = parts(Request::builder().header("Authorization", "Basic k2"));
         assert_eq!(presented_key(&p), None);
         // A malformed Authorization beside a good X-API-Key is refused.
@@ -146,9 +149,12 @@ mod tests {
             assert_eq!(presented_key(&p), None, "{bad:?}");
         }
         let p = parts(Request::builder().header("X-API-Key", "k1").header("Authorization", "bearer k2"));
-        assert_eq!(presented_key(&p), Some("k1"), "X-API-Key wins over a well-formed Bearer token");
+        assert_eq!(presented_key(&p).as_deref(), Some("k1"), "X-API-Key wins over a well-formed Bearer token");
         let p = parts(Request::builder().uri("/stream/s/results?x=1&api_key=k3"));
-        assert_eq!(presented_key(&p), Some("k3"));
+        assert_eq!(presented_key(&p).as_deref(), Some("k3"));
+        // As encodeURIComponent writes a key with reserved characters.
+        let p = parts(Request::builder().uri("/stream/s/results?api_key=a%2Bb%2F%3Dc%26d%20e&x=1"));
+        assert_eq!(presented_key(&p).as_deref(), Some("a+b/=c&d e"));
         assert_eq!(presented_key(&parts(Request::builder())), None);
     }
 }
