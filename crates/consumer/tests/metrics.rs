@@ -43,6 +43,15 @@ async fn metrics_count_exactly_what_happened_and_pass_the_lint() {
     running.stop().await.expect("clean shutdown");
 
     assert_eq!(value(&body, "consumer_events_failed_total{kind=\"invalid_json\"}"), Some(POISON as f64), "{body}");
+    // Every other kind is exported as 0 from the start, so rate() over them
+    // works before the first failure of that kind.
+    for kind in ["empty_payload", "bad_header", "rejected", "panic", "result_undeliverable"] {
+        assert_eq!(
+            value(&body, &format!("consumer_events_failed_total{{kind=\"{kind}\"}}")),
+            Some(0.0),
+            "{kind}: {body}"
+        );
+    }
     assert_eq!(value(&body, "consumer_end_to_end_latency_seconds_count"), Some(GOOD as f64), "{body}");
     assert_eq!(value(&body, "consumer_processing_seconds_count"), Some((GOOD + POISON) as f64), "{body}");
     assert_eq!(value(&body, "consumer_produce_retries_total"), Some(0.0), "{body}");

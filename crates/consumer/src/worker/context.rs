@@ -38,6 +38,9 @@ pub(crate) struct WorkerContext {
     pub(super) revoked: Mutex<Vec<i32>>,
     pub(super) drain_timeout: Duration,
     pub(super) stats: Arc<Stats>,
+    /// The topic of each partition whose `consumer_lag` this member set,
+    /// so the gauge can be zeroed when the partition goes elsewhere.
+    lag_topics: Mutex<HashMap<i32, String>>,
 }
 
 impl WorkerContext {
@@ -48,6 +51,7 @@ impl WorkerContext {
             revoked: Mutex::new(Vec::new()),
             drain_timeout,
             stats,
+            lag_topics: Mutex::new(HashMap::new()),
         }
     }
 
@@ -75,6 +79,11 @@ impl WorkerContext {
                 tracing::warn!(worker = self.worker_id, partition, "partition task did not finish in time");
             }
             self.stats.forget_lag(self.worker_id, *partition);
+            // Its lag is its next owner's to report; a gauge left at this
+            // member's last figure would count it twice in a sum over members.
+            if let Some(topic) = self.lag_topics.lock().unwrap().remove(partition) {
+                metrics::gauge!("consumer_lag", "topic" => topic, "partition" => partition.to_string()).set(0.0);
+            }
         }
         handles.len()
     }
@@ -99,6 +108,7 @@ impl ClientContext for WorkerContext {
                 }
                 metrics::gauge!("consumer_lag", "topic" => topic.topic.clone(), "partition" => partition.to_string())
                     .set(p.consumer_lag as f64);
+                self.lag_topics.lock().unwrap().entry(*partition).or_insert_with(|| topic.topic.clone());
                 self.stats.set_lag(self.worker_id, *partition, p.consumer_lag);
             }
         }
@@ -149,3 +159,31 @@ pub(super) fn commit_stored<C: ConsumerContext, K: Consumer<C> + ?Sized>(consume
 
 /// A member of the group, ready to poll.
 pub(crate) type Member = StreamConsumer<WorkerContext>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition this member reported lag for, once it goes elsewhere,
+    /// shows lag 0 here: its next owner reports it.
+    #[test]
+    fn a_finished_partitions_lag_is_zeroed() {
+        let metrics = stream_core::metrics::handle();
+        let context = WorkerContext::new(0, Duration::from_secs(1), Arc::new(Stats::default()));
+        let (records, _) = mpsc::channel(1);
+        let (finished, done) = std_mpsc::channel::<()>();
+        drop(finished);
+        context.partitions.lock().unwrap().insert(3, PartitionHandle { records, stop: CancellationToken::new(), done });
+        let lag = || metrics::gauge!("consumer_lag", "topic" => "lag-test", "partition" => "3");
+        lag().set(42.0);
+        context.lag_topics.lock().unwrap().insert(3, "lag-test".into());
+        let line = |text: &str| {
+            text.lines().find(|l| l.starts_with("consumer_lag{") && l.contains("lag-test")).map(str::to_owned)
+        };
+        assert!(line(&metrics.render()).is_some_and(|l| l.ends_with(" 42")), "{:?}", line(&metrics.render()));
+
+        assert_eq!(context.finish_partitions(Some(&[3])), 1);
+        assert!(line(&metrics.render()).is_some_and(|l| l.ends_with(" 0")), "{:?}", line(&metrics.render()));
+        assert!(context.lag_topics.lock().unwrap().is_empty());
+    }
+}

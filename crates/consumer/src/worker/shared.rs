@@ -52,6 +52,9 @@ impl Meters {
         // before the first failure.
         metrics::counter!("consumer_poll_errors_total").absolute(0);
         metrics::counter!("consumer_rebalances_total").absolute(0);
+        for kind in FAILURE_KINDS {
+            metrics::counter!("consumer_events_failed_total", "kind" => kind).absolute(0);
+        }
         describe();
         Self {
             processed: metrics::counter!("consumer_events_processed_total"),
@@ -62,6 +65,11 @@ impl Meters {
         }
     }
 }
+
+/// Every `kind` of `consumer_events_failed_total`: why an event was
+/// dead-lettered.
+const FAILURE_KINDS: [&str; 6] =
+    ["empty_payload", "invalid_json", "bad_header", "rejected", "panic", "result_undeliverable"];
 
 /// The `# HELP` text of every metric the consumer exports.
 fn describe() {
