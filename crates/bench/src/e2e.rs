@@ -123,7 +123,10 @@ pub async fn run(args: &E2eArgs, shutdown: CancellationToken) -> anyhow::Result<
         let mut m = Measurement::new(format!("@{rate}/s"), outcome.send_rate(), step.latency);
         m.row.target_rate = Some(rate);
         m.row.mb_per_sec = None;
-        m.row.errors = outcome.failed + (count - outcome.sent) + outcome.acked.saturating_sub(step.received);
+        // Failed (refused ones included), never tried (an interrupted run),
+        // and acknowledged but never read back.
+        let untried = count - outcome.sent - outcome.refused;
+        m.row.errors = outcome.failed + untried + outcome.acked.saturating_sub(step.received);
         measurements.push(m);
     }
     stop_reader.cancel();

@@ -60,7 +60,8 @@ pub async fn run(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Res
     let mut m = Measurement::new("ack", report.msgs_per_sec, outcome.ack_latency);
     m.row.target_rate = report.target_rate;
     m.row.mb_per_sec = Some(report.mb_per_sec);
-    m.row.errors = report.failed + (args.count - report.sent);
+    // Failed (refused ones included) and never tried (an interrupted run).
+    m.row.errors = report.failed + (args.count - report.sent - outcome.refused);
     let plot = output::percentile_plot(
         &format!("produce: ack latency, {} x {} B at {:.0} msg/s", report.acked, load.size, report.msgs_per_sec),
         std::slice::from_ref(&m),

@@ -69,6 +69,22 @@ async fn produce_counts_every_ack() {
     assert!(out.join("produce-ack.hgrm").is_file() && out.join("produce.svg").is_file());
 }
 
+/// Records librdkafka refuses outright (larger than `message.max.bytes`)
+/// are each one error, not counted again as never sent.
+#[tokio::test]
+async fn refused_records_are_counted_once() {
+    let kafka = testing::kafka_args();
+    let out = out_dir();
+    let report = bench::run(
+        &cli(&kafka, &out, &["produce", "--count", "5", "--size", "1100000", "--bench-topic", "bench-refused"]),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let row = &report.rows[0];
+    assert_eq!((row.latency.count, row.errors), (0, 5), "{report}");
+}
+
 #[tokio::test]
 async fn consume_reads_what_it_filled() {
     let kafka = testing::kafka_args();

@@ -190,9 +190,13 @@ pub fn progress_bar(count: u64, visible: bool) -> ProgressBar {
 /// What [`publish`] observed.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// Records handed to librdkafka.
     pub sent: u64,
     pub acked: u64,
+    /// Records not delivered: `sent` ones that failed, and `refused` ones.
     pub failed: u64,
+    /// Records librdkafka refused to take (counted in `failed`, not `sent`).
+    pub refused: u64,
     pub errors: Vec<report::ErrorCount>,
     /// Payload bytes acknowledged.
     pub bytes: u64,
@@ -392,6 +396,7 @@ pub async fn publish(
         sent,
         acked: tally.acked,
         failed: tally.failed + refused,
+        refused,
         errors,
         bytes: tally.bytes,
         ack_latency: tally.ack_latency,
