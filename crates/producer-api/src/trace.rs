@@ -15,6 +15,9 @@ pub fn add_traceparent(event: &mut Event, traceparent: Option<&str>) {
         Some(given) if trace::is_valid(given) => given.to_owned(),
         _ => trace::new_traceparent(),
     };
+    // The gateway's end of an event's trail through the logs; the consumer
+    // logs the same trace id with the event's result ("event processed").
+    tracing::debug!(event_id = %event.id, trace_id = trace::trace_id(&trace).unwrap_or(&trace), "event traced");
     event.extensions.push((ce::TRACEPARENT.into(), trace));
 }
 
