@@ -20,10 +20,18 @@ KEY="schemathesis-$RANDOM$RANDOM"
 # Pinned: new releases add checks, and CI should change only when we do.
 VERSION=4.32.5
 
+# Installed into a virtual environment of its own under target/: Debian's
+# and Ubuntu's system Python refuse pip installs outside one (PEP 668).
+# One already on PATH at this version is used as it is.
+VENV="${CARGO_TARGET_DIR:-$ROOT/target}/schemathesis-$VERSION"
 if ! schemathesis --version 2>/dev/null | grep -qF "$VERSION"; then
-    echo "installing schemathesis (pip)..." >&2
-    python3 -m pip install --quiet --user "schemathesis==$VERSION" || python3 -m pip install --quiet "schemathesis==$VERSION"
-    export PATH="$HOME/.local/bin:$PATH"
+    if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -qF "$VERSION"; then
+        echo "installing schemathesis $VERSION into $VENV (pip)..." >&2
+        rm -rf "$VENV"
+        python3 -m venv "$VENV" || { echo "python3 -m venv failed: install python3-venv (scripts/setup.sh does)" >&2; exit 1; }
+        "$VENV/bin/python" -m pip install --quiet "schemathesis==$VERSION"
+    fi
+    export PATH="$VENV/bin:$PATH"
 fi
 
 # The binary of the current sources, debug by default (PROFILE=release for

@@ -19,8 +19,9 @@ for arg in "$@"; do
 done
 
 # librdkafka (vendored by rdkafka-sys) is compiled with make and a C compiler;
-# TLS/SASL-SCRAM support links OpenSSL, compression links zlib.
-packages=(build-essential pkg-config libssl-dev zlib1g-dev python3 curl)
+# TLS/SASL-SCRAM support links OpenSSL, compression links zlib. python3-venv:
+# the test suite installs schemathesis into a virtual environment.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev python3 python3-venv curl)
 # Chromium drives the live page's browser test headless.
 ((BROWSER)) && packages+=(chromium)
 missing=()

@@ -339,6 +339,16 @@ mod tests {
     }
 
     #[test]
+    fn security_settings_ignore_case() {
+        let cli =
+            parse_flags::<KafkaArgs>(&["x", "--security-protocol", "SASL_SSL", "--sasl-mechanism", "scram-sha-512"])
+                .unwrap();
+        assert_eq!(cli.security_protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(cli.sasl_mechanism, Some(SaslMechanism::ScramSha512));
+        assert!(parse_flags::<KafkaArgs>(&["x", "--security-protocol", "tls"]).is_err());
+    }
+
+    #[test]
     fn durations_are_human() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").unwrap_err().contains("10s"));
