@@ -48,7 +48,7 @@ struct ResultHead<'a> {
     event_id: Option<&'a RawValue>,
     #[serde(default, borrow)]
     stream_id: Option<Cow<'a, str>>,
-    /// Read as a time only when it is one (RFC 3339, UTC).
+    /// Read as a time only when it is one (RFC 3339).
     #[serde(default, borrow)]
     event_time: Option<&'a RawValue>,
 }
