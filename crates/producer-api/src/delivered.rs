@@ -2,8 +2,6 @@
 //! wrote it, with its type and cursor put in front, built once and shared
 //! by every subscriber.
 
-use std::borrow::Cow;
-
 use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -41,16 +39,23 @@ const FRAME_HEAD: &str = "{\"type\":\"result\",\"cursor\":\"";
 /// tree and written again. Only the stream is needed (the record key, else
 /// `stream_id`), so any processor's JSON objects reach their subscribers:
 /// without an `event_id` a result is told apart by its position, and
-/// without an `event_time` its lag is not measured.
+/// without an `event_time` its lag is not measured. An object with a
+/// `type` or `cursor` of its own is not one: the frame puts the gateway's
+/// in front, and a client would read one or the other.
 #[derive(Deserialize)]
 struct ResultHead<'a> {
     #[serde(default, borrow)]
     event_id: Option<&'a RawValue>,
+    /// Read only when the record has no key, and only as text.
     #[serde(default, borrow)]
-    stream_id: Option<Cow<'a, str>>,
+    stream_id: Option<&'a RawValue>,
     /// Read as a time only when it is one (RFC 3339).
     #[serde(default, borrow)]
     event_time: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "type")]
+    own_type: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    cursor: Option<&'a RawValue>,
 }
 
 /// A result record read and framed, with the stream it belongs to.
@@ -80,9 +85,15 @@ impl Delivered {
         // string it reads, about 1,000 instructions per result).
         let text = std::str::from_utf8(value).map_err(|_| Undecodable::NotAResult)?;
         let head: ResultHead<'_> = serde_json::from_str(text).map_err(|_| Undecodable::NotAResult)?;
+        if head.own_type.is_some() || head.cursor.is_some() {
+            return Err(Undecodable::NotAResult);
+        }
         let stream = match key.and_then(|k| std::str::from_utf8(k).ok()) {
             Some(key) => key.to_owned(),
-            None => head.stream_id.map(Cow::into_owned).ok_or(Undecodable::NoStream)?,
+            None => head
+                .stream_id
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+                .ok_or(Undecodable::NoStream)?,
         };
         let text = text.trim_ascii();
         let event = match head.event_id {
@@ -159,9 +170,15 @@ pub(crate) mod tests {
     #[test]
     fn records_that_are_not_results_are_refused() {
         let pos = Pos { partition: 0, offset: 0 };
-        for bad in
-            [&b"not json"[..], b"[1]", b"\"text\"", b"[\"e\", \"s\", 1]", b"{\"event_id\": ", b"{\"stream_id\": 5}"]
-        {
+        for bad in [
+            &b"not json"[..],
+            b"[1]",
+            b"\"text\"",
+            b"[\"e\", \"s\", 1]",
+            b"{\"event_id\": ",
+            b"{\"type\": \"x\", \"output\": 1}",
+            b"{\"cursor\": \"c\"}",
+        ] {
             assert_eq!(Delivered::decode(bad, Some(b"s"), pos).unwrap_err(), Undecodable::NotAResult);
         }
         let good = serde_json::to_vec(&serde_json::from_str::<EventResult>(result(3).frame.as_str()).unwrap()).unwrap();
@@ -171,6 +188,10 @@ pub(crate) mod tests {
         assert_eq!(Delivered::decode(&good, Some(b"key"), pos).unwrap().stream, "key", "the key wins");
         let keyless = br#"{"event_id":"e","event_time":"2025-01-01T00:00:00Z"}"#;
         assert_eq!(Delivered::decode(keyless, None, pos).unwrap_err(), Undecodable::NoStream);
+        // A stream_id that is not text names no stream; the key still does.
+        let numbered = br#"{"stream_id": 5}"#;
+        assert_eq!(Delivered::decode(numbered, None, pos).unwrap_err(), Undecodable::NoStream);
+        assert_eq!(Delivered::decode(numbered, Some(b"s"), pos).unwrap().stream, "s");
     }
 
     /// Another processor's results: any JSON object with a stream reaches
