@@ -99,9 +99,10 @@ fn presented_key(parts: &Parts) -> Option<Cow<'_, str>> {
     if let Some(token) = bearer {
         return Some(Cow::Borrowed(token));
     }
-    // Percent-decoded, as a page's encodeURIComponent wrote it.
-    let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = serde_urlencoded::from_str(parts.uri.query()?).ok()?;
-    pairs.into_iter().find_map(|(name, value)| (name == "api_key").then_some(value))
+    // Percent-decoded, as a page's encodeURIComponent wrote it; a '+' stays
+    // a '+' (not a form's space), so a key sent unencoded still matches.
+    let raw = parts.uri.query()?.split('&').find_map(|pair| pair.strip_prefix("api_key="))?;
+    percent_encoding::percent_decode_str(raw).decode_utf8().ok()
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -155,6 +156,8 @@ mod tests {
         // As encodeURIComponent writes a key with reserved characters.
         let p = parts(Request::builder().uri("/stream/s/results?api_key=a%2Bb%2F%3Dc%26d%20e&x=1"));
         assert_eq!(presented_key(&p).as_deref(), Some("a+b/=c&d e"));
+        let p = parts(Request::builder().uri("/stream/s/results?api_key=a+b/c"));
+        assert_eq!(presented_key(&p).as_deref(), Some("a+b/c"), "an unencoded '+' is a '+'");
         assert_eq!(presented_key(&parts(Request::builder())), None);
     }
 }
