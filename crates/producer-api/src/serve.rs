@@ -55,10 +55,10 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
-/// Whether a connection ended because a write made no progress within the
-/// write timeout.
-fn timed_out(error: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(error);
+/// Whether a connection (or a WebSocket on it) ended because a write made
+/// no progress within the write timeout.
+pub(crate) fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(error) = source {
         if error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
             return true;

@@ -289,7 +289,12 @@ async fn run_socket(
         // would hold this send for ever; the idle timeout bounds it too.
         match tokio::time::timeout(idle_timeout, sink.send(outgoing)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => break,
+            Ok(Err(error)) => {
+                if crate::serve::timed_out(&error) {
+                    metrics::counter!("http_write_timeouts_total").increment(1);
+                }
+                break;
+            }
             Err(_) => {
                 metrics::counter!("websocket_idle_closes_total").increment(1);
                 tracing::debug!(stream = %stream_id, "closing a WebSocket that stopped reading");

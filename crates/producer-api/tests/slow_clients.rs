@@ -56,6 +56,9 @@ async fn slow_and_vanished_websocket_clients_do_not_hold_up_other_streams() {
     let kafka = stream_core::testing::kafka_args();
     let mut config = common::config(kafka.clone());
     config.ws_buffer = 16;
+    // The slow reader must stay connected however long this run takes on a
+    // busy machine: the write timeout is another test's subject (limits).
+    config.write_timeout = Duration::from_secs(600);
     let app = common::start(config).await;
     let stop = CancellationToken::new();
     let processor = common::spawn_processor(&kafka, stop.clone());
