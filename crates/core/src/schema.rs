@@ -96,8 +96,8 @@ enum Offset {
     West(Duration),
 }
 
-/// `text` without a `+HH:MM`/`-HH:MM` offset other than `+00:00` (which
-/// humantime reads itself), and that offset.
+/// `text` without its `+HH:MM`/`-HH:MM` offset, and that offset; a time
+/// with none (or with `Z`, which humantime reads) is returned whole.
 fn split_offset(text: &str) -> (&str, Offset) {
     let none = (text, Offset::East(Duration::ZERO));
     let b = text.as_bytes();
@@ -109,6 +109,10 @@ fn split_offset(text: &str) -> (&str, Offset) {
     let (hours, minutes) =
         (u64::from((hh[0] - b'0') * 10 + hh[1] - b'0'), u64::from((mm[0] - b'0') * 10 + mm[1] - b'0'));
     if hours > 23 || minutes > 59 {
+        return none;
+    }
+    if matches!(b[at - 1], b'Z' | b'z') {
+        // `Z+02:00` is two offsets: left whole for humantime to refuse.
         return none;
     }
     let by = Duration::from_secs(hours * 3600 + minutes * 60);
@@ -772,6 +776,8 @@ mod tests {
             "2026-12-01T10:00:00+24:00",
             "2026-12-01T10:00:00+02:60",
             "2026-12-01T10:00:00+0200",
+            "2026-12-01T10:00:00Z+02:00",
+            "2026-12-01T10:00:00.5Z+02:00",
             "1970-01-01T00:30:00+01:00",
         ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad}");

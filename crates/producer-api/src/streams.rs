@@ -312,6 +312,12 @@ impl ResultsQuery {
     fn poll(&self) -> Result<Poll, AppError> {
         let limit = match &self.limit {
             None => DEFAULT_LIMIT,
+            // A whole number too large for u64 is still above the bound.
+            Some(text)
+                if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u64>().is_err() =>
+            {
+                MAX_LIMIT
+            }
             Some(text) => text
                 .parse::<u64>()
                 .ok()
@@ -473,6 +479,7 @@ mod tests {
         assert_eq!(poll(Some("7"), Some("2.5")).unwrap(), Poll { limit: 7, wait: secs(2.5) });
         assert_eq!(poll(Some("5000"), Some("30")).unwrap(), Poll { limit: MAX_LIMIT, wait: secs(MAX_WAIT_SECS) });
         assert_eq!(poll(Some("1000"), Some("inf")).unwrap(), Poll { limit: MAX_LIMIT, wait: secs(MAX_WAIT_SECS) });
+        assert_eq!(poll(Some("99999999999999999999999"), None).unwrap().limit, MAX_LIMIT);
         for (limit, wait) in [
             (Some("0"), None),
             (Some("-1"), None),

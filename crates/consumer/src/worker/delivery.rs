@@ -186,6 +186,12 @@ impl Drop for InFlight {
     }
 }
 
+/// The wait before retry number `retry` (from 1) of a transient produce
+/// error: 100 ms, then doubling to at most 5 s.
+fn retry_backoff(retry: u32) -> Duration {
+    Duration::from_millis(100u64 << retry.saturating_sub(1).min(6)).min(Duration::from_secs(5))
+}
+
 impl<P: Processor> Delivery<P> {
     pub(super) async fn run(mut self) -> Outcome {
         let mut retries = 0u32;
@@ -202,8 +208,7 @@ impl<P: Processor> Delivery<P> {
                 retries += 1;
                 self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
                 self.shared.meters.retries.increment(1);
-                // 100 ms, then doubling to at most 5 s.
-                let backoff = Duration::from_millis(100u64 << (retries - 1).min(6)).min(Duration::from_secs(5));
+                let backoff = retry_backoff(retries);
                 tracing::warn!(
                     worker = self.worker_id,
                     topic = copy.topic(),
@@ -276,6 +281,12 @@ pub(super) fn empty() -> OwnedMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_wait_100_ms_then_double_to_5_s() {
+        let waits: Vec<u64> = (1..=9).map(|n| retry_backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
 
     #[test]
     pub(super) fn only_errors_that_pass_are_retried() {
