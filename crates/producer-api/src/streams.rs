@@ -135,9 +135,15 @@ fn start_form(body: &[u8]) -> Result<StartRequest, AppError> {
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
         .map_err(|err| AppError::MalformedJson(format!("malformed form body: {err}")))?;
     let mut request = StartRequest::default();
+    let mut seen = false;
     for (name, value) in fields {
         match name.as_str() {
-            "stream_id" if request.stream_id.is_none() => request.stream_id = Some(value),
+            // An HTML form sends its empty id field as `stream_id=`: no id
+            // given, so one is generated (JSON's explicit "" is refused).
+            "stream_id" if !seen => {
+                seen = true;
+                request.stream_id = Some(value).filter(|id| !id.is_empty());
+            }
             "stream_id" => return Err(AppError::Unprocessable("stream_id given twice".into())),
             other => return Err(AppError::Unprocessable(format!("unknown form field {other:?}; expected stream_id"))),
         }
@@ -470,6 +476,15 @@ mod tests {
     fn poll(limit: Option<&str>, wait: Option<&str>) -> Result<Poll, AppError> {
         let query = ResultsQuery { after: None, from: None, limit: limit.map(Into::into), wait: wait.map(Into::into) };
         query.poll()
+    }
+
+    #[test]
+    fn a_form_with_an_empty_id_asks_for_a_generated_one() {
+        assert_eq!(start_form(b"stream_id=abc").unwrap().stream_id.as_deref(), Some("abc"));
+        assert_eq!(start_form(b"stream_id=").unwrap().stream_id, None);
+        assert_eq!(start_form(b"").unwrap().stream_id, None);
+        assert!(matches!(start_form(b"stream_id=&stream_id=b"), Err(AppError::Unprocessable(_))));
+        assert!(matches!(start_form(b"name=x"), Err(AppError::Unprocessable(_))));
     }
 
     #[test]
