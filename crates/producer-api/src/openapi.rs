@@ -346,7 +346,10 @@ fn components() -> Value {
             },
             "StartForm": {
                 "type": "object", "additionalProperties": false,
-                "properties": { "stream_id": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$" } }
+                "properties": { "stream_id": {
+                    "type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]*$",
+                    "description": "empty, as an HTML form sends an empty field: a generated id"
+                } }
             },
             "StreamRef": { "type": "object", "required": ["stream_id"], "properties": { "stream_id": { "type": "string" } } },
             "SendRequest": {
