@@ -62,8 +62,8 @@ pub use report::{Percentiles, Report};
   publisher --from-file events.ndjson --json        # one event per line, machine-readable report
   publisher --count 100000 --acks leader -X linger.ms=20
 
-The exit code is 1 if any message failed and 130 if interrupted (Ctrl-C flushes
-what is in flight first and still prints the report)."
+The exit code is 1 if any message failed, else 0, also when interrupted
+(Ctrl-C flushes what is in flight first and still prints the report)."
 )]
 pub struct Args {
     /// Messages to send. Defaults to 10000, or to the number of lines with --from-file

@@ -175,6 +175,39 @@ async fn interrupting_flushes_in_flight_messages_and_reports() {
     read_back(&kafka, report.acked as usize).await;
 }
 
+/// Ctrl-C on the binary: what is in flight is flushed and reported, and
+/// the exit code is 0 because nothing failed.
+#[tokio::test]
+async fn the_binary_interrupted_with_nothing_failed_exits_0() {
+    let kafka = testing::kafka_args();
+    testing::create_topic(&kafka, &kafka.topics.events, kafka.topics.partitions).await;
+    let child = Command::new(env!("CARGO_BIN_EXE_publisher"))
+        .args(["--json", "--count", "1000000", "--rate", "2000", "--brokers", &kafka.brokers])
+        .args(["--topic", &kafka.topics.events])
+        .env_remove("KAFKA_PROPERTIES")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let probe = kafka::reader(&kafka, StartFrom::Earliest).unwrap();
+    testing::eventually(Duration::from_secs(30), "the first 200 records", || {
+        let stored: i64 = (0..kafka.topics.partitions)
+            .map(|p| probe.fetch_watermarks(&kafka.topics.events, p, Duration::from_secs(5)).map_or(0, |(l, h)| h - l))
+            .sum();
+        std::future::ready((stored >= 200).then_some(()))
+    })
+    .await;
+    let signalled = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(signalled.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
+    assert!(report.interrupted, "{report}");
+    assert_eq!((report.acked, report.failed), (report.sent, 0), "{report}");
+    assert_eq!(output.status.code(), Some(0), "{report}");
+}
+
 #[tokio::test]
 async fn no_headers_sends_bare_records() {
     let kafka = testing::kafka_args();
