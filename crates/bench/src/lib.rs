@@ -135,7 +135,8 @@ pub struct KafkaBench {
     #[arg(short = 'k', long, env = "BENCH_KEYS", default_value_t = 100)]
     pub keys: u64,
 
-    /// Acknowledgement level; `all` keeps the producer idempotent.
+    /// Acknowledgement level; `all` keeps the producer idempotent. Kafka's
+    /// numbers work too: `--acks=-1` (all), `1` (leader), `0` (none).
     #[arg(long, env = "BENCH_ACKS", value_enum, default_value_t = Acks::All)]
     pub acks: Acks,
 

@@ -88,7 +88,8 @@ pub struct Args {
     #[arg(short = 'f', long, env = "PUBLISH_FROM_FILE", value_name = "FILE")]
     pub from_file: Option<PathBuf>,
 
-    /// Acknowledgement level; `all` keeps the producer idempotent.
+    /// Acknowledgement level; `all` keeps the producer idempotent. Kafka's
+    /// numbers work too: `--acks=-1` (all), `1` (leader), `0` (none).
     #[arg(long, env = "PUBLISH_ACKS", value_enum, default_value_t = Acks::All)]
     pub acks: Acks,
 

@@ -74,10 +74,13 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Acks {
     /// Every in-sync replica (durable; required for idempotence).
+    #[value(alias = "-1")]
     All,
     /// The partition leader only.
+    #[value(alias = "1")]
     Leader,
     /// Nobody: fire and forget.
+    #[value(alias = "0")]
     None,
 }
 
@@ -343,6 +346,22 @@ pub(crate) fn fetch_settings(config: &mut ClientConfig, wait: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acks_take_kafkas_numbers_too() {
+        use clap::ValueEnum;
+        for (text, acks) in [
+            ("all", Acks::All),
+            ("-1", Acks::All),
+            ("leader", Acks::Leader),
+            ("1", Acks::Leader),
+            ("none", Acks::None),
+            ("0", Acks::None),
+        ] {
+            assert_eq!(Acks::from_str(text, false), Ok(acks), "{text}");
+        }
+        assert!(Acks::from_str("2", false).is_err());
+    }
 
     #[test]
     fn bad_properties_name_the_key() {
