@@ -21,7 +21,8 @@ async fn main() {
     match bench::run(&cli, shutdown).await {
         Ok(report) => {
             if cli.common().json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
+                // One line: a machine reading stdout line by line gets it whole.
+                println!("{}", serde_json::to_string(&report).expect("reports serialise"));
             } else {
                 println!("{report}");
             }

@@ -142,6 +142,7 @@ async fn the_binary_prints_json_and_writes_files() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let report: BenchReport = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(stdout.trim_end().lines().count(), 1, "the report is one line: {stdout}");
     assert_eq!(report.rows[0].latency.count, 100);
     check_outputs(&report);
 }

@@ -22,7 +22,8 @@ async fn main() {
     match publisher::run(&args, shutdown).await {
         Ok(report) => {
             let text = if args.json {
-                serde_json::to_string_pretty(&report).expect("reports serialise")
+                // One line: a machine reading stdout line by line gets it whole.
+                serde_json::to_string(&report).expect("reports serialise")
             } else {
                 report.to_string()
             };

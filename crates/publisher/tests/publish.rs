@@ -114,6 +114,7 @@ fn run_binary(args: &[&str]) -> (Option<i32>, Report) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(stdout.trim_end().lines().count(), 1, "the report is one line: {stdout}");
     (output.status.code(), report)
 }
 
