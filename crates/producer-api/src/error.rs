@@ -218,7 +218,7 @@ impl From<JsonRejection> for AppError {
 
 impl From<BytesRejection> for AppError {
     fn from(rejection: BytesRejection) -> Self {
-        if caused_by::<crate::deadline::BodyDeadlineExceeded>(&rejection) {
+        if caused_by::<crate::deadline::BodyDeadlineExceeded>(&rejection, |_| true) {
             return Self::BodyTimeout;
         }
         match rejection.status() {
@@ -251,16 +251,14 @@ pub fn retry_after_ms(wait: Duration) -> u64 {
     ms + u64::from(wait.as_nanos() % 1_000_000 > 0)
 }
 
-/// Whether `error` or anything in its source chain is an `E`.
-fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<E>() {
-            return true;
-        }
-        current = error.source();
-    }
-    false
+/// Whether `error` or anything in its source chain is an `E` for which
+/// `holds` is true.
+pub(crate) fn caused_by<E: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+    holds: impl Fn(&E) -> bool,
+) -> bool {
+    std::iter::successors(Some(error), |error| error.source())
+        .any(|error| error.downcast_ref::<E>().is_some_and(&holds))
 }
 
 #[cfg(test)]

@@ -58,14 +58,7 @@ pub struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 /// Whether a connection (or a WebSocket on it) ended because a write made
 /// no progress within the write timeout.
 pub(crate) fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(error) = source {
-        if error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
-            return true;
-        }
-        source = error.source();
-    }
-    false
+    crate::error::caused_by::<std::io::Error>(error, |e| e.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits
