@@ -148,6 +148,18 @@ async fn undeliverable_messages_are_reported_and_fail_the_exit_code() {
     assert_eq!(report.errors[0].count, 20);
 }
 
+/// Waits until the events topic holds at least `count` records.
+async fn wait_until_stored(kafka: &KafkaArgs, count: i64) {
+    let probe = kafka::reader(kafka, StartFrom::Earliest).unwrap();
+    testing::eventually(Duration::from_secs(30), &format!("the first {count} records"), || {
+        let stored: i64 = (0..kafka.topics.partitions)
+            .map(|p| probe.fetch_watermarks(&kafka.topics.events, p, Duration::from_secs(5)).map_or(0, |(l, h)| h - l))
+            .sum();
+        std::future::ready((stored >= count).then_some(()))
+    })
+    .await;
+}
+
 /// Ctrl-C: sending stops, everything in flight is still acknowledged, and
 /// the report says so; the topic holds exactly what was acknowledged.
 #[tokio::test]
@@ -160,14 +172,7 @@ async fn interrupting_flushes_in_flight_messages_and_reports() {
         let shutdown = shutdown.clone();
         async move { publisher::run(&publisher_args, shutdown).await }
     });
-    let probe = kafka::reader(&kafka, StartFrom::Earliest).unwrap();
-    testing::eventually(Duration::from_secs(30), "the first 200 records", || {
-        let stored: i64 = (0..kafka.topics.partitions)
-            .map(|p| probe.fetch_watermarks(&kafka.topics.events, p, Duration::from_secs(5)).map_or(0, |(l, h)| h - l))
-            .sum();
-        std::future::ready((stored >= 200).then_some(()))
-    })
-    .await;
+    wait_until_stored(&kafka, 200).await;
     shutdown.cancel();
     let report = tokio::time::timeout(Duration::from_secs(30), run).await.expect("stops promptly").unwrap().unwrap();
     assert!(report.interrupted, "{report}");
@@ -190,14 +195,7 @@ async fn the_binary_interrupted_with_nothing_failed_exits_0() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let probe = kafka::reader(&kafka, StartFrom::Earliest).unwrap();
-    testing::eventually(Duration::from_secs(30), "the first 200 records", || {
-        let stored: i64 = (0..kafka.topics.partitions)
-            .map(|p| probe.fetch_watermarks(&kafka.topics.events, p, Duration::from_secs(5)).map_or(0, |(l, h)| h - l))
-            .sum();
-        std::future::ready((stored >= 200).then_some(()))
-    })
-    .await;
+    wait_until_stored(&kafka, 200).await;
     let signalled = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(signalled.success());
     let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();

@@ -70,6 +70,16 @@ async fn half_sent_requests_are_closed_while_other_clients_are_served() {
     app.stop().await;
 }
 
+/// What the slow-body tests send of their 100-byte `/publish` body at once.
+const BODY_START: &str = "{\"message\":";
+
+/// The head of a `/publish` whose 100-byte body starts with [`BODY_START`].
+fn slow_publish_head() -> String {
+    format!(
+        "POST /publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{BODY_START}"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stops_is_answered_408() {
     let kafka = stream_core::testing::kafka_args();
@@ -77,9 +87,7 @@ async fn a_body_that_stops_is_answered_408() {
     config.body_read_timeout = Duration::from_secs(1);
     let app = common::start(config).await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    let head = format!(
-        "POST /publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"message\":"
-    );
+    let head = slow_publish_head();
     stream.write_all(head.as_bytes()).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(20), read_until_closed(&mut stream)).await.expect("answered");
     let reply = String::from_utf8_lossy(&reply);
@@ -97,11 +105,9 @@ async fn a_body_that_trickles_in_steadily_is_answered_408() {
     let app = common::start(config).await;
     let stream = TcpStream::connect(app.addr).await.unwrap();
     let (mut read, mut write) = stream.into_split();
-    let head = format!(
-        "POST /publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"message\":"
-    );
+    let head = slow_publish_head();
     write.write_all(head.as_bytes()).await.unwrap();
-    let body_left = 100 - "{\"message\":".len();
+    let body_left = 100 - BODY_START.len();
     let trickle = tokio::spawn(async move {
         for _ in 0..body_left {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -286,14 +292,7 @@ async fn an_sse_subscriber_that_stops_reading_is_disconnected() {
     let stop = tokio_util::sync::CancellationToken::new();
     let processor = common::spawn_processor(&kafka, stop.clone());
     for stream in ["stalled", "reader"] {
-        let response = common::client()
-            .post(app.url("/stream/start"))
-            .header("X-API-Key", KEY_A)
-            .json(&json!({"stream_id": stream}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
+        assert_eq!(common::start_stream(&app, KEY_A, Some(json!({"stream_id": stream}))).await.0, 201);
     }
     let timeouts_before = common::metric(&app, "http_write_timeouts_total").await;
 
@@ -334,16 +333,7 @@ async fn an_sse_subscriber_that_stops_reading_is_disconnected() {
     assert!(drained.is_ok(), "the stalled connection was closed");
 
     // The subscriber that reads still gets its results.
-    let (status, ack) = {
-        let response = common::client()
-            .post(app.url("/stream/reader/send"))
-            .header("X-API-Key", KEY_A)
-            .json(&json!({"data": "still here"}))
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json::<serde_json::Value>().await.unwrap())
-    };
+    let (status, ack) = common::send(&app, KEY_A, "reader", json!({"data": "still here"})).await;
     assert_eq!(status, 200, "{ack}");
     let mut text = String::new();
     tokio::time::timeout(Duration::from_secs(30), async {
