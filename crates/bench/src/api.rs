@@ -75,6 +75,21 @@ pub struct ApiArgs {
     #[arg(long, env = "BENCH_API_VIA", value_enum, default_value_t = Via::Http)]
     pub via: Via,
 
+    /// How an HTTP send's body is encoded: `json` (`{"data": ..}`) or `form`
+    /// (`data=..`, URL-encoded, as the seed's own clients send it; the
+    /// gateway publishes a form's data as a JSON string).
+    #[arg(long, env = "BENCH_BODY", value_enum, default_value_t = BodyFormat::Json)]
+    pub body: BodyFormat,
+
+    /// HTTP connections for the sends: `keep-alive` (one per stream, kept)
+    /// or `per-request` (a new connection for each send, closed by the
+    /// client after the response). The second is what a client without a
+    /// connection pool does, and what Go's default HTTP transport does when
+    /// more requests run at once than the 2 idle connections per host it
+    /// keeps: it measures the gateway's cost of a connection.
+    #[arg(long, env = "BENCH_CONNECTIONS", value_enum, default_value_t = Connections::KeepAlive)]
+    pub connections: Connections,
+
     /// After the last send, how long to wait for the remaining results.
     #[arg(long, env = "BENCH_RESULT_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
     pub result_timeout: Duration,
@@ -90,6 +105,24 @@ pub enum Via {
     Http,
     /// Text frames on the stream's WebSocket, each answered by an ack frame.
     Ws,
+}
+
+/// The body of an HTTP send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BodyFormat {
+    /// `{"data": <payload>}` as `application/json`.
+    Json,
+    /// `data=<payload, URL-encoded>` as `application/x-www-form-urlencoded`.
+    Form,
+}
+
+/// How HTTP sends use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Connections {
+    /// One connection per stream for all its sends.
+    KeepAlive,
+    /// A new connection per send, closed after its response.
+    PerRequest,
 }
 
 /// What one stream measured. Latencies are kept as plain samples and
@@ -184,8 +217,18 @@ pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<
     let mut seq_start = 0;
     for (i, (stream_id, socket)) in streams.into_iter().enumerate() {
         let count = per_stream + u64::from((i as u64) < extra);
+        let content_type = match args.body {
+            BodyFormat::Json => "application/json",
+            BodyFormat::Form => "application/x-www-form-urlencoded",
+        };
+        let mut poster =
+            Poster::new(&base_url, &format!("/stream/{stream_id}/send"), &key, content_type, Duration::from_secs(30))?;
+        if args.connections == Connections::PerRequest {
+            poster = poster.connection_per_request();
+        }
         let task = StreamTask {
-            poster: Poster::new(&base_url, &format!("/stream/{stream_id}/send"), &key, Duration::from_secs(30))?,
+            poster,
+            body: args.body,
             payloads: payloads.clone(),
             first_seq: seq_start,
             count,
@@ -314,6 +357,7 @@ async fn open_stream(http: &reqwest::Client, base: &str, ws_base: &str, key: &st
 struct StreamTask {
     /// This stream's own connection for its sends.
     poster: Poster,
+    body: BodyFormat,
     payloads: Arc<Payloads>,
     first_seq: u64,
     count: u64,
@@ -385,10 +429,10 @@ impl StreamTask {
             }
             let begin = pacer.wait(j).await;
             let data = self.payloads.data(self.first_seq + j);
-            let mut body = Vec::with_capacity(data.len() + 9);
-            body.extend_from_slice(b"{\"data\":");
-            body.extend_from_slice(&data);
-            body.push(b'}');
+            let body = match (self.via, self.body) {
+                (Via::Http, BodyFormat::Form) => form_body(&data),
+                _ => json_body(&data),
+            };
             let sent = match self.via {
                 Via::Http => self.send_http(body).await,
                 Via::Ws => send_ws(&mut sink, &mut acks, body).await,
@@ -451,6 +495,26 @@ impl StreamTask {
     }
 }
 
+/// `{"data": <data>}`.
+fn json_body(data: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(data.len() + 9);
+    body.extend_from_slice(b"{\"data\":");
+    body.extend_from_slice(data);
+    body.push(b'}');
+    body
+}
+
+/// `data=<data, URL-encoded>`.
+fn form_body(data: &[u8]) -> Vec<u8> {
+    let encoded = percent_encoding::percent_encode(data, percent_encoding::NON_ALPHANUMERIC);
+    let mut body = Vec::with_capacity(data.len() * 2 + 5);
+    body.extend_from_slice(b"data=");
+    for part in encoded {
+        body.extend_from_slice(part.as_bytes());
+    }
+    body
+}
+
 /// One `{"data": ..}` frame on the socket, then its ack frame.
 async fn send_ws(
     sink: &mut futures::stream::SplitSink<Socket, WsMessage>,
@@ -464,5 +528,22 @@ async fn send_ws(
         Ok(Some(Err(frame))) => Err(format!("error frame: {}", frame.chars().take(200).collect::<String>())),
         Ok(None) => Err("WebSocket closed before the ack".into()),
         Err(_) => Err("no ack within 30 s".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_form_body_carries_the_data_url_encoded() {
+        let data = r#"{"n":1, "s":"a&b=c+d/é"}"#.as_bytes();
+        let body = form_body(data);
+        let text = std::str::from_utf8(&body).unwrap();
+        let encoded = text.strip_prefix("data=").expect(text);
+        assert!(!encoded.contains(['&', '=', '+', ' ', '"']), "{text}");
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
+        assert_eq!(decoded, data);
+        assert_eq!(json_body(b"[1]"), br#"{"data":[1]}"#);
     }
 }

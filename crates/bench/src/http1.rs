@@ -7,7 +7,9 @@
 //! much as the gateway itself. Requests are formatted here (a fixed head
 //! and a JSON body) and responses parsed with `httparse`, the parser hyper
 //! itself uses; only `Content-Length` framing is read, which is what the
-//! gateway sends.
+//! gateway sends. A poster can also open a new connection for each request
+//! and close it after the response, as a client without a connection pool
+//! (or with a full one) does.
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use tokio::net::TcpStream;
 /// Most response headers parsed.
 const MAX_HEADERS: usize = 32;
 
-/// A keep-alive connection that POSTs JSON bodies to one path.
+/// A connection that POSTs bodies of one content type to one path.
 pub struct Poster {
     /// `host:port` to connect to.
     addr: String,
@@ -30,6 +32,9 @@ pub struct Poster {
     read: Vec<u8>,
     consumed: usize,
     timeout: Duration,
+    /// Keep the connection for the next request; otherwise close it after
+    /// each response (the client closes first, as a pool-less client does).
+    keep_alive: bool,
 }
 
 /// A response: its status and body.
@@ -40,18 +45,40 @@ pub struct Response<'a> {
 
 impl Poster {
     /// A poster to `path` on the server of `base` (`http://host:port`),
-    /// sending `api_key` as `X-API-Key`. Connects on [`connect`](Self::connect)
-    /// or the first request.
-    pub fn new(base: &reqwest::Url, path: &str, api_key: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// sending `api_key` as `X-API-Key` and bodies of `content_type`.
+    /// Connects on [`connect`](Self::connect) or the first request.
+    pub fn new(
+        base: &reqwest::Url,
+        path: &str,
+        api_key: &str,
+        content_type: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let host = base.host_str().ok_or_else(|| anyhow::anyhow!("{base} has no host"))?;
         let port = base.port_or_known_default().ok_or_else(|| anyhow::anyhow!("{base} has no port"))?;
         anyhow::ensure!(base.scheme() == "http", "bench api sends over plain http, not {}", base.scheme());
         let addr = format!("{host}:{port}");
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {api_key}\r\nContent-Type: application/json\r\nContent-Length: "
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {api_key}\r\nContent-Type: {content_type}\r\nContent-Length: "
         )
         .into_bytes();
-        Ok(Self { addr, head, stream: None, request: Vec::new(), read: Vec::with_capacity(1024), consumed: 0, timeout })
+        Ok(Self {
+            addr,
+            head,
+            stream: None,
+            request: Vec::new(),
+            read: Vec::with_capacity(1024),
+            consumed: 0,
+            timeout,
+            keep_alive: true,
+        })
+    }
+
+    /// Opens a new connection for every request and closes it after the
+    /// response, instead of keeping one.
+    pub fn connection_per_request(mut self) -> Self {
+        self.keep_alive = false;
+        self
     }
 
     /// POSTs `body` and reads the response. A failed exchange drops the
@@ -118,7 +145,7 @@ impl Poster {
                     while self.read.len() < end {
                         read_some(stream, &mut self.read).await?;
                     }
-                    if close {
+                    if close || !self.keep_alive {
                         self.stream = None;
                     }
                     self.consumed = end;
@@ -194,7 +221,8 @@ mod tests {
             b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}",
         ])
         .await;
-        let mut poster = Poster::new(&url, "/stream/s1/send", "k1", Duration::from_secs(5)).unwrap();
+        let mut poster =
+            Poster::new(&url, "/stream/s1/send", "k1", "application/json", Duration::from_secs(5)).unwrap();
         let first = poster.post(br#"{"data":1}"#).await.unwrap();
         assert_eq!(first.status, 200);
         assert_eq!(first.body, b"{\"id\":\"a\"}\n");
@@ -213,11 +241,45 @@ mod tests {
     #[tokio::test]
     async fn a_closed_connection_is_an_error_and_the_next_request_reconnects() {
         let (url, server) = serve(vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"]).await;
-        let mut poster = Poster::new(&url, "/x", "k", Duration::from_secs(5)).unwrap();
+        let mut poster = Poster::new(&url, "/x", "k", "application/json", Duration::from_secs(5)).unwrap();
         assert_eq!(poster.post(b"1").await.unwrap().status, 200);
         server.await.unwrap();
         // The server is gone: connecting fails, clearly.
         let error = poster.post(b"2").await.err().expect("no server left");
         assert!(error.contains("connect") || error.contains("closed"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn per_request_opens_a_connection_for_each_request_and_closes_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = reqwest::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for _ in 0..2 {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut seen = Vec::new();
+                while !seen.ends_with(b"\r\n\r\nk=v") {
+                    let mut chunk = [0u8; 256];
+                    let got = socket.read(&mut chunk).await.unwrap();
+                    assert!(got > 0, "the client closed before its request was whole");
+                    seen.extend_from_slice(&chunk[..got]);
+                }
+                socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await.unwrap();
+                // Keep-alive from the server's side: the client is the one that closes.
+                let mut rest = Vec::new();
+                socket.read_to_end(&mut rest).await.unwrap();
+                assert!(rest.is_empty(), "a second request on a per-request connection");
+                requests.push(String::from_utf8(seen).unwrap());
+            }
+            requests
+        });
+        let mut poster = Poster::new(&url, "/f", "k", "application/x-www-form-urlencoded", Duration::from_secs(5))
+            .unwrap()
+            .connection_per_request();
+        assert_eq!(poster.post(b"k=v").await.unwrap().status, 200);
+        assert_eq!(poster.post(b"k=v").await.unwrap().status, 200);
+        let requests = server.await.unwrap();
+        assert_eq!(requests.len(), 2);
+        assert!(requests[0].contains("Content-Type: application/x-www-form-urlencoded\r\n"), "{}", requests[0]);
     }
 }

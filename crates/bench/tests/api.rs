@@ -53,6 +53,12 @@ async fn every_stream_gets_every_result() {
     let [request, e2e] = &report.rows[..] else { panic!("two rows expected: {report}") };
     assert_eq!((request.latency.count, request.errors, e2e.latency.count, e2e.errors), (30, 0, 30, 0), "{report}");
 
+    // Form bodies, as the seed's clients send them, each on a connection of its own.
+    let flags = ["--streams", "3", "--messages", "21", "--body", "form", "--connections", "per-request"];
+    let report = bench::run(&api_cli(&url, "bench-key", &out, &flags), CancellationToken::new()).await.unwrap();
+    let [request, e2e] = &report.rows[..] else { panic!("two rows expected: {report}") };
+    assert_eq!((request.latency.count, request.errors, e2e.latency.count, e2e.errors), (21, 0, 21, 0), "{report}");
+
     stop.cancel();
     api.await.unwrap().unwrap();
     consumer.await.unwrap().unwrap();

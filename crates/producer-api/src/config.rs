@@ -140,6 +140,14 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one())]
     pub max_connections: usize,
 
+    /// Connections the kernel may hold for the server before it accepts
+    /// them (the `listen` backlog; Linux caps it at `net.core.somaxconn`).
+    /// When it is full, a new client's SYN is dropped and retried a second
+    /// later: with 128 (the usual default), a thousand clients connecting at
+    /// once waited 1 s at the p99.
+    #[arg(long, env = "LISTEN_BACKLOG", default_value_t = DEFAULT_LISTEN_BACKLOG, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub listen_backlog: u32,
+
     /// Time a client has to send a request's headers, counted from when its
     /// connection is ready for a request: a half-sent request, or a
     /// keep-alive connection idle this long, is closed. (hyper times both
@@ -241,6 +249,7 @@ impl Config {
             producer_queue: DEFAULT_PRODUCER_QUEUE,
             linger: default_duration(DEFAULT_PRODUCER_LINGER),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
             header_read_timeout: default_duration(DEFAULT_HEADER_READ_TIMEOUT),
             body_read_timeout: default_duration(DEFAULT_BODY_READ_TIMEOUT),
             write_timeout: default_duration(DEFAULT_WRITE_TIMEOUT),
@@ -335,6 +344,9 @@ impl Config {
 /// service (see [`Config::connection_limit`] for lower limits).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 15_000;
 
+/// Default of `--listen-backlog`: Linux's default `somaxconn` since 5.4.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+
 impl Config {
     /// `--max-connections`, capped to leave room under the process's
     /// open-file limit (Kafka sockets, files) so the cap takes effect before
@@ -402,6 +414,8 @@ mod tests {
         assert_eq!(cli.keys(), ["a", "b", "c"]);
         cli.validate().unwrap();
         assert_eq!(cli.listen_addr.port(), 8082);
+        assert_eq!(cli.listen_backlog, 4096);
+        assert!(parse_flags::<Config>(&["x", "--listen-backlog", "0"]).is_err());
         let cli = parse_flags::<Config>(&["x", "--api-keys", "a,b,a,c,b", "--api-key", "a"]).unwrap();
         assert_eq!(cli.keys(), ["a", "b", "c"], "repeats anywhere are dropped");
     }

@@ -279,6 +279,7 @@ impl Application {
     /// registry, starts the results reader and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let listen = config.listen_addr;
+        let backlog = config.listen_backlog;
         let connect_timeout = config.kafka.connect_timeout;
         let Parts { state, registry_reader, results_reader } = connect(config).await?;
         let reader_stop = CancellationToken::new();
@@ -289,8 +290,7 @@ impl Application {
         let deadline = tokio::time::Instant::now() + connect_timeout.max(Duration::from_secs(1));
         state.registry.catch_up(deadline).await.map_err(|e| anyhow::anyhow!("replaying the stream registry: {e}"))?;
         tracing::info!(streams = state.registry.len(), "stream registry loaded");
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the listener {listen}"))?;
+        let listener = serve::bind(listen, backlog).with_context(|| format!("binding the listener {listen}"))?;
         Ok(Self { listener, state, readers: reader_stop.clone().drop_guard(), reader_stop, tasks })
     }
 
