@@ -19,7 +19,10 @@ const DEFAULT_WS_BUFFER: usize = 256;
 const DEFAULT_DEDUP_WINDOW: usize = 10_000;
 const DEFAULT_RECENT_RESULTS: usize = 100;
 const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
-const DEFAULT_MAX_STREAMS_PER_KEY: usize = 1000;
+/// Five times the seed's load (1000 streams): streams stay open until
+/// deleted, and the seed's clients never delete theirs, so a quota of
+/// exactly one run refused every start of the next.
+const DEFAULT_MAX_STREAMS_PER_KEY: usize = 5000;
 const DEFAULT_PRODUCER_QUEUE: u32 = 200_000;
 const DEFAULT_MAX_WEBSOCKETS_PER_KEY: usize = 2000;
 const DEFAULT_IDEMPOTENCY_MAX_KEYS: usize = 100_000;

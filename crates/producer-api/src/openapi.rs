@@ -224,7 +224,7 @@ fn paths() -> Value {
                 "413": error("Body too large"),
                 "415": error("Content-Type is neither application/json nor a form"),
                 "422": error("Invalid stream_id"),
-                "429": too_many("The key already owns --max-streams-per-key streams (MAX_STREAMS_PER_KEY, default 1000), or too many requests in flight"),
+                "429": too_many("The key already owns --max-streams-per-key streams (MAX_STREAMS_PER_KEY, default 5000), or too many requests in flight"),
                 "503": unavailable()
             })))
         }},
