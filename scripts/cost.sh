@@ -7,7 +7,8 @@
 # throughput and latency do, and move ±30 % between runs on a busy 2-core box.
 #
 #   scripts/cost.sh [quick] [SERIES...]   quick: 10x smaller counts, for a smoke run;
-#                                         SERIES: some of api consume publish e2e (default: all)
+#                                         SERIES: some of api api-per-request consume publish e2e
+#                                         (default: all)
 #
 # Series:
 #   api      first 200 sequential POST /stream/start (server-chosen id) on
@@ -15,6 +16,8 @@
 #            streams start, open their result WebSocket, then send 100,000
 #            messages in all over HTTP (closed loop), every result awaited on
 #            its WebSocket (`bench api`), with `consumer --workers 2`
+#   api-per-request  the same with form bodies, each send on a new
+#            connection that the client closes after the response
 #   consume  300,000 preloaded events through `consumer --workers 2`
 #            (CloudEvents results, at-least-once commits), then the same
 #            records through librdkafka alone (read, write back with their
@@ -37,7 +40,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 SCALE=1; [[ "${1:-}" == quick ]] && { SCALE=10; shift; }
-SERIES="${*:-api consume publish e2e}"
+SERIES="${*:-api api-per-request consume publish e2e}"
 want() { [[ " $SERIES " == *" $1 "* ]]; }
 API_MSGS=$((100000 / SCALE)); CONSUME=$((300000 / SCALE)); PUBLISH=$((1000000 / SCALE))
 PORT="${PERF_PORT:-19800}"
@@ -111,8 +114,10 @@ echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(una
 scripts/setup.sh >/dev/null
 [[ -n "${COST_BIN:-}" ]] || cargo build --release --quiet -p publisher -p bench -p consumer -p producer-api --examples --bins
 
-if want api; then
-echo; echo "== api: 1000 streams, $API_MSGS messages over HTTP, results on WebSockets"
+# The seed's API case: LABEL for the rows, then bench api's extra flags.
+api_series() {
+local label=$1; shift
+echo; echo "== $label: 1000 streams, $API_MSGS messages over HTTP, results on WebSockets ${*:+($*)}"
 fresh_broker
 API_KEYS=cost-key,start-key LISTEN_ADDR="127.0.0.1:$API_PORT" $B/producer-api >"$OUT/producer-api.log" 2>&1 &
 gateway=$!; pids+=("$gateway")
@@ -123,6 +128,7 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 
+if [[ $label == api ]]; then
 # Stream start on the idle gateway, one after another (with a key of its
 # own, so the load below still has its whole stream quota).
 starts="$OUT/start-times.txt"; : >"$starts"
@@ -131,29 +137,35 @@ for _ in $(seq 1 200); do
 done
 read -r p50 p99 pmax < <(sort -n "$starts" | awk '{ v[NR] = $1 * 1000 } END { printf "%.1f %.1f %.1f\n", v[int(NR*0.5)], v[int(NR*0.99)], v[NR] }')
 row "POST /stream/start p50 / p99 / max (ms)" "$p50 / $p99 / $pmax"
+fi
 
 g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)")
 thread_ticks "$gateway" >"$OUT/gateway-threads.0"; thread_ticks "$consumer" >"$OUT/consumer-threads.0"
-api_out=$(run_timed $B/bench api --url "http://127.0.0.1:$API_PORT" --api-key cost-key --streams 1000 --messages "$API_MSGS" --out-dir "$OUT")
+api_out=$(run_timed $B/bench api --url "http://127.0.0.1:$API_PORT" --api-key cost-key --streams 1000 --messages "$API_MSGS" --out-dir "$OUT/$label" "$@")
 echo "$api_out"
 # Threads are read after the process totals at the start and before them
 # at the end, so the totals cover at least what the threads used.
 thread_ticks "$gateway" >"$OUT/gateway-threads.1"; thread_ticks "$consumer" >"$OUT/consumer-threads.1"
 g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)")
 client=$(sed -n 's/^cpu=//p' <<<"$api_out")
-row "api: gateway CPU per message (µs)" "$(per "$(echo "$g1 - $g0" | bc)" "$API_MSGS")"
-row "api: gateway CPU by thread (µs)" "$(by_thread "$OUT/gateway-threads.0" "$OUT/gateway-threads.1" "$API_MSGS" "$(echo "$g1 - $g0" | bc)")"
-row "api: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
-row "api: consumer CPU by thread (µs)" "$(by_thread "$OUT/consumer-threads.0" "$OUT/consumer-threads.1" "$API_MSGS" "$(echo "$c1 - $c0" | bc)")"
-row "api: broker CPU per message (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$API_MSGS")"
-row "api: load client (bench) CPU per message (µs)" "$(per "$client" "$API_MSGS")"
-row "api: requests/s" "$(awk '$1 == "request" { print $3 }' <<<"$api_out" | head -1)"
-row "api: request p50 / p99 (ms)" "$(awk '$1 == "request" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
-row "api: end-to-end p50 / p99 (ms)" "$(awk '$1 == "end-to-end" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
-row "api: gateway / consumer peak RSS (MiB)" "$(peak_rss "$gateway") / $(peak_rss "$consumer")"
+row "$label: gateway CPU per message (µs)" "$(per "$(echo "$g1 - $g0" | bc)" "$API_MSGS")"
+row "$label: gateway CPU by thread (µs)" "$(by_thread "$OUT/gateway-threads.0" "$OUT/gateway-threads.1" "$API_MSGS" "$(echo "$g1 - $g0" | bc)")"
+row "$label: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
+row "$label: consumer CPU by thread (µs)" "$(by_thread "$OUT/consumer-threads.0" "$OUT/consumer-threads.1" "$API_MSGS" "$(echo "$c1 - $c0" | bc)")"
+row "$label: broker CPU per message (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$API_MSGS")"
+row "$label: load client (bench) CPU per message (µs)" "$(per "$client" "$API_MSGS")"
+row "$label: requests/s" "$(awk '$1 == "request" { print $3 }' <<<"$api_out" | head -1)"
+row "$label: request p50 / p99 (ms)" "$(awk '$1 == "request" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
+row "$label: end-to-end p50 / p99 (ms)" "$(awk '$1 == "end-to-end" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
+row "$label: gateway / consumer peak RSS (MiB)" "$(peak_rss "$gateway") / $(peak_rss "$consumer")"
 kill "$gateway" "$consumer" 2>/dev/null || true; wait "$gateway" "$consumer" 2>/dev/null || true
 pids=()
-fi
+}
+
+want api && api_series api
+# The same with form bodies, each send on a connection of its own (a client
+# without a connection pool, or Go's default transport under this load).
+want api-per-request && api_series api-per-request --body form --connections per-request
 
 if want consume; then
 echo; echo "== consume: $CONSUME events, 2 workers, CloudEvents results"
