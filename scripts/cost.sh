@@ -64,6 +64,8 @@ fresh_broker() { scripts/broker.sh stop >/dev/null 2>&1 || true; scripts/broker.
 broker_pid() { cat "$BROKER_DIR/nisshi.pid"; }
 # CPU seconds (user + system, all threads) a live process has used so far.
 cpu() { awk -v t="$TICK" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat"; }
+# User and system CPU seconds of a live process so far: "user system".
+cpu_split() { awk -v t="$TICK" '{ sub(/^.*\) /, ""); printf "%.2f %.2f\n", $12 / t, $13 / t }' "/proc/$1/stat"; }
 # Peak resident memory of a live process so far, in MiB.
 peak_rss() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 # Runs a command in the foreground; prints its output, then "cpu=S" with the
@@ -139,16 +141,17 @@ read -r p50 p99 pmax < <(sort -n "$starts" | awk '{ v[NR] = $1 * 1000 } END { pr
 row "POST /stream/start p50 / p99 / max (ms)" "$p50 / $p99 / $pmax"
 fi
 
-g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)")
+g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)"); read -r gu0 gs0 < <(cpu_split "$gateway")
 thread_ticks "$gateway" >"$OUT/gateway-threads.0"; thread_ticks "$consumer" >"$OUT/consumer-threads.0"
 api_out=$(run_timed $B/bench api --url "http://127.0.0.1:$API_PORT" --api-key cost-key --streams 1000 --messages "$API_MSGS" --out-dir "$OUT/$label" "$@")
 echo "$api_out"
 # Threads are read after the process totals at the start and before them
 # at the end, so the totals cover at least what the threads used.
 thread_ticks "$gateway" >"$OUT/gateway-threads.1"; thread_ticks "$consumer" >"$OUT/consumer-threads.1"
-g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)")
+g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)"); read -r gu1 gs1 < <(cpu_split "$gateway")
 client=$(sed -n 's/^cpu=//p' <<<"$api_out")
 row "$label: gateway CPU per message (µs)" "$(per "$(echo "$g1 - $g0" | bc)" "$API_MSGS")"
+row "$label: gateway CPU user / system (µs)" "$(per "$(echo "$gu1 - $gu0" | bc)" "$API_MSGS") / $(per "$(echo "$gs1 - $gs0" | bc)" "$API_MSGS")"
 row "$label: gateway CPU by thread (µs)" "$(by_thread "$OUT/gateway-threads.0" "$OUT/gateway-threads.1" "$API_MSGS" "$(echo "$g1 - $g0" | bc)")"
 row "$label: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
 row "$label: consumer CPU by thread (µs)" "$(by_thread "$OUT/consumer-threads.0" "$OUT/consumer-threads.1" "$API_MSGS" "$(echo "$c1 - $c0" | bc)")"
