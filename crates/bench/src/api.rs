@@ -75,13 +75,13 @@ pub struct ApiArgs {
     #[arg(long, env = "BENCH_API_VIA", value_enum, default_value_t = Via::Http)]
     pub via: Via,
 
-    /// How an HTTP send's body is encoded: `json` (`{"data": ..}`) or `form`
-    /// (`data=..`, URL-encoded, as the seed's own clients send it; the
-    /// gateway publishes a form's data as a JSON string).
+    /// How an HTTP send's body is encoded (`--via http`): `json`
+    /// (`{"data": ..}`) or `form` (`data=..`, URL-encoded, as the seed's own
+    /// clients send it; the gateway publishes a form's data as a JSON string).
     #[arg(long, env = "BENCH_BODY", value_enum, default_value_t = BodyFormat::Json)]
     pub body: BodyFormat,
 
-    /// HTTP connections for the sends: `keep-alive` (one per stream, kept)
+    /// HTTP connections for the sends (`--via http`): `keep-alive` (one per stream, kept)
     /// or `per-request` (a new connection for each send, closed by the
     /// client after the response). The second is what a client without a
     /// connection pool does, and what Go's default HTTP transport does when
@@ -215,12 +215,12 @@ pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<
     let per_stream = args.messages / args.streams as u64;
     let extra = args.messages % args.streams as u64;
     let mut seq_start = 0;
+    let content_type = match args.body {
+        BodyFormat::Json => "application/json",
+        BodyFormat::Form => "application/x-www-form-urlencoded",
+    };
     for (i, (stream_id, socket)) in streams.into_iter().enumerate() {
         let count = per_stream + u64::from((i as u64) < extra);
-        let content_type = match args.body {
-            BodyFormat::Json => "application/json",
-            BodyFormat::Form => "application/x-www-form-urlencoded",
-        };
         let mut poster =
             Poster::new(&base_url, &format!("/stream/{stream_id}/send"), &key, content_type, Duration::from_secs(30))?;
         if args.connections == Connections::PerRequest {

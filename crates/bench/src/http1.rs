@@ -5,7 +5,7 @@
 //! small beside it: a pooled general-purpose client (reqwest over hyper)
 //! cost the load generator 55–75 µs of CPU per request on this workload, as
 //! much as the gateway itself. Requests are formatted here (a fixed head
-//! and a JSON body) and responses parsed with `httparse`, the parser hyper
+//! and the body) and responses parsed with `httparse`, the parser hyper
 //! itself uses; only `Content-Length` framing is read, which is what the
 //! gateway sends. A poster can also open a new connection for each request
 //! and close it after the response, as a client without a connection pool
