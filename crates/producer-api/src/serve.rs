@@ -73,7 +73,25 @@ pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpList
     // here instead of one per connection.
     #[cfg(target_os = "linux")]
     socket.set_nodelay(true)?;
+    if let Some(cap) = capped_backlog(backlog, somaxconn()) {
+        tracing::warn!(
+            backlog,
+            cap,
+            "net.core.somaxconn caps the listen backlog: clients connecting at once beyond it wait a second each; \
+             raise it with sysctl -w net.core.somaxconn={backlog}"
+        );
+    }
     socket.listen(backlog)
+}
+
+/// The kernel's cap on listen backlogs, where it can be read.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
+}
+
+/// What the kernel will hold instead of `backlog`, when its cap is lower.
+fn capped_backlog(backlog: u32, somaxconn: Option<u32>) -> Option<u32> {
+    somaxconn.filter(|cap| *cap < backlog)
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits
@@ -157,7 +175,7 @@ mod tests {
 
     use tokio::net::TcpStream;
 
-    use super::bind;
+    use super::{bind, capped_backlog};
 
     /// Connects `n` clients at once to a listener that accepts none of them;
     /// returns how many connected within 700 ms (a dropped SYN is retried
@@ -178,6 +196,13 @@ mod tests {
         // The same burst against a small queue: the kernel drops SYNs, so
         // the check above does depend on the backlog asked for.
         assert!(connected_without_accept(16, 300).await < 300);
+    }
+
+    #[test]
+    fn a_kernel_cap_below_the_backlog_is_reported() {
+        assert_eq!(capped_backlog(4096, Some(128)), Some(128));
+        assert_eq!(capped_backlog(4096, Some(4096)), None);
+        assert_eq!(capped_backlog(4096, None), None);
     }
 
     #[tokio::test]
