@@ -7,7 +7,7 @@
 # throughput and latency do, and move ±30 % between runs on a busy 2-core box.
 #
 #   scripts/cost.sh [quick] [SERIES...]   quick: 10x smaller counts, for a smoke run;
-#                                         SERIES: some of api api-per-request consume publish e2e
+#                                         SERIES: some of api api-per-request go-client consume publish e2e
 #                                         (default: all)
 #
 # Series:
@@ -18,6 +18,8 @@
 #            its WebSocket (`bench api`), with `consumer --workers 2`
 #   api-per-request  the same with form bodies, each send on a new
 #            connection that the client closes after the response
+#   go-client  the same sends through Go's default HTTP client
+#            (scripts/goload, when `go` is installed; results not read)
 #   consume  300,000 preloaded events through `consumer --workers 2`
 #            (CloudEvents results, at-least-once commits), then the same
 #            records through librdkafka alone (read, write back with their
@@ -40,7 +42,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 SCALE=1; [[ "${1:-}" == quick ]] && { SCALE=10; shift; }
-SERIES="${*:-api api-per-request consume publish e2e}"
+SERIES="${*:-api api-per-request go-client consume publish e2e}"
 want() { [[ " $SERIES " == *" $1 "* ]]; }
 API_MSGS=$((100000 / SCALE)); CONSUME=$((300000 / SCALE)); PUBLISH=$((1000000 / SCALE))
 PORT="${PERF_PORT:-19800}"
@@ -116,10 +118,8 @@ echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(una
 scripts/setup.sh >/dev/null
 [[ -n "${COST_BIN:-}" ]] || cargo build --release --quiet -p publisher -p bench -p consumer -p producer-api --examples --bins
 
-# The seed's API case: LABEL for the rows, then bench api's extra flags.
-api_series() {
-local label=$1; shift
-echo; echo "== $label: 1000 streams, $API_MSGS messages over HTTP, results on WebSockets ${*:+($*)}"
+# A fresh broker, the gateway and `consumer --workers 2`, ready.
+start_stack() {
 fresh_broker
 API_KEYS=cost-key,start-key LISTEN_ADDR="127.0.0.1:$API_PORT" $B/producer-api >"$OUT/producer-api.log" 2>&1 &
 gateway=$!; pids+=("$gateway")
@@ -129,6 +129,26 @@ for _ in $(seq 1 600); do
   curl -fsS -o /dev/null "http://127.0.0.1:$API_PORT/readyz" 2>/dev/null && grep -q "partitions assigned" "$OUT/consumer.log" && break
   sleep 0.1
 done
+}
+stop_stack() {
+kill "$gateway" "$consumer" 2>/dev/null || true; wait "$gateway" "$consumer" 2>/dev/null || true
+pids=()
+}
+# CPU of the three processes before a load (g0 c0 k0 gu0 gs0) ...
+cpu_before() { g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)"); read -r gu0 gs0 < <(cpu_split "$gateway"); }
+# ... and after it (g1 c1 k1 gu1 gs1).
+cpu_after() { g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)"); read -r gu1 gs1 < <(cpu_split "$gateway"); }
+# The rows every API series reports: LABEL, the load client's CPU seconds.
+cpu_rows() {
+row "$1: gateway CPU per message (µs)" "$(per "$(echo "$g1 - $g0" | bc)" "$API_MSGS")"
+row "$1: gateway CPU user / system (µs)" "$(per "$(echo "$gu1 - $gu0" | bc)" "$API_MSGS") / $(per "$(echo "$gs1 - $gs0" | bc)" "$API_MSGS")"
+}
+
+# The seed's API case: LABEL for the rows, then bench api's extra flags.
+api_series() {
+local label=$1; shift
+echo; echo "== $label: 1000 streams, $API_MSGS messages over HTTP, results on WebSockets ${*:+($*)}"
+start_stack
 
 if [[ $label == api ]]; then
 # Stream start on the idle gateway, one after another (with a key of its
@@ -141,17 +161,16 @@ read -r p50 p99 pmax < <(sort -n "$starts" | awk '{ v[NR] = $1 * 1000 } END { pr
 row "POST /stream/start p50 / p99 / max (ms)" "$p50 / $p99 / $pmax"
 fi
 
-g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)"); read -r gu0 gs0 < <(cpu_split "$gateway")
+cpu_before
 thread_ticks "$gateway" >"$OUT/gateway-threads.0"; thread_ticks "$consumer" >"$OUT/consumer-threads.0"
 api_out=$(run_timed $B/bench api --url "http://127.0.0.1:$API_PORT" --api-key cost-key --streams 1000 --messages "$API_MSGS" --out-dir "$OUT/$label" "$@")
 echo "$api_out"
 # Threads are read after the process totals at the start and before them
 # at the end, so the totals cover at least what the threads used.
 thread_ticks "$gateway" >"$OUT/gateway-threads.1"; thread_ticks "$consumer" >"$OUT/consumer-threads.1"
-g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)"); read -r gu1 gs1 < <(cpu_split "$gateway")
+cpu_after
 client=$(sed -n 's/^cpu=//p' <<<"$api_out")
-row "$label: gateway CPU per message (µs)" "$(per "$(echo "$g1 - $g0" | bc)" "$API_MSGS")"
-row "$label: gateway CPU user / system (µs)" "$(per "$(echo "$gu1 - $gu0" | bc)" "$API_MSGS") / $(per "$(echo "$gs1 - $gs0" | bc)" "$API_MSGS")"
+cpu_rows "$label"
 row "$label: gateway CPU by thread (µs)" "$(by_thread "$OUT/gateway-threads.0" "$OUT/gateway-threads.1" "$API_MSGS" "$(echo "$g1 - $g0" | bc)")"
 row "$label: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
 row "$label: consumer CPU by thread (µs)" "$(by_thread "$OUT/consumer-threads.0" "$OUT/consumer-threads.1" "$API_MSGS" "$(echo "$c1 - $c0" | bc)")"
@@ -161,14 +180,36 @@ row "$label: requests/s" "$(awk '$1 == "request" { print $3 }' <<<"$api_out" | h
 row "$label: request p50 / p99 (ms)" "$(awk '$1 == "request" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
 row "$label: end-to-end p50 / p99 (ms)" "$(awk '$1 == "end-to-end" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
 row "$label: gateway / consumer peak RSS (MiB)" "$(peak_rss "$gateway") / $(peak_rss "$consumer")"
-kill "$gateway" "$consumer" 2>/dev/null || true; wait "$gateway" "$consumer" 2>/dev/null || true
-pids=()
+stop_stack
 }
 
 want api && api_series api
 # The same with form bodies, each send on a connection of its own (a client
 # without a connection pool, or Go's default transport under this load).
 want api-per-request && api_series api-per-request --body form --connections per-request
+
+# The sends of the seed's case through Go's default HTTP client
+# (scripts/goload; results are not read), when Go is installed.
+if want go-client; then
+if command -v go >/dev/null; then
+  echo; echo "== go-client: 1000 streams, $API_MSGS form sends through Go's default HTTP client"
+  (cd scripts/goload && go build -o "$OUT/goload" .)
+  start_stack
+  cpu_before
+  go_out=$(run_timed "$OUT/goload" -url "http://127.0.0.1:$API_PORT" -key cost-key -streams 1000 -messages "$API_MSGS")
+  echo "$go_out"
+  cpu_after
+  cpu_rows go-client
+  row "go-client: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
+  row "go-client: broker CPU per message (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$API_MSGS")"
+  row "go-client: load client CPU per message (µs)" "$(per "$(sed -n 's/^cpu=//p' <<<"$go_out")" "$API_MSGS")"
+  row "go-client: msg/s" "$(sed -n 's/^sends: .*(\([0-9]*\) msg\/s).*/\1/p' <<<"$go_out")"
+  row "go-client: connections dialed / sends on a reused one" "$(sed -n 's/^sends: .*; \([0-9]*\) connections dialed, \([0-9]*\) requests.*/\1 \/ \2/p' <<<"$go_out")"
+  stop_stack
+else
+  echo; echo "== go-client: skipped, no go on PATH (apt install golang-go)"
+fi
+fi
 
 if want consume; then
 echo; echo "== consume: $CONSUME events, 2 workers, CloudEvents results"

@@ -1,0 +1,3 @@
+module streamkit/goload
+
+go 1.19
