@@ -138,7 +138,7 @@ pids=()
 cpu_before() { g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)"); read -r gu0 gs0 < <(cpu_split "$gateway"); }
 # ... and after it (g1 c1 k1 gu1 gs1).
 cpu_after() { g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)"); read -r gu1 gs1 < <(cpu_split "$gateway"); }
-# The rows every API series reports: LABEL, the load client's CPU seconds.
+# The gateway's rows every API series reports, under LABEL.
 cpu_rows() {
 row "$1: gateway CPU per message (µs)" "$(per "$(echo "$g1 - $g0" | bc)" "$API_MSGS")"
 row "$1: gateway CPU user / system (µs)" "$(per "$(echo "$gu1 - $gu0" | bc)" "$API_MSGS") / $(per "$(echo "$gs1 - $gs0" | bc)" "$API_MSGS")"

@@ -192,10 +192,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_backlog_holds_a_burst_of_connections_until_they_are_accepted() {
-        assert_eq!(connected_without_accept(1024, 300).await, 300);
+        // A burst the kernel's own cap allows (an old kernel's somaxconn is 128).
+        let burst = super::somaxconn().unwrap_or(4096).min(300) as usize;
+        assert_eq!(connected_without_accept(1024, burst).await, burst);
         // The same burst against a small queue: the kernel drops SYNs, so
         // the check above does depend on the backlog asked for.
-        assert!(connected_without_accept(16, 300).await < 300);
+        assert!(connected_without_accept(16, burst).await < burst);
     }
 
     #[test]
