@@ -244,7 +244,7 @@ async fn results_of_the_real_consumer_reach_the_websocket() {
 #[tokio::test]
 async fn concurrent_starts_on_two_replicas_have_exactly_one_winner() {
     let kafka = stream_core::testing::kafka_args();
-    // The loser reads the registry twice and writes twice before it answers;
+    // The loser writes twice and reads its claim back before it answers;
     // on a loaded CI machine that can outlast the 5 s test default, and a 503
     // ("retry shortly") would say nothing about who won.
     let replica = || {
@@ -266,6 +266,24 @@ async fn concurrent_starts_on_two_replicas_have_exactly_one_winner() {
         let owner = winner.state.registry.owner_of(&id).expect("winner knows the stream");
         let other = if on_a == 201 { &b } else { &a };
         assert_eq!(other.state.registry.owner_of(&id), Some(owner), "{id}: replicas disagree");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_start_repeated_at_once_on_another_replica_is_the_owners_not_a_new_stream() {
+    let kafka = stream_core::testing::kafka_args();
+    let a = common::start(common::config(kafka.clone())).await;
+    let b = common::start(common::config(kafka.clone())).await;
+    for n in 0..5 {
+        let id = format!("again-{n}");
+        let body = json!({ "stream_id": id });
+        assert_eq!(start_stream(&a, KEY_A, Some(body.clone())).await.0, 201, "{id}");
+        // At once on B, which may not have read A's claim yet: B's own
+        // claim comes second in the log, so the stream is A's start.
+        assert_eq!(start_stream(&b, KEY_A, Some(body.clone())).await.0, 200, "{id}: a repeated start on B");
+        assert_eq!(start_stream(&b, KEY_B, Some(body)).await.0, 403, "{id}: another key on B");
     }
     a.stop().await;
     b.stop().await;
