@@ -74,6 +74,7 @@ func main() {
 	key := flag.String("key", os.Getenv("API_KEY"), "API key (default $API_KEY)")
 	streams := flag.Int("streams", 1000, "streams, each sending from a goroutine of its own")
 	messages := flag.Int("messages", 100000, "messages in all, spread evenly over the streams")
+	clientIDs := flag.Bool("client-ids", false, "start each stream with a form stream_id of its own (the seed's way) instead of a server-chosen id")
 	flag.Parse()
 	if *key == "" {
 		fmt.Fprintln(os.Stderr, "goload: -key (or API_KEY) is required")
@@ -81,12 +82,19 @@ func main() {
 	}
 
 	ids := make([]string, *streams)
+	run := time.Now().UnixNano()
 	var wg sync.WaitGroup
+	began := time.Now()
 	for i := range ids {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			data, err := post(*base+"/stream/start", *key, "", "")
+			contentType, body := "", ""
+			if *clientIDs {
+				contentType = "application/x-www-form-urlencoded"
+				body = url.Values{"stream_id": {fmt.Sprintf("goload-%x-%d", run, i)}}.Encode()
+			}
+			data, err := post(*base+"/stream/start", *key, contentType, body)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "goload: starting a stream:", err)
 				os.Exit(1)
@@ -102,9 +110,10 @@ func main() {
 		}(i)
 	}
 	wg.Wait()
+	startTime := time.Since(began)
 	startDialed, startReused := dialed.Load(), reused.Load()
 
-	began := time.Now()
+	began = time.Now()
 	for i, id := range ids {
 		count := *messages / *streams
 		if i < *messages%*streams {
@@ -125,7 +134,8 @@ func main() {
 	elapsed := time.Since(began)
 
 	sendDialed, sendReused := dialed.Load()-startDialed, reused.Load()-startReused
-	fmt.Printf("starts: %d streams; %d connections dialed, %d requests on a reused one\n", *streams, startDialed, startReused)
+	fmt.Printf("starts: %d streams in %.2f s; %d connections dialed, %d requests on a reused one\n",
+		*streams, startTime.Seconds(), startDialed, startReused)
 	fmt.Printf("sends: %d in %.2f s (%.0f msg/s), %d failed; %d connections dialed, %d requests on a reused one\n",
 		*messages, elapsed.Seconds(), float64(*messages)/elapsed.Seconds(), failed.Load(), sendDialed, sendReused)
 
