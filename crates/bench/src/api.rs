@@ -84,9 +84,10 @@ pub struct ApiArgs {
     /// HTTP connections for the sends (`--via http`): `keep-alive` (one per stream, kept)
     /// or `per-request` (a new connection for each send, closed by the
     /// client after the response). The second is what a client without a
-    /// connection pool does, and what Go's default HTTP transport does when
-    /// more requests run at once than the 2 idle connections per host it
-    /// keeps: it measures the gateway's cost of a connection.
+    /// connection pool does, and costs the server about what Go's default
+    /// HTTP transport does when more requests run at once than the 2 idle
+    /// connections per host it keeps (it then dials a connection for almost
+    /// every request): it measures the gateway's cost of a connection.
     #[arg(long, env = "BENCH_CONNECTIONS", value_enum, default_value_t = Connections::KeepAlive)]
     pub connections: Connections,
 
