@@ -95,6 +95,10 @@ pub struct Registry {
     starting: std::sync::Mutex<Starting>,
     /// Next offset to apply, per partition; waiters watch it.
     applied: watch::Sender<BTreeMap<i32, i64>>,
+    /// Looks at the topic's end, one at a time (see [`Self::catch_up`]).
+    looks: tokio::sync::Mutex<Looks>,
+    /// Looks begun so far; read by a caller as it arrives.
+    looks_begun: std::sync::atomic::AtomicU64,
     follower: Follower,
     hub: Arc<Hub>,
 }
@@ -110,6 +114,8 @@ impl Registry {
             per_owner: RwLock::new(HashMap::new()),
             starting: std::sync::Mutex::new(Starting::default()),
             applied: watch::Sender::new(BTreeMap::new()),
+            looks: tokio::sync::Mutex::new(Looks::default()),
+            looks_begun: std::sync::atomic::AtomicU64::new(0),
             follower: Follower {
                 topic: topic.to_owned(),
                 consumer: Arc::new(consumer),
@@ -240,7 +246,36 @@ impl Registry {
     }
 
     /// Waits until everything written to the topic before this call is applied.
+    ///
+    /// Callers that arrive together share one look at the topic's end (a
+    /// watermark query on a blocking thread, about 20 ms on the local
+    /// broker): looks run one at a time, and a caller takes the result of
+    /// a look that began after it arrived, which saw at least what was
+    /// written before then. A flood of requests for unknown streams thus
+    /// makes at most two looks at once instead of one blocking thread each.
     pub async fn catch_up(&self, deadline: Instant) -> Result<(), RegistryError> {
+        use std::sync::atomic::Ordering;
+        let arrived = self.looks_begun.load(Ordering::SeqCst);
+        let ends = {
+            let Ok(mut looks) = tokio::time::timeout_at(deadline, self.looks.lock()).await else {
+                return Err(RegistryError::Unavailable("the stream registry is behind; retry shortly".into()));
+            };
+            match &looks.last {
+                Some((number, ends)) if *number > arrived => ends.clone(),
+                _ => {
+                    let number = self.looks_begun.fetch_add(1, Ordering::SeqCst) + 1;
+                    let ends = self.look(deadline).await?;
+                    looks.last = Some((number, ends.clone()));
+                    looks.made += 1;
+                    ends
+                }
+            }
+        };
+        self.wait_applied(&ends, deadline).await
+    }
+
+    /// The end of each partition of the topic that has records.
+    async fn look(&self, deadline: Instant) -> Result<Vec<(i32, i64)>, RegistryError> {
         let consumer = self.follower.consumer.clone();
         let topic = self.follower.topic.clone();
         let watch = self.follower.partitions.clone();
@@ -257,8 +292,7 @@ impl Registry {
         .await
         .map_err(|e| RegistryError::Unavailable(format!("watermark task: {e}")))?
         .map_err(|e| RegistryError::Unavailable(format!("cannot read the stream registry's position: {e}")))?;
-        let ends: Vec<(i32, i64)> = ends.into_iter().filter(|(_, high)| *high > 0).collect();
-        self.wait_applied(&ends, deadline).await
+        Ok(ends.into_iter().filter(|(_, high)| *high > 0).collect())
     }
 
     async fn wait_applied(&self, targets: &[(i32, i64)], deadline: Instant) -> Result<(), RegistryError> {
@@ -457,6 +491,14 @@ impl Starting {
     }
 }
 
+/// The last look at the topic's end: its number (in the order looks
+/// began) and what it saw; and how many looks were made.
+#[derive(Default)]
+struct Looks {
+    last: Option<(u64, Vec<(i32, i64)>)>,
+    made: u64,
+}
+
 /// A reserved place under the per-key stream quota; released on drop.
 pub struct StartSlot {
     registry: Arc<Registry>,
@@ -484,6 +526,21 @@ mod tests {
         testing::create_topic(&args, &topic, 1).await;
         let hub = Hub::new(16, 0, 16);
         tokio::task::spawn_blocking(move || Registry::start(&args, &topic, hub)).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn callers_arriving_together_share_looks_at_the_topic_end() {
+        let registry = registry().await;
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let results = futures::future::join_all((0..50).map(|_| registry.catch_up(deadline))).await;
+        assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+        // One look under way as the others arrived, and one begun after.
+        let made = registry.looks.lock().await.made;
+        assert_eq!(made, 2, "{made} looks for 50 callers at once");
+        // A caller that arrives after both looks ended makes its own: it
+        // must see what was written since they were made.
+        registry.catch_up(deadline).await.unwrap();
+        assert_eq!(registry.looks.lock().await.made, 3);
     }
 
     fn placed(reserved: Result<Option<StartSlot>, Full>) -> StartSlot {
