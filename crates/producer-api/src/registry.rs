@@ -82,6 +82,9 @@ struct Open {
     claim: (i32, i64),
 }
 
+/// Where each partition of the topic ends: (partition, next offset).
+type Ends = Vec<(i32, i64)>;
+
 /// This process's view of the ownership topic.
 pub struct Registry {
     streams: RwLock<HashMap<String, Open>>,
@@ -95,8 +98,10 @@ pub struct Registry {
     starting: std::sync::Mutex<Starting>,
     /// Next offset to apply, per partition; waiters watch it.
     applied: watch::Sender<BTreeMap<i32, i64>>,
-    /// Looks at the topic's end, one at a time (see [`Self::catch_up`]).
-    looks: tokio::sync::Mutex<Looks>,
+    /// The last look at the topic's end: its number, in the order looks
+    /// began, and what it saw. Looks run one at a time under this lock (see
+    /// [`Self::catch_up`]).
+    last_look: tokio::sync::Mutex<Option<(u64, Ends)>>,
     /// Looks begun so far; read by a caller as it arrives.
     looks_begun: std::sync::atomic::AtomicU64,
     follower: Follower,
@@ -114,7 +119,7 @@ impl Registry {
             per_owner: RwLock::new(HashMap::new()),
             starting: std::sync::Mutex::new(Starting::default()),
             applied: watch::Sender::new(BTreeMap::new()),
-            looks: tokio::sync::Mutex::new(Looks::default()),
+            last_look: tokio::sync::Mutex::new(None),
             looks_begun: std::sync::atomic::AtomicU64::new(0),
             follower: Follower {
                 topic: topic.to_owned(),
@@ -257,16 +262,15 @@ impl Registry {
         use std::sync::atomic::Ordering;
         let arrived = self.looks_begun.load(Ordering::SeqCst);
         let ends = {
-            let Ok(mut looks) = tokio::time::timeout_at(deadline, self.looks.lock()).await else {
+            let Ok(mut last) = tokio::time::timeout_at(deadline, self.last_look.lock()).await else {
                 return Err(RegistryError::Unavailable("the stream registry is behind; retry shortly".into()));
             };
-            match &looks.last {
+            match &*last {
                 Some((number, ends)) if *number > arrived => ends.clone(),
                 _ => {
                     let number = self.looks_begun.fetch_add(1, Ordering::SeqCst) + 1;
                     let ends = self.look(deadline).await?;
-                    looks.last = Some((number, ends.clone()));
-                    looks.made += 1;
+                    *last = Some((number, ends.clone()));
                     ends
                 }
             }
@@ -275,7 +279,7 @@ impl Registry {
     }
 
     /// The end of each partition of the topic that has records.
-    async fn look(&self, deadline: Instant) -> Result<Vec<(i32, i64)>, RegistryError> {
+    async fn look(&self, deadline: Instant) -> Result<Ends, RegistryError> {
         let consumer = self.follower.consumer.clone();
         let topic = self.follower.topic.clone();
         let watch = self.follower.partitions.clone();
@@ -491,14 +495,6 @@ impl Starting {
     }
 }
 
-/// The last look at the topic's end: its number (in the order looks
-/// began) and what it saw; and how many looks were made.
-#[derive(Default)]
-struct Looks {
-    last: Option<(u64, Vec<(i32, i64)>)>,
-    made: u64,
-}
-
 /// A reserved place under the per-key stream quota; released on drop.
 pub struct StartSlot {
     registry: Arc<Registry>,
@@ -535,12 +531,12 @@ mod tests {
         let results = futures::future::join_all((0..50).map(|_| registry.catch_up(deadline))).await;
         assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
         // One look under way as the others arrived, and one begun after.
-        let made = registry.looks.lock().await.made;
+        let made = registry.looks_begun.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(made, 2, "{made} looks for 50 callers at once");
         // A caller that arrives after both looks ended makes its own: it
         // must see what was written since they were made.
         registry.catch_up(deadline).await.unwrap();
-        assert_eq!(registry.looks.lock().await.made, 3);
+        assert_eq!(registry.looks_begun.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     fn placed(reserved: Result<Option<StartSlot>, Full>) -> StartSlot {
