@@ -111,6 +111,12 @@ fn run_binary(args: &[&str]) -> (Option<i32>, Report) {
         .env_remove("KAFKA_PROPERTIES")
         .output()
         .unwrap();
+    outcome(&output)
+}
+
+/// The exit code of a `publisher --json` run and the one-line report it
+/// printed (which must parse).
+fn outcome(output: &std::process::Output) -> (Option<i32>, Report) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
@@ -199,12 +205,10 @@ async fn the_binary_interrupted_with_nothing_failed_exits_0() {
     let signalled = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(signalled.success());
     let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: Report = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
+    let (code, report) = outcome(&output);
     assert!(report.interrupted, "{report}");
     assert_eq!((report.acked, report.failed), (report.sent, 0), "{report}");
-    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(code, Some(0), "{report}");
 }
 
 #[tokio::test]
