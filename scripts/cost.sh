@@ -138,10 +138,12 @@ pids=()
 cpu_before() { g0=$(cpu "$gateway"); c0=$(cpu "$consumer"); k0=$(cpu "$(broker_pid)"); read -r gu0 gs0 < <(cpu_split "$gateway"); }
 # ... and after it (g1 c1 k1 gu1 gs1).
 cpu_after() { g1=$(cpu "$gateway"); c1=$(cpu "$consumer"); k1=$(cpu "$(broker_pid)"); read -r gu1 gs1 < <(cpu_split "$gateway"); }
-# The gateway's rows every API series reports, under LABEL.
+# The rows of CPU per message every API series reports, under LABEL.
 cpu_rows() {
 row "$1: gateway CPU per message (µs)" "$(per "$(echo "$g1 - $g0" | bc)" "$API_MSGS")"
 row "$1: gateway CPU user / system (µs)" "$(per "$(echo "$gu1 - $gu0" | bc)" "$API_MSGS") / $(per "$(echo "$gs1 - $gs0" | bc)" "$API_MSGS")"
+row "$1: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
+row "$1: broker CPU per message (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$API_MSGS")"
 }
 
 # The seed's API case: LABEL for the rows, then bench api's extra flags.
@@ -172,9 +174,7 @@ cpu_after
 client=$(sed -n 's/^cpu=//p' <<<"$api_out")
 cpu_rows "$label"
 row "$label: gateway CPU by thread (µs)" "$(by_thread "$OUT/gateway-threads.0" "$OUT/gateway-threads.1" "$API_MSGS" "$(echo "$g1 - $g0" | bc)")"
-row "$label: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
 row "$label: consumer CPU by thread (µs)" "$(by_thread "$OUT/consumer-threads.0" "$OUT/consumer-threads.1" "$API_MSGS" "$(echo "$c1 - $c0" | bc)")"
-row "$label: broker CPU per message (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$API_MSGS")"
 row "$label: load client (bench) CPU per message (µs)" "$(per "$client" "$API_MSGS")"
 row "$label: requests/s" "$(awk '$1 == "request" { print $3 }' <<<"$api_out" | head -1)"
 row "$label: request p50 / p99 (ms)" "$(awk '$1 == "request" { print $4 " / " $8 }' <<<"$api_out" | head -1)"
@@ -200,8 +200,6 @@ if command -v go >/dev/null; then
   echo "$go_out"
   cpu_after
   cpu_rows go-client
-  row "go-client: consumer CPU per event (µs)" "$(per "$(echo "$c1 - $c0" | bc)" "$API_MSGS")"
-  row "go-client: broker CPU per message (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$API_MSGS")"
   row "go-client: load client CPU per message (µs)" "$(per "$(sed -n 's/^cpu=//p' <<<"$go_out")" "$API_MSGS")"
   row "go-client: msg/s" "$(sed -n 's/^sends: .*(\([0-9]*\) msg\/s).*/\1/p' <<<"$go_out")"
   row "go-client: connections dialed / sends on a reused one" "$(sed -n 's/^sends: .*; \([0-9]*\) connections dialed, \([0-9]*\) requests.*/\1 \/ \2/p' <<<"$go_out")"
