@@ -32,6 +32,15 @@ pub struct Delivered {
     cursor_len: u8,
 }
 
+/// The hash [`Delivered::event`] holds for a result of the event `id`:
+/// that of the id's JSON text, as a result writes it.
+pub fn event_key(id: &str) -> u64 {
+    match serde_json::to_string(id) {
+        Ok(text) => event_hash(&text),
+        Err(_) => 0,
+    }
+}
+
 const FRAME_HEAD: &str = "{\"type\":\"result\",\"cursor\":\"";
 
 /// The fields of a result the router itself reads; the rest (above all the

@@ -15,6 +15,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::cursor::Pos;
 use crate::delivered::Delivered;
@@ -121,6 +122,9 @@ struct Slot {
     /// Event ids of the stream's last results: a consumer's replay of one
     /// of them is not routed (see [`Hub::new`]).
     seen: Seen,
+    /// The stream's last send through this gateway whose result has not
+    /// come yet, and until when a plain JSON read waits for it.
+    awaited: Option<(u64, Instant)>,
 }
 
 /// Open streams and their subscribers.
@@ -129,6 +133,8 @@ pub struct Hub {
     mailbox_capacity: usize,
     recent: usize,
     dedup_window: usize,
+    /// Woken when an awaited send's result comes (see [`Hub::sent`]).
+    settled: Notify,
 }
 
 impl Hub {
@@ -143,6 +149,7 @@ impl Hub {
             mailbox_capacity: mailbox_capacity.max(1),
             recent,
             dedup_window,
+            settled: Notify::new(),
         })
     }
 
@@ -152,6 +159,7 @@ impl Hub {
             recent: VecDeque::new(),
             subscribers: Vec::new(),
             seen: Seen::new(self.dedup_window),
+            awaited: None,
         });
     }
 
@@ -171,6 +179,10 @@ impl Hub {
         let Some(slot) = slots.get_mut(stream) else {
             return false;
         };
+        if slot.awaited.is_some_and(|(event, _)| event == delivered.event) {
+            slot.awaited = None;
+            self.settled.notify_waiters();
+        }
         if !slot.seen.insert(delivered.event) {
             metrics::counter!("results_duplicates_skipped_total").increment(1);
             return true;
@@ -206,6 +218,60 @@ impl Hub {
             .get(stream)
             .map(|slot| slot.recent.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Notes that the event with id hash `event` (see
+    /// [`event_key`](crate::delivered::event_key)) is being sent to
+    /// `stream` through this gateway: until its result comes, or `by`, a
+    /// plain JSON read of the stream's results waits for it (see
+    /// [`recent_after_sends`](Self::recent_after_sends)). A result already
+    /// here (a repeated idempotent send) is not waited for.
+    pub fn sent(&self, stream: &str, event: u64, by: Instant) {
+        let mut slots = self.slots.lock().expect("hub lock");
+        if let Some(slot) = slots.get_mut(stream) {
+            // The dedup window holds the last results' ids (the newest
+            // result too, for a hub that keeps no window).
+            if !slot.seen.contains(event) && slot.recent.back().is_none_or(|d| d.event != event) {
+                slot.awaited = Some((event, by));
+            }
+        }
+    }
+
+    /// The send of `event` failed: no result is coming for it.
+    pub fn unsent(&self, stream: &str, event: u64) {
+        let mut slots = self.slots.lock().expect("hub lock");
+        if let Some(slot) = slots.get_mut(stream) {
+            if slot.awaited.is_some_and(|(awaited, _)| awaited == event) {
+                slot.awaited = None;
+                self.settled.notify_waiters();
+            }
+        }
+    }
+
+    /// The most recent results of `stream`, once the result of its last
+    /// send through this gateway is among them or its wait is over. A
+    /// client that sends and then reads (the seed's clients do) finds its
+    /// result without polling: one stream's results come in the order of
+    /// its sends, so the last one's result comes after the others'.
+    pub async fn recent_after_sends(&self, stream: &str) -> Vec<Arc<Delivered>> {
+        loop {
+            // Registered before the look, so a result routed between the
+            // look and the wait still wakes it.
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let by = {
+                let slots = self.slots.lock().expect("hub lock");
+                let Some(slot) = slots.get(stream) else {
+                    return Vec::new();
+                };
+                match slot.awaited {
+                    Some((_, by)) if Instant::now() < by => by,
+                    _ => return slot.recent.iter().cloned().collect(),
+                }
+            };
+            let _ = tokio::time::timeout_at(by, settled).await;
+        }
     }
 
     /// Open subscriptions, all streams together.
@@ -311,8 +377,70 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::delivered::event_key;
     use crate::delivered::tests::{latency, result};
+
+    /// Whether `read` is still waiting after the runtime has run
+    /// everything else it can (time is paused: nothing times out).
+    async fn still_waiting(read: &tokio::task::JoinHandle<Vec<u64>>) -> bool {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        !read.is_finished()
+    }
+
+    fn read_after_sends(hub: &Arc<Hub>) -> tokio::task::JoinHandle<Vec<u64>> {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.recent_after_sends("s").await.iter().map(|d| latency(d)).collect() })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plain_read_waits_for_the_result_of_the_last_send() {
+        let hub = Hub::new(4, 10, 100);
+        hub.open("s");
+        hub.route("s", result(1));
+        assert_eq!(event_key("e2"), result(2).event, "a send's key is its result's");
+        let by = Instant::now() + Duration::from_secs(5);
+        hub.sent("s", event_key("e2"), by);
+        let read = read_after_sends(&hub);
+        assert!(still_waiting(&read).await, "the last send has no result yet");
+        hub.route("s", result(2));
+        assert!(!still_waiting(&read).await, "its result ends the wait, with no time passing");
+        assert_eq!(read.await.unwrap(), [1, 2]);
+
+        // A send that failed is not waited for.
+        hub.sent("s", event_key("e3"), by);
+        let read = read_after_sends(&hub);
+        assert!(still_waiting(&read).await);
+        hub.unsent("s", event_key("e3"));
+        assert!(!still_waiting(&read).await);
+        assert_eq!(read.await.unwrap(), [1, 2]);
+
+        // A result that is already here (an idempotent repeat) neither.
+        hub.sent("s", event_key("e2"), by);
+        assert!(!still_waiting(&read_after_sends(&hub)).await);
+
+        // A result that never comes holds a read until the send's bound.
+        hub.sent("s", event_key("e4"), Instant::now() + Duration::from_secs(5));
+        let read = read_after_sends(&hub);
+        assert!(still_waiting(&read).await);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(still_waiting(&read).await, "4 s of 5");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(read.await.unwrap(), [1, 2]);
+        assert!(!still_waiting(&read_after_sends(&hub)).await, "its bound is over for later reads too");
+
+        // A stream deleted while a read waits answers what it had: nothing.
+        hub.sent("s", event_key("e5"), Instant::now() + Duration::from_secs(5));
+        let read = read_after_sends(&hub);
+        assert!(still_waiting(&read).await);
+        hub.close("s", "deleted");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(read.await.unwrap().is_empty(), "no slot, no results");
+    }
 
     #[tokio::test]
     async fn a_full_mailbox_drops_the_oldest_and_says_so() {

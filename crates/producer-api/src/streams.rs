@@ -15,6 +15,7 @@ use stream_core::schema::Event;
 use tokio::time::Instant;
 
 use crate::auth::Caller;
+use crate::delivered::event_key;
 use crate::error::AppError;
 use crate::extract::{media_type, SendPayload, StreamPath};
 use crate::feed::{Feed, Item, Start};
@@ -254,17 +255,28 @@ pub async fn send(
     let mut event = Event::json(SOURCE, Some(stream_id.clone()), &data);
     add_traceparent(&mut event, traceparent(&headers));
     let topic = &state.config.kafka.topics.events;
-    let (ack, replayed) = match key {
-        None => {
-            state.admit(&caller.owner, 1)?;
-            let future = state.publisher.enqueue(topic, &event)?;
-            (state.publisher.acked(event.id, topic, future, deadline).await?, false)
+    // Noted before the write, so a result that comes before the ack is
+    // not missed.
+    let awaited = event_key(&key.as_ref().map_or_else(|| event.id.clone(), |key| key.event_id()));
+    state.hub.sent(&stream_id, awaited, Instant::now() + SEND_RESULT_WAIT);
+    let outcome = async {
+        match key {
+            None => {
+                state.admit(&caller.owner, 1)?;
+                let future = state.publisher.enqueue(topic, &event)?;
+                Ok((state.publisher.acked(event.id, topic, future, deadline).await?, false))
+            }
+            Some(key) => {
+                let fingerprint = Fingerprint::of([&b"send"[..], stream_id.as_bytes(), event.data.as_slice()]);
+                publish_once(&state, &caller, &key, fingerprint, event).await
+            }
         }
-        Some(key) => {
-            let fingerprint = Fingerprint::of([&b"send"[..], stream_id.as_bytes(), event.data.as_slice()]);
-            publish_once(&state, &caller, &key, fingerprint, event).await?
-        }
-    };
+    }
+    .await;
+    if outcome.is_err() {
+        state.hub.unsent(&stream_id, awaited);
+    }
+    let (ack, replayed) = outcome?;
     let ack = SendAck { id: ack.id, stream_id, topic: ack.topic, partition: ack.partition, offset: ack.offset };
     Ok(replay_marked(ack.into_response(), replayed))
 }
@@ -287,6 +299,12 @@ pub async fn delete(
     metrics::counter!("streams_deleted_total").increment(1);
     Ok(Json(json!({ "stream_id": stream_id, "deleted": true })))
 }
+
+/// How long a plain JSON read of a stream's results (no cursor) waits for
+/// the result of the stream's last send through this gateway: the seed's
+/// server waited 5 s for results on every such read, and its clients send
+/// and then read at once.
+pub const SEND_RESULT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Results one long poll returns when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -355,7 +373,9 @@ impl ResultsQuery {
 /// `GET /stream/{id}/results` (also `/stream/{id}/stream`): a WebSocket
 /// when upgrading, Server-Sent Events when the client accepts
 /// `text/event-stream`, otherwise JSON: with `after` or `from`, a long poll
-/// of the results after that point; without, the most recent results.
+/// of the results after that point; without, the most recent results,
+/// once the result of the stream's last send here has come (at most
+/// [`SEND_RESULT_WAIT`]).
 /// Every result carries its cursor (see [`crate::feed`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn results(
@@ -401,7 +421,7 @@ pub async fn results(
         });
     }
     if start == Start::Live {
-        let recent = state.hub.recent(&stream_id);
+        let recent = state.hub.recent_after_sends(&stream_id).await;
         let next = recent.last().map(|d| d.cursor().to_owned());
         return Ok(results_body(&stream_id, &recent, next, false));
     }

@@ -51,6 +51,16 @@ async fn the_seeds_integration_flow_works_with_forms() {
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["results"][0]["event_id"], ack["id"]);
 
+    // The seed's own flow, as its integration test runs it: start, send,
+    // then one read at once, with no socket open and no polling.
+    assert_eq!(form(&app, "/stream/start", "stream_id=seed-flow").await.0, 201);
+    let (status, ack) = form(&app, "/stream/seed-flow/send", "message=Hello%2C+Kafka%21").await;
+    assert_eq!(status, 200, "{ack}");
+    let response = common::client().get(app.url("/stream/seed-flow/results")).header("X-API-Key", KEY_A).send().await;
+    let body: Value = response.unwrap().json().await.unwrap();
+    assert_eq!(body["results"][0]["event_id"], ack["id"], "the read waited for the send's result: {body}");
+    assert_eq!(body["results"][0]["output"]["echo"], "Hello, Kafka!");
+
     processor.stop().await;
     app.stop().await;
 }
