@@ -28,6 +28,8 @@ pub struct Delivered {
     /// Hash of the result's `event_id` (of its position when it has none),
     /// for deduplication.
     pub event: u64,
+    /// When the event the result is for happened, if the result says.
+    pub event_time: Option<Timestamp>,
     /// Length of the cursor inside the frame.
     cursor_len: u8,
 }
@@ -72,8 +74,6 @@ struct ResultHead<'a> {
 pub struct Decoded {
     pub delivered: Delivered,
     pub stream: String,
-    /// When the event the result is for happened, if the result says.
-    pub event_time: Option<Timestamp>,
 }
 
 /// Why a record was not routed.
@@ -109,18 +109,18 @@ impl Delivered {
             Some(id) => event_hash(id.get()),
             None => event_hash(&format!("@{}:{}", pos.partition, pos.offset)),
         };
-        let delivered = Self::frame(text, &stream, pos, event).ok_or(Undecodable::NotAResult)?;
         // A time is plain ASCII: a string with escapes in it is not one.
         let event_time = head
             .event_time
             .and_then(|raw| raw.get().strip_prefix('"')?.strip_suffix('"'))
             .and_then(|text| Timestamp::parse(text).ok());
-        Ok(Decoded { delivered, stream, event_time })
+        let delivered = Self::frame(text, &stream, pos, event, event_time).ok_or(Undecodable::NotAResult)?;
+        Ok(Decoded { delivered, stream })
     }
 
     /// The frame of a result object: its own text with `"type":"result"`
     /// and its cursor put in front of its first field.
-    fn frame(text: &str, stream: &str, pos: Pos, event: u64) -> Option<Self> {
+    fn frame(text: &str, stream: &str, pos: Pos, event: u64, event_time: Option<Timestamp>) -> Option<Self> {
         let body = text.strip_prefix('{')?.trim_start();
         let mut frame = String::with_capacity(text.len() + FRAME_HEAD.len() + 40);
         frame.push_str(FRAME_HEAD);
@@ -131,7 +131,7 @@ impl Delivered {
             frame.push(',');
         }
         frame.push_str(body);
-        Some(Self { frame: frame.into(), pos, event, cursor_len })
+        Some(Self { frame: frame.into(), pos, event, event_time, cursor_len })
     }
 
     /// A delivered result from a result value (tests, and results built here).
@@ -139,7 +139,7 @@ impl Delivered {
         let text = serde_json::to_string(result).expect("results serialise");
         let event = serde_json::to_string(&result.event_id).expect("ids serialise");
         let stream = result.stream_id.as_deref().unwrap_or_default();
-        Self::frame(&text, stream, pos, event_hash(&event)).expect("a result is a JSON object")
+        Self::frame(&text, stream, pos, event_hash(&event), Some(result.event_time)).expect("a result is a JSON object")
     }
 
     /// This result's cursor: a client that has it resumes right after it.
@@ -210,7 +210,7 @@ pub(crate) mod tests {
         let at = |offset| Pos { partition: 2, offset };
         let decoded = Delivered::decode(br#"{"output":"HELLO"}"#, Some(b"s"), at(5)).unwrap();
         assert_eq!(decoded.stream, "s");
-        assert_eq!(decoded.event_time, None);
+        assert_eq!(decoded.delivered.event_time, None);
         let frame: serde_json::Value = serde_json::from_str(decoded.delivered.frame.as_str()).unwrap();
         assert_eq!(frame, json!({"type": "result", "cursor": decoded.delivered.cursor(), "output": "HELLO"}));
         // Without an event id, a result is its position: the same record read
@@ -226,9 +226,9 @@ pub(crate) mod tests {
         );
         let odd = br#"{"stream_id":"t","event_id":7,"event_time":"yesterday"}"#;
         let decoded = Delivered::decode(odd, None, at(8)).unwrap();
-        assert_eq!((decoded.stream.as_str(), decoded.event_time), ("t", None));
+        assert_eq!((decoded.stream.as_str(), decoded.delivered.event_time), ("t", None));
         let timed = br#"{"event_time":"2025-01-01T00:00:00Z"}"#;
-        assert!(Delivered::decode(timed, Some(b"s"), at(9)).unwrap().event_time.is_some());
+        assert!(Delivered::decode(timed, Some(b"s"), at(9)).unwrap().delivered.event_time.is_some());
     }
 
     #[tokio::test]

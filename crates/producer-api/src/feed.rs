@@ -306,9 +306,11 @@ impl Feed {
             // says so without parsing them.
             let decoded = match message.key() {
                 Some(key) if key != stream.as_bytes() => None,
+                // An earlier stream's result (of the same id, since
+                // deleted) is not this stream's, even from the beginning.
                 key => Delivered::decode(message.payload().unwrap_or_default(), key, pos)
                     .ok()
-                    .filter(|decoded| decoded.stream == stream),
+                    .filter(|decoded| decoded.stream == stream && self.subscription.is_current(&decoded.delivered)),
             };
             drop(message);
             let catch_up = self.catch_up.as_deref_mut().expect("catching up");

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
+use stream_core::schema::Timestamp;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -125,6 +126,9 @@ struct Slot {
     /// The stream's last send through this gateway whose result has not
     /// come yet, and until when a plain JSON read waits for it.
     awaited: Option<(u64, Instant)>,
+    /// When the stream was started, if its id was used before (see
+    /// [`Hub::open`]).
+    opened_at: Option<Timestamp>,
 }
 
 /// Open streams and their subscribers.
@@ -153,13 +157,18 @@ impl Hub {
         })
     }
 
-    /// Makes room for a stream's results (the stream was started).
-    pub fn open(&self, stream: &str) {
+    /// Makes room for a stream's results. With `opened_at` (the stream's
+    /// id was used before: the stream was started then), results of
+    /// events from before then are an earlier stream's, deleted since,
+    /// perhaps by another key: they are not routed here nor replayed (see
+    /// [`Hub::route`], [`Subscription::is_current`]).
+    pub fn open(&self, stream: &str, opened_at: Option<Timestamp>) {
         self.slots.lock().expect("hub lock").entry(stream.to_owned()).or_insert_with(|| Slot {
             recent: VecDeque::new(),
             subscribers: Vec::new(),
             seen: Seen::new(self.dedup_window),
             awaited: None,
+            opened_at,
         });
     }
 
@@ -173,12 +182,17 @@ impl Hub {
     }
 
     /// Delivers a result to its stream's subscribers; false if the stream
-    /// is not open here.
+    /// is not open here. A result of an event from before the stream was
+    /// started belongs to an earlier stream of the same id and is dropped.
     pub fn route(&self, stream: &str, delivered: Arc<Delivered>) -> bool {
         let mut slots = self.slots.lock().expect("hub lock");
         let Some(slot) = slots.get_mut(stream) else {
             return false;
         };
+        if slot.opened_at.is_some_and(|opened| delivered.event_time.is_some_and(|at| at < opened)) {
+            metrics::counter!("results_of_earlier_streams_skipped_total").increment(1);
+            return true;
+        }
         if slot.awaited.is_some_and(|(event, _)| event == delivered.event) {
             slot.awaited = None;
             self.settled.notify_waiters();
@@ -206,8 +220,13 @@ impl Hub {
             notify: Notify::new(),
             capacity: self.mailbox_capacity,
         });
-        self.slots.lock().expect("hub lock").get_mut(stream)?.subscribers.push(mailbox.clone());
-        Some(Subscription { hub: self.clone(), stream: stream.to_owned(), mailbox })
+        let opened_at = {
+            let mut slots = self.slots.lock().expect("hub lock");
+            let slot = slots.get_mut(stream)?;
+            slot.subscribers.push(mailbox.clone());
+            slot.opened_at
+        };
+        Some(Subscription { hub: self.clone(), stream: stream.to_owned(), mailbox, opened_at })
     }
 
     /// The most recent results of `stream`, oldest first.
@@ -339,6 +358,7 @@ pub struct Subscription {
     hub: Arc<Hub>,
     stream: String,
     mailbox: Arc<Mailbox>,
+    opened_at: Option<Timestamp>,
 }
 
 impl Subscription {
@@ -364,6 +384,12 @@ impl Subscription {
     /// The stream this subscription watches.
     pub fn stream(&self) -> &str {
         &self.stream
+    }
+
+    /// Whether a result read from the log is this stream's and not an
+    /// earlier one's of the same id (see [`Hub::open`]).
+    pub fn is_current(&self, delivered: &Delivered) -> bool {
+        self.opened_at.is_none_or(|opened| delivered.event_time.is_none_or(|at| at >= opened))
     }
 }
 
@@ -397,10 +423,52 @@ mod tests {
         tokio::spawn(async move { hub.recent_after_sends("s").await.iter().map(|d| latency(d)).collect() })
     }
 
+    /// A result of an event at `micros` (its latency is `micros` too).
+    fn result_at(micros: i64) -> Arc<Delivered> {
+        let result = stream_core::schema::EventResult {
+            event_id: format!("t{micros}"),
+            stream_id: Some("s".into()),
+            event_time: Timestamp::from_micros(micros),
+            processed_at: Timestamp::from_micros(micros + 1),
+            worker_id: None,
+            latency_us: micros as u64,
+            output: serde_json::json!(null),
+            traceparent: None,
+        };
+        Arc::new(Delivered::new(&result, Pos { partition: 0, offset: micros }))
+    }
+
+    #[tokio::test]
+    async fn a_stream_started_again_under_a_used_id_gets_only_its_own_results() {
+        let hub = Hub::new(8, 8, 100);
+        // A first use of an id: results of any time are its own (another
+        // processor may write any event_time).
+        hub.open("s", None);
+        assert!(hub.subscribe("s").unwrap().is_current(&result_at(5)));
+        hub.route("s", result_at(5));
+        assert_eq!(hub.recent("s").len(), 1);
+        hub.close("s", "deleted");
+
+        // Started again at 100: results of earlier events are the earlier
+        // stream's.
+        hub.open("s", Some(Timestamp::from_micros(100)));
+        let sub = hub.subscribe("s").unwrap();
+        assert!(!sub.is_current(&result_at(99)), "not replayed");
+        assert!(sub.is_current(&result_at(100)));
+        assert!(hub.route("s", result_at(99)), "the stream is open");
+        hub.route("s", result_at(150));
+        match sub.next().await {
+            Next::Result(d) => assert_eq!(latency(&d), 150, "the late result of the earlier stream was not routed"),
+            other => panic!("{other:?}"),
+        }
+        let recent: Vec<u64> = hub.recent("s").iter().map(|d| latency(d)).collect();
+        assert_eq!(recent, [150]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_plain_read_waits_for_the_result_of_the_last_send() {
         let hub = Hub::new(4, 10, 100);
-        hub.open("s");
+        hub.open("s", None);
         hub.route("s", result(1));
         assert_eq!(event_key("e2"), result(2).event, "a send's key is its result's");
         let by = Instant::now() + Duration::from_secs(5);
@@ -446,7 +514,7 @@ mod tests {
     async fn a_full_mailbox_drops_the_oldest_and_says_so() {
         let hub = Hub::new(2, 3, 100);
         assert!(hub.subscribe("s").is_none(), "only open streams can be watched");
-        hub.open("s");
+        hub.open("s", None);
         let sub = hub.subscribe("s").unwrap();
         for n in 0..5 {
             assert!(hub.route("s", result(n)));
@@ -484,7 +552,7 @@ mod tests {
     #[tokio::test]
     async fn a_replayed_result_is_not_routed() {
         let hub = Hub::new(8, 8, 100);
-        hub.open("s");
+        hub.open("s", None);
         let sub = hub.subscribe("s").unwrap();
         for n in [1, 2, 1, 3] {
             assert!(hub.route("s", result(n)));
@@ -501,7 +569,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_subscription_unsubscribes() {
         let hub = Hub::new(4, 0, 100);
-        hub.open("s");
+        hub.open("s", None);
         let a = hub.subscribe("s").unwrap();
         let b = hub.subscribe("s").unwrap();
         assert_eq!(hub.subscribers(), 2);

@@ -255,6 +255,7 @@ fn paths() -> Value {
         "/stream/{id}/stream": { "get": results_operation(&security) },
         "/stream/{id}": { "delete": {
             "summary": "Delete a stream; its WebSockets close with code 1000 and SSE streams end",
+            "description": "The id may then be started again, by any key, as a new stream: its results, live or replayed (from=beginning, cursors), hold none of the deleted stream's, told apart by the time each stream was started. Each replica remembers the last 100,000 deleted ids, and one restarted later those whose deletion records the registry topic still holds.",
             "security": security,
             "parameters": [stream_id_param()],
             "responses": authed(map(json!({

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Seen};
 use crate::reader::Follower;
 
 /// The value of an ownership record.
@@ -75,11 +75,12 @@ pub fn topic_spec(name: &str, args: &KafkaArgs) -> TopicSpec {
     spec
 }
 
-/// An open stream: its owner, and where the claim that opened it is in the
-/// topic (partition, offset).
+/// An open stream: its owner, where the claim that opened it is in the
+/// topic (partition, offset), and when it was started.
 struct Open {
     owner: Arc<str>,
     claim: (i32, i64),
+    opened_at: Timestamp,
 }
 
 /// Where each partition of the topic ends: (partition, next offset).
@@ -106,6 +107,23 @@ pub struct Registry {
     looks_begun: std::sync::atomic::AtomicU64,
     follower: Follower,
     hub: Arc<Hub>,
+    /// Hashes of the last [`RETIRED_IDS`] stream ids deleted: a stream
+    /// started again under one of them is told from the earlier stream
+    /// by its start time (see [`Hub::open`]).
+    retired: std::sync::Mutex<Seen>,
+}
+
+/// How many deleted stream ids the registry remembers (about 24 bytes
+/// each), so that a stream started again under one of them shows none of
+/// the earlier stream's results. Tombstones also leave the topic with
+/// compaction (`delete.retention.ms`, a day by default on Kafka), after
+/// which a restarted gateway no longer knows the id was used.
+pub const RETIRED_IDS: usize = 100_000;
+
+/// A stream id's hash for [`Registry::retired`].
+fn id_hash(stream: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(stream)
 }
 
 impl Registry {
@@ -128,6 +146,7 @@ impl Registry {
                 timeout: args.connect_timeout,
             },
             hub,
+            retired: std::sync::Mutex::new(Seen::new(RETIRED_IDS)),
         }))
     }
 
@@ -149,6 +168,7 @@ impl Registry {
     /// Applies the record of `stream` at `at` (partition, offset).
     fn apply(&self, stream: &str, value: Option<&[u8]>, at: (i32, i64)) {
         let Some(value) = value else {
+            self.retired.lock().expect("registry lock").insert(id_hash(stream));
             let mut streams = self.streams.write().expect("registry lock");
             if let Some(Open { owner, .. }) = streams.remove(stream) {
                 let mut per_owner = self.per_owner.write().expect("registry lock");
@@ -171,7 +191,7 @@ impl Registry {
                 return;
             }
         };
-        self.insert_first(stream, claim.owner.into(), at);
+        self.insert_first(stream, claim.owner.into(), at, claim.created_at);
     }
 
     /// First claim wins: a later claim of an open stream lost a race (or is
@@ -179,7 +199,7 @@ impl Registry {
     /// ahead of the log) and changes nothing. The owner's starts of the
     /// stream still in progress stop counting as starting: it is open now.
     /// (Another key's start of it keeps its place until it returns.)
-    fn insert_first(&self, stream: &str, owner: Arc<str>, claim: (i32, i64)) {
+    fn insert_first(&self, stream: &str, owner: Arc<str>, claim: (i32, i64), opened_at: Timestamp) {
         let mut streams = self.streams.write().expect("registry lock");
         if !streams.contains_key(stream) {
             // Lock order: streams, starting, per_owner.
@@ -187,8 +207,11 @@ impl Registry {
             starting.applied(&owner, stream);
             *self.per_owner.write().expect("registry lock").entry(owner.clone()).or_default() += 1;
             drop(starting);
-            streams.insert(stream.to_owned(), Open { owner, claim });
-            self.hub.open(stream);
+            streams.insert(stream.to_owned(), Open { owner, claim, opened_at });
+            // Only an id used before needs its results told apart by time:
+            // another processor's results may carry any `event_time`.
+            let reused = self.retired.lock().expect("registry lock").contains(id_hash(stream));
+            self.hub.open(stream, reused.then_some(opened_at));
         }
     }
 
@@ -197,9 +220,21 @@ impl Registry {
         self.streams.read().expect("registry lock").get(stream).map(|open| open.owner.clone())
     }
 
-    /// The owner of `stream` and where the claim that opened it is.
-    fn opened_by(&self, stream: &str) -> Option<(Arc<str>, (i32, i64))> {
-        self.streams.read().expect("registry lock").get(stream).map(|open| (open.owner.clone(), open.claim))
+    /// The owner of `stream`, where the claim that opened it is, and when.
+    fn opened_by(&self, stream: &str) -> Option<(Arc<str>, (i32, i64), Timestamp)> {
+        self.streams
+            .read()
+            .expect("registry lock")
+            .get(stream)
+            .map(|open| (open.owner.clone(), open.claim, open.opened_at))
+    }
+
+    /// When `stream` was started, as this process knows it now: the
+    /// `created_at` of the claim that opened it. Its events are timed no
+    /// earlier, so that this time tells its results from those of an
+    /// earlier stream of the same id, deleted since.
+    pub fn opened_at(&self, stream: &str) -> Option<Timestamp> {
+        self.streams.read().expect("registry lock").get(stream).map(|open| open.opened_at)
     }
 
     /// Streams `owner` has open, as this process knows it now.
@@ -333,18 +368,24 @@ impl Registry {
         // another replica. (The look, a watermark query on a blocking
         // thread, made a start take 21.6 ms at p50 on the local broker; 3.6
         // without it.)
-        let (partition, offset) = self.write_claim(producer, stream, owner, deadline).await?;
+        let ours = Timestamp::now();
+        let (partition, offset) = self.write_claim(producer, stream, owner, ours, deadline).await?;
         self.wait_applied(&[(partition, offset + 1)], deadline).await?;
+        // A claim that was not the first is now the latest record of this
+        // key, and compaction would keep it: restating the first claim
+        // makes the latest record agree with what every reader applied,
+        // owner and start time both (replays tell the stream's results
+        // from an earlier stream's by that time).
         match self.opened_by(stream) {
-            Some((current, claim)) if current == *owner => {
-                Ok(if claim == (partition, offset) { Claimed::Created } else { Claimed::Existing })
+            Some((current, claim, _)) if current == *owner && claim == (partition, offset) => Ok(Claimed::Created),
+            Some((current, _, opened_at)) if current == *owner => {
+                // Started on another replica a moment ago.
+                self.write_claim(producer, stream, owner, opened_at, deadline).await?;
+                Ok(Claimed::Existing)
             }
-            Some((winner, _)) => {
-                // We lost a race, and our claim is now the latest record of
-                // this key: compaction would keep it and hand the stream to
-                // us after the next restart. Restating the winner's claim
-                // makes the latest record agree with what every reader applied.
-                self.write_claim(producer, stream, &winner, deadline).await?;
+            Some((winner, _, opened_at)) => {
+                // We lost a race.
+                self.write_claim(producer, stream, &winner, opened_at, deadline).await?;
                 Err(RegistryError::OwnedByAnother)
             }
             // Deleted between our claim and now: the caller may start again.
@@ -366,8 +407,9 @@ impl Registry {
         owner: &Arc<str>,
         deadline: Instant,
     ) -> Result<Claimed, RegistryError> {
-        let claim = self.write_claim(producer, stream, owner, deadline).await?;
-        self.insert_first(stream, owner.clone(), claim);
+        let at = Timestamp::now();
+        let claim = self.write_claim(producer, stream, owner, at, deadline).await?;
+        self.insert_first(stream, owner.clone(), claim, at);
         Ok(Claimed::Created)
     }
 
@@ -388,15 +430,16 @@ impl Registry {
         self.wait_applied(&[(partition, offset + 1)], deadline).await
     }
 
-    /// Writes a claim of `stream` by `owner`, made now.
+    /// Writes a claim of `stream` by `owner`, started at `created_at`.
     async fn write_claim(
         &self,
         producer: &Producer,
         stream: &str,
         owner: &str,
+        created_at: Timestamp,
         deadline: Instant,
     ) -> Result<(i32, i64), RegistryError> {
-        let claim = Claim { owner: owner.to_owned(), created_at: Timestamp::now() };
+        let claim = Claim { owner: owner.to_owned(), created_at };
         let value = serde_json::to_vec(&claim).expect("claims serialise");
         self.write(producer, stream, Some(&value), deadline).await
     }
@@ -525,6 +568,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_a_stream_id_used_before_tells_results_apart_by_start_time() {
+        let registry = registry().await;
+        let owner: Arc<str> = "owner".into();
+        // The test result's event is at 1 µs, before either start.
+        let early = crate::delivered::tests::result(1);
+        registry.insert_first("fresh", owner.clone(), (0, 0), Timestamp::from_micros(100));
+        assert!(registry.hub.subscribe("fresh").unwrap().is_current(&early), "a first use: any result is its own");
+        registry.apply("used", None, (0, 1));
+        registry.insert_first("used", owner, (0, 2), Timestamp::from_micros(100));
+        assert!(!registry.hub.subscribe("used").unwrap().is_current(&early), "deleted before: an earlier stream's");
+    }
+
+    #[tokio::test]
     async fn callers_arriving_together_share_looks_at_the_topic_end() {
         let registry = registry().await;
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
@@ -554,7 +610,7 @@ mod tests {
         let first = placed(registry.reserve(&owner, "s1", 2));
         // s1's claim is applied (read back from the log, or by `claim_new`)
         // before its start has returned and let its place go.
-        registry.insert_first("s1", owner.clone(), (0, 0));
+        registry.insert_first("s1", owner.clone(), (0, 0), Timestamp::now());
         assert_eq!(registry.owned_by(&owner), 1);
         let second = placed(registry.reserve(&owner, "s2", 2));
         drop(first);
@@ -569,7 +625,7 @@ mod tests {
     async fn a_start_of_an_open_stream_takes_no_place_even_at_the_quota() {
         let registry = registry().await;
         let owner: Arc<str> = "owner".into();
-        registry.insert_first("s1", owner.clone(), (0, 0));
+        registry.insert_first("s1", owner.clone(), (0, 0), Timestamp::now());
         assert!(matches!(registry.reserve(&owner, "s1", 1), Ok(None)), "a retried start is never refused");
         assert!(matches!(registry.reserve(&"other".into(), "s1", 1), Ok(None)), "another key's stream: 403 later");
         assert!(matches!(registry.reserve(&owner, "s2", 1), Err(Full)));
@@ -594,7 +650,7 @@ mod tests {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         let a_start = placed(registry.reserve(&a, "x", 1));
         let b_start = placed(registry.reserve(&b, "x", 1));
-        registry.insert_first("x", a.clone(), (0, 0));
+        registry.insert_first("x", a.clone(), (0, 0), Timestamp::now());
         assert_eq!((registry.owned_by(&a), registry.owned_by(&b)), (1, 0));
         assert!(matches!(registry.reserve(&b, "y", 1), Err(Full)), "b's start of x has not returned");
         drop(b_start);
@@ -608,7 +664,7 @@ mod tests {
         let registry = registry().await;
         let owner: Arc<str> = "owner".into();
         let old = placed(registry.reserve(&owner, "x", 1));
-        registry.insert_first("x", owner.clone(), (0, 0));
+        registry.insert_first("x", owner.clone(), (0, 0), Timestamp::now());
         // Deleted (its tombstone applied) and started again while the
         // first start has still not returned.
         registry.apply("x", None, (0, 1));

@@ -85,7 +85,7 @@ fn route(hub: &Hub, counts: &Counts, msg: &BorrowedMessage<'_>) {
     counts.received.increment(1);
     let pos = Pos { partition: msg.partition(), offset: msg.offset() };
     let value = msg.payload().unwrap_or_default();
-    let Decoded { delivered, stream, event_time } = match Delivered::decode(value, msg.key(), pos) {
+    let Decoded { delivered, stream } = match Delivered::decode(value, msg.key(), pos) {
         Ok(decoded) => decoded,
         Err(Undecodable::NotAResult) => {
             tracing::debug!(partition = pos.partition, offset = pos.offset, "skipping a non-result record");
@@ -98,6 +98,7 @@ fn route(hub: &Hub, counts: &Counts, msg: &BorrowedMessage<'_>) {
             return;
         }
     };
+    let event_time = delivered.event_time;
     if hub.route(&stream, Arc::new(delivered)) {
         counts.routed.increment(1);
         if let Some(event_time) = event_time {

@@ -253,6 +253,7 @@ pub async fn send(
     state.check_schema(&data)?;
     let key = idempotency::Key::from_headers(&caller.owner, &headers)?;
     let mut event = Event::json(SOURCE, Some(stream_id.clone()), &data);
+    state.time_for_stream(&mut event, &stream_id);
     add_traceparent(&mut event, traceparent(&headers));
     let topic = &state.config.kafka.topics.events;
     // Noted before the write, so a result that comes before the ack is

@@ -242,7 +242,11 @@ async fn run_socket(
                 Some(Ok(Message::Text(text))) => {
                     last_heard = tokio::time::Instant::now();
                     let event = client_event(&stream_id, text.as_str(), state.schema.as_ref())
-                        .and_then(|event| state.admit(&owner, 1).map(|()| event));
+                        .and_then(|event| state.admit(&owner, 1).map(|()| event))
+                        .map(|mut event| {
+                            state.time_for_stream(&mut event, &stream_id);
+                            event
+                        });
                     match event {
                         Ok(event) => match state.publisher.enqueue(&topic, &event) {
                             Ok(future) => {

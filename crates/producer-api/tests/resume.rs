@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{send, start_stream, KEY_A};
+use common::{send, start_stream, KEY_A, KEY_B};
 use futures::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -80,8 +80,12 @@ async fn send_n(base: &common::TestApp, stream: &str, range: std::ops::Range<i64
 
 /// A WebSocket on `stream`'s results with `query`.
 async fn ws(app_ws_url: String) -> common::Socket {
+    ws_as(KEY_A, app_ws_url).await
+}
+
+async fn ws_as(key: &str, app_ws_url: String) -> common::Socket {
     let mut request = app_ws_url.into_client_request().unwrap();
-    request.headers_mut().insert("X-API-Key", KEY_A.parse().unwrap());
+    request.headers_mut().insert("X-API-Key", key.parse().unwrap());
     tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade").0
 }
 
@@ -170,7 +174,11 @@ async fn websocket_resumes_after_a_cursor_and_joins_the_live_feed() {
 }
 
 async fn get_json(url: &str) -> (u16, Value) {
-    let response = common::client().get(url).header("X-API-Key", KEY_A).send().await.unwrap();
+    get_json_as(KEY_A, url).await
+}
+
+async fn get_json_as(key: &str, url: &str) -> (u16, Value) {
+    let response = common::client().get(url).header("X-API-Key", key).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -222,6 +230,47 @@ async fn the_json_long_poll_pages_through_a_stream() {
     let recent = recent["results"].as_array().unwrap();
     assert_eq!(recent.len(), 26);
     assert!(recent.iter().all(|r| r["cursor"].is_string()));
+
+    processor.stop().await;
+    app.stop().await;
+}
+
+/// A stream deleted and started again under its id, here by another key,
+/// is a new stream: the earlier one's results are in neither its replay
+/// from the beginning nor its live feed, not even one that comes late.
+#[tokio::test]
+async fn a_stream_started_again_under_a_deleted_id_holds_none_of_the_earlier_results() {
+    let (kafka, app) = common::spawn_app().await;
+    let processor = common::Processor::start(&kafka);
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "reused"}))).await.0, 201);
+    send_n(&app, "reused", 0..3).await;
+    let (_, recent) = get_json(&app.url("/stream/reused/results")).await;
+    assert_eq!(recent["results"].as_array().unwrap().iter().map(n_of).collect::<Vec<_>>(), [0, 1, 2]);
+    // An event of the earlier stream whose result is still to come.
+    let late = Event::json("/test", Some("reused".into()), &json!({"n": 50}));
+
+    let deleted = common::client().delete(app.url("/stream/reused")).header("X-API-Key", KEY_A).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(start_stream(&app, KEY_B, Some(json!({"stream_id": "reused"}))).await.0, 201);
+    let mut live = ws_as(KEY_B, app.ws_url("/stream/reused/results")).await;
+    let producer = kafka::producer(&kafka, &ProducerOptions::default()).unwrap();
+    write_result(&producer, &kafka, &late, 50).await;
+    for n in [100, 101] {
+        let (status, body) = send(&app, KEY_B, "reused", json!({"data": {"n": n}})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for expect in [100, 101] {
+        assert_eq!(n_of(&common::next_frame(&mut live, "result").await), expect, "only the new stream's results, live");
+    }
+    let mut replay = ws_as(KEY_B, app.ws_url("/stream/reused/results?from=beginning")).await;
+    for expect in [100, 101] {
+        assert_eq!(n_of(&common::next_frame(&mut replay, "result").await), expect, "only the new stream's, replayed");
+    }
+    let (status, page) = get_json_as(KEY_B, &app.url("/stream/reused/results?from=beginning&wait=5")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["results"].as_array().unwrap().iter().map(n_of).collect::<Vec<_>>(), [100, 101]);
+    let (_, recent) = get_json_as(KEY_B, &app.url("/stream/reused/results")).await;
+    assert_eq!(recent["results"].as_array().unwrap().iter().map(n_of).collect::<Vec<_>>(), [100, 101]);
 
     processor.stop().await;
     app.stop().await;

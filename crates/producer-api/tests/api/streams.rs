@@ -285,6 +285,24 @@ async fn a_start_repeated_at_once_on_another_replica_is_the_owners_not_a_new_str
         assert_eq!(start_stream(&b, KEY_A, Some(body.clone())).await.0, 200, "{id}: a repeated start on B");
         assert_eq!(start_stream(&b, KEY_B, Some(body)).await.0, 403, "{id}: another key on B");
     }
+    // Each id's latest record, the one compaction keeps, restates the
+    // claim that opened the stream, start time included: replays after a
+    // restart tell the stream's results from an earlier stream's by it.
+    let topic = format!("{}.streams", kafka.topics.events);
+    let mut claims: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    for record in common::read_records(&kafka, &topic).await {
+        use rdkafka::Message as _;
+        let (Some(key), Some(value)) = (record.key(), record.payload()) else { continue };
+        let key = String::from_utf8(key.to_vec()).unwrap();
+        if key.starts_with("again-") {
+            claims.entry(key).or_default().push(serde_json::from_slice(value).unwrap());
+        }
+    }
+    assert_eq!(claims.len(), 5);
+    for (id, claims) in &claims {
+        // One record when B had read A's claim before the repeat came.
+        assert_eq!(claims.last(), claims.first(), "{id}: the latest claim is the first, restated");
+    }
     a.stop().await;
     b.stop().await;
 }

@@ -180,6 +180,12 @@ pub async fn read_record(
 /// Every record of `topic` currently in it (from the beginning up to the
 /// high watermarks), as events.
 pub async fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<Event> {
+    read_records(kafka, topic).await.iter().map(|msg| Event::from_message(msg).unwrap()).collect()
+}
+
+/// Every record of `topic` currently in it, as they are, in each
+/// partition's order.
+pub async fn read_records(kafka: &KafkaArgs, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
     let reader: StreamConsumer<TracingContext> = kafka::reader(kafka, StartFrom::Earliest).unwrap();
     let partitions = kafka::assign_all(&reader, topic, Offset::Beginning, kafka.connect_timeout).unwrap();
     let mut remaining: i64 = 0;
@@ -187,13 +193,13 @@ pub async fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<Event> {
         let (low, high) = reader.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
         remaining += high - low;
     }
-    let mut events = Vec::new();
+    let mut records = Vec::new();
     while remaining > 0 {
         let msg = tokio::time::timeout(Duration::from_secs(20), reader.recv()).await.expect("records arrive").unwrap();
-        events.push(Event::from_message(&msg).unwrap());
+        records.push(msg.detach());
         remaining -= 1;
     }
-    events
+    records
 }
 
 /// A client WebSocket to the gateway.
