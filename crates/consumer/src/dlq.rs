@@ -3,7 +3,11 @@
 //!
 //! The dead letter is the original record (same key, same payload bytes, all
 //! original headers including `ce_*`, so it can be replayed as is) plus
-//! headers saying what went wrong and where the record came from.
+//! headers saying what went wrong and where the record came from. When even
+//! that is too large for the broker (an event near the size limit whose
+//! result was refused for its size), it is written without the payload and
+//! with [`header::PAYLOAD_DROPPED`]: the event itself is still in its topic,
+//! where the `dlq_source_*` headers point.
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use stream_core::schema::Timestamp;
@@ -26,6 +30,9 @@ pub mod header {
     pub const GROUP: &str = "dlq_group";
     /// Worker that gave up on it.
     pub const WORKER: &str = "dlq_worker";
+    /// On a dead letter written without the event's payload, because the
+    /// whole was too large for the broker: the payload's size in bytes.
+    pub const PAYLOAD_DROPPED: &str = "dlq_payload_dropped";
 }
 
 /// Why an event was dead-lettered.

@@ -67,6 +67,34 @@ async fn a_result_the_broker_refuses_for_good_dead_letters_its_event() {
     refused_results_are_dead_lettered(RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE).await;
 }
 
+/// An event whose dead letter is too large for the broker (one near the
+/// size limit whose result was refused for its size, say) is dead-lettered
+/// without its payload, naming the payload's size and where the event is:
+/// one such event cannot stop the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_the_broker_goes_without_the_payload() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let args = mock_topics(&cluster);
+    let poison = stream_core::Event::with_bytes("/test", Some("k".into()), None, b"not json".to_vec());
+    publish(&args, std::slice::from_ref(&poison)).await;
+    let dead = Collector::start(&args, &args.topics.dlq).await;
+
+    // The whole dead letter is refused for its size, once.
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+    let mut config = Config::for_tests(args.clone(), 1);
+    config.create_topics = false;
+    let running = Running::start(config);
+    let letter =
+        eventually(DEADLINE, "the dead letter", || async { dead.records.lock().unwrap().first().cloned() }).await;
+    running.stop().await.expect("the run goes on, and stops cleanly");
+    assert!(rdkafka::Message::payload(&letter).unwrap_or_default().is_empty(), "written without the payload");
+    assert_eq!(header(&letter, consumer::dlq::header::PAYLOAD_DROPPED).as_deref(), Some("8"), "b\"not json\"");
+    assert_eq!(header(&letter, "ce_id"), Some(poison.id.clone()));
+    assert_eq!(header(&letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("invalid_json"));
+    assert_eq!(header(&letter, consumer::dlq::header::SOURCE_OFFSET).as_deref(), Some("0"));
+    assert_eq!(dead.records.lock().unwrap().len(), 1);
+}
+
 /// An error that is neither a timeout, a leader move nor a broker outage is
 /// permanent: retrying it would stall the partition for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,11 +27,14 @@ pub(super) enum Outcome {
     Abandoned,
 }
 
+/// Writes the dead letter of `record`: the whole record, or without its
+/// payload (see [`dlq`]).
 pub(super) async fn dead_letter<P>(
     shared: &Shared<P>,
     record: &Record,
     failure: &dlq::Failure,
     worker_id: u32,
+    letter: Letter,
 ) -> Sent {
     let traceparent = record
         .headers()
@@ -47,10 +50,22 @@ pub(super) async fn dead_letter<P>(
         error = %failure.message,
         "event dead-lettered"
     );
-    metrics::counter!("consumer_events_failed_total", "kind" => failure.kind).increment(1);
-    shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-    let headers = dlq::headers(&**record, failure, &shared.group, worker_id);
-    let mut out = FutureRecord::to(&shared.dlq_topic).payload(record.payload().unwrap_or_default()).headers(headers);
+    let payload = record.payload().unwrap_or_default();
+    let mut headers = dlq::headers(&**record, failure, &shared.group, worker_id);
+    let payload = match letter {
+        Letter::Whole => {
+            metrics::counter!("consumer_events_failed_total", "kind" => failure.kind).increment(1);
+            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+            payload
+        }
+        Letter::WithoutPayload => {
+            let size = payload.len().to_string();
+            headers = headers
+                .insert(rdkafka::message::Header { key: dlq::header::PAYLOAD_DROPPED, value: Some(size.as_str()) });
+            &[][..]
+        }
+    };
+    let mut out = FutureRecord::to(&shared.dlq_topic).payload(payload).headers(headers);
     if let Some(key) = record.key() {
         out = out.key(key);
     }
@@ -152,13 +167,32 @@ pub(super) enum Kind {
     /// A result for an event sent at the given time.
     Result(Timestamp),
     /// A dead letter.
-    DeadLetter(dlq::Failure),
+    DeadLetter(dlq::Failure, Letter),
+}
+
+/// What a dead letter carries of the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Letter {
+    /// The whole record.
+    Whole,
+    /// Its key and headers only: the whole was too large for the broker.
+    WithoutPayload,
+}
+
+/// Whether the broker (or librdkafka, before sending) refused a record for
+/// its size.
+fn too_large(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
 }
 
 /// The wait for one record's ack, with retries: transient errors are
 /// retried with backoff; a result that can never be written (too large,
-/// say) is dead-lettered instead; a dead letter that can never be written
-/// fails the run, since skipping it would lose the event.
+/// say) is dead-lettered instead; a dead letter too large to write is
+/// written again without the payload; a dead letter that can never be
+/// written fails the run, since skipping it would lose the event.
 pub(super) struct Delivery<P> {
     pub(super) shared: Arc<Shared<P>>,
     pub(super) worker_id: u32,
@@ -236,10 +270,24 @@ impl<P: Processor> Delivery<P> {
                         kind: "result_undeliverable",
                         message: format!("result could not be written to {}: {error}", copy.topic()),
                     };
-                    self.sent = dead_letter(&self.shared, &self.source, &failure, self.worker_id).await;
-                    self.kind = Kind::DeadLetter(failure);
+                    self.sent = dead_letter(&self.shared, &self.source, &failure, self.worker_id, Letter::Whole).await;
+                    self.kind = Kind::DeadLetter(failure, Letter::Whole);
                 }
-                Kind::DeadLetter(failure) => {
+                Kind::DeadLetter(failure, Letter::Whole) if too_large(&error) => {
+                    tracing::warn!(
+                        worker = self.worker_id,
+                        topic = self.source.topic(),
+                        partition = self.source.partition(),
+                        offset = self.source.offset(),
+                        %error,
+                        "the dead letter is too large; writing it without the event's payload"
+                    );
+                    let failure = failure.clone();
+                    self.sent =
+                        dead_letter(&self.shared, &self.source, &failure, self.worker_id, Letter::WithoutPayload).await;
+                    self.kind = Kind::DeadLetter(failure, Letter::WithoutPayload);
+                }
+                Kind::DeadLetter(failure, _) => {
                     self.shared.fail(anyhow::anyhow!(
                         "cannot write the dead letter for {}/{} offset {} ({}: {}) to {}: {error}",
                         self.source.topic(),
@@ -265,7 +313,7 @@ impl<P: Processor> Delivery<P> {
                 let e2e = sent_at.until(Timestamp::now());
                 self.shared.meters.end_to_end.record(e2e.as_secs_f64());
             }
-            Kind::DeadLetter(_) => {
+            Kind::DeadLetter(..) => {
                 stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.shared.meters.dead_lettered.increment(1);
             }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::{Acks, Settled};
 use super::context::Member;
-use super::delivery::{dead_letter, send, Delivery, InFlight, Kind, Sent};
+use super::delivery::{dead_letter, send, Delivery, InFlight, Kind, Letter, Sent};
 use super::record::Record;
 use super::shared::{Shared, RESULT_SOURCE};
 use crate::dlq;
@@ -169,7 +169,7 @@ impl<P: Processor> PartitionTask<P> {
                 let record = result.record(&data, RESULT_SOURCE, &event, &shared.results_topic, shared.result_headers);
                 (send(&shared.producer, record).await, Kind::Result(event.time))
             }
-            Err(failure) => (self.dead_letter(&record, &failure).await, Kind::DeadLetter(failure)),
+            Err(failure) => (self.dead_letter(&record, &failure).await, Kind::DeadLetter(failure, Letter::Whole)),
         };
         Delivery {
             shared: shared.clone(),
@@ -183,6 +183,6 @@ impl<P: Processor> PartitionTask<P> {
     }
 
     pub(super) async fn dead_letter(&self, record: &Record, failure: &dlq::Failure) -> Sent {
-        dead_letter(&self.shared, record, failure, self.worker.worker_id).await
+        dead_letter(&self.shared, record, failure, self.worker.worker_id, Letter::Whole).await
     }
 }
