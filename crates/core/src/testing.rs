@@ -217,6 +217,23 @@ impl DurableBroker {
         wait_until_answering(&self.address, Duration::from_secs(30)).expect("the durable broker answers");
     }
 
+    /// Suspends the broker's process (SIGSTOP): its connections stay open
+    /// and requests already sent get no answer, as with a broker that hangs.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a [`freeze`](Self::freeze)d broker go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("the broker is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to the broker: {e}"));
+    }
+
     /// Kills the broker at once, as a crash would.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

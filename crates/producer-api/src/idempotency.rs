@@ -6,6 +6,11 @@
 //! - A repeat with a different request is refused (422), never confused
 //!   with the first.
 //! - A repeat arriving while the first is still in flight waits for it.
+//!   The first write is not bounded by its request's timeout: a request
+//!   that answered 503 (the broker had not acknowledged in time) leaves
+//!   its write running until librdkafka reports it, so a retry gets the
+//!   write's outcome (a replay once it is acknowledged) instead of
+//!   writing the event a second time.
 //! - The event id is derived from the API key's fingerprint and the
 //!   idempotency key, so two replicas that each accept the same retry (this
 //!   memory is per process) still write one `ce_id`, and downstream
@@ -227,8 +232,10 @@ impl Idempotency {
     /// Runs `write` (given the event id to use) once per key: the first
     /// request writes, repeats get its outcome. Returns where the event
     /// was written and whether this is a replay. `write` runs in its own
-    /// task, so a client that gives up (disconnects) does not abandon a
-    /// write that repeats would wait for.
+    /// task, so neither a client that gives up (disconnects) nor the
+    /// request's `deadline` abandons a write that repeats would wait for:
+    /// past the deadline the request answers 503, and the write's outcome
+    /// is recorded when it comes.
     pub async fn run<F, Fut>(
         &self,
         key: &Key,
@@ -281,9 +288,13 @@ impl Idempotency {
                         }
                         outcome
                     });
-                    let outcome = match task.await {
-                        Ok(outcome) => outcome,
-                        Err(join) => Err(AppError::Internal(format!("an idempotent write failed: {join}"))),
+                    let outcome = match tokio::time::timeout_at(deadline, task).await {
+                        Ok(Ok(outcome)) => outcome,
+                        Ok(Err(join)) => Err(AppError::Internal(format!("an idempotent write failed: {join}"))),
+                        Err(_elapsed) => Err(AppError::unavailable(
+                            "the broker did not acknowledge in time; the event may or may not have been written: \
+                             a retry with the same Idempotency-Key gets its outcome",
+                        )),
                     };
                     return outcome.map(|written| (written, false));
                 }
@@ -352,6 +363,33 @@ mod tests {
         assert!(memory.is_empty());
         let ok = memory.run(&key, body, deadline(), |_| async { Ok(Written { partition: 1, offset: 7 }) }).await;
         assert_eq!(ok.unwrap(), (Written { partition: 1, offset: 7 }, false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_outlasts_its_request_is_recorded_for_the_retry() {
+        let memory = Arc::new(Idempotency::new(Duration::from_secs(60), 10));
+        let key = Key::new("o", "k");
+        let body = Fingerprint::of([&b"body"[..]]);
+        let (ack, acked) = tokio::sync::oneshot::channel::<()>();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let counted = writes.clone();
+        // The broker acknowledges only after the request's 5 s deadline.
+        let first = memory
+            .run(&key, body, deadline(), move |_| async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                acked.await.expect("acknowledged");
+                Ok(Written { partition: 2, offset: 9 })
+            })
+            .await;
+        assert_eq!(first.unwrap_err().status().as_u16(), 503, "past the deadline");
+        // A retry while the write is still in flight waits for it, and
+        // gets 503 again at its own deadline: it writes nothing.
+        let during = memory.run(&key, body, deadline(), |_| async { Ok(Written { partition: 0, offset: 0 }) }).await;
+        assert_eq!(during.unwrap_err().status().as_u16(), 503);
+        ack.send(()).unwrap();
+        let retry = memory.run(&key, body, deadline(), |_| async { Ok(Written { partition: 0, offset: 0 }) }).await;
+        assert_eq!(retry.unwrap(), (Written { partition: 2, offset: 9 }, true), "the late write, replayed");
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -96,11 +96,21 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// How long a write under an `Idempotency-Key` waits for the broker
+/// (librdkafka's `message.timeout.ms` on its producer), whatever its
+/// request's timeout.
+pub const IDEMPOTENT_DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What [`AppState`] shares.
 pub struct AppStateInner {
     pub config: Arc<Config>,
     pub keys: auth::ApiKeys,
     pub publisher: Arc<Publisher>,
+    /// Writes under an `Idempotency-Key`, on a producer of their own whose
+    /// records wait up to [`IDEMPOTENT_DELIVERY_TIMEOUT`] for the broker:
+    /// a write that outlasts its request (503) still ends in a known
+    /// outcome, which the key's retries get (see [`idempotency`]).
+    pub idempotent: Arc<Publisher>,
     pub registry: Arc<Registry>,
     pub hub: Arc<Hub>,
     /// The results topic, for subscribers that read from a cursor or fell
@@ -246,10 +256,20 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         queue_capacity: config.producer_queue,
         ..ProducerOptions::default()
     };
+    // The same producer, but a record waits for the broker long after its
+    // request has answered: librdkafka times out a request on the wire
+    // with its records, and a broker that answers late may still have
+    // written them, so a retry of the key would write the event again.
+    let patient = ProducerOptions { delivery_timeout: IDEMPOTENT_DELIVERY_TIMEOUT, ..options.clone() };
     let factory_args = args.clone();
     let factory: producer::Factory =
         Box::new(move || kafka::producer(&factory_args, &options).context("creating the producer"));
     let publisher = Arc::new(Publisher::new(factory, config.request_timeout)?);
+    let factory_args = args.clone();
+    let factory: producer::Factory = Box::new(move || {
+        kafka::producer(&factory_args, &patient).context("creating the producer for idempotent writes")
+    });
+    let idempotent = Arc::new(Publisher::new(factory, config.request_timeout)?);
     let hub = Hub::new(config.ws_buffer, config.recent_results, config.dedup_window);
     let registry = Registry::start(args, &config.streams_topic, hub.clone()).context("reading the stream registry")?;
     let results_reader = ResultsReader::start(args).await.context("reading the results topic")?;
@@ -260,6 +280,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         config: Arc::new(config),
         publisher,
+        idempotent,
         registry: registry.clone(),
         hub,
         log,
@@ -329,7 +350,7 @@ impl Application {
                 stopping.cancel();
             })
         };
-        let publisher = state.publisher.clone();
+        let publishers = [state.publisher.clone(), state.idempotent.clone()];
         let limits = serve::Limits {
             max_connections: state.config.connection_limit(),
             header_read_timeout: state.config.header_read_timeout,
@@ -343,9 +364,11 @@ impl Application {
             }
         };
         forward.abort();
-        let flushed = tokio::task::spawn_blocking(move || publisher.flush(grace)).await?;
-        if let Err(err) = flushed {
-            tracing::error!(%err, "producer flush incomplete at shutdown");
+        for publisher in publishers {
+            let flushed = tokio::task::spawn_blocking(move || publisher.flush(grace)).await?;
+            if let Err(err) = flushed {
+                tracing::error!(%err, "producer flush incomplete at shutdown");
+            }
         }
         reader_stop.cancel();
         drop(readers);

@@ -31,7 +31,7 @@ pub async fn publish_once(
             let (state, topic) = (state.clone(), topic.clone());
             async move {
                 admitted?;
-                let ack = state.publisher.publish(&topic, &event).await?;
+                let ack = state.idempotent.publish_to_the_end(&topic, &event).await?;
                 Ok(Written { partition: ack.partition, offset: ack.offset })
             }
         })

@@ -17,6 +17,11 @@ use crate::error::AppError;
 /// `ce_source` of every event the gateway writes.
 pub const SOURCE: &str = "/producer-api";
 
+/// Longest wait for a record's report in [`Publisher::publish_to_the_end`]:
+/// far beyond librdkafka's own bounds (`message.timeout.ms`, the request
+/// timeout, plus `request.timeout.ms` for a request in flight).
+pub const OUTCOME_PATIENCE: Duration = Duration::from_secs(300);
+
 /// Where the broker put a record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
@@ -173,6 +178,17 @@ impl Publisher {
         let deadline = self.deadline();
         let sending = self.enqueue(topic, event)?;
         self.acked(event.id.clone(), topic, sending, deadline).await
+    }
+
+    /// Enqueues and waits for librdkafka's report of the record, however
+    /// long past a request's timeout it comes: for idempotent writes,
+    /// whose outcome a retry gets (see [`crate::idempotency`]). librdkafka
+    /// reports every record (acknowledged, failed, or purged with its
+    /// producer); [`OUTCOME_PATIENCE`] only bounds a task that would
+    /// otherwise never end.
+    pub async fn publish_to_the_end(&self, topic: &str, event: &Event) -> Result<Ack, AppError> {
+        let sending = self.enqueue(topic, event)?;
+        self.acked(event.id.clone(), topic, sending, TokioInstant::now() + OUTCOME_PATIENCE).await
     }
 
     /// Records handed to librdkafka but not yet acknowledged.

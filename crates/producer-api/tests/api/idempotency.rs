@@ -200,3 +200,36 @@ async fn two_replicas_that_each_accept_the_same_retry_write_one_event_id() {
     first.stop().await;
     second.stop().await;
 }
+
+/// The broker hangs (SIGSTOP) with the first request's write on the wire:
+/// the request answers 503 at its timeout, and the write goes on. Once the
+/// broker answers, a retry with the same key gets that write back as a
+/// replay, and the topic holds the event once.
+#[tokio::test]
+async fn a_retry_after_a_503_gets_the_late_write_and_writes_nothing() {
+    let broker = stream_core::testing::DurableBroker::start();
+    let mut kafka = stream_core::testing::kafka_args();
+    kafka.brokers = broker.address.clone();
+    let mut config = common::config(kafka.clone());
+    config.request_timeout = Duration::from_secs(2);
+    let app = common::start(config).await;
+    // Connected and written to once, so the next write goes out at once.
+    assert_eq!(post(&app, "/publish", KEY_A, "warm", &json!({"message": 0})).await.0, 200);
+
+    let body = json!({"message": {"late": 1}});
+    broker.freeze();
+    let (status, _, reply) = post(&app, "/publish", KEY_A, "late", &body).await;
+    assert_eq!(status, 503, "{reply}");
+    broker.thaw();
+    let reply = stream_core::testing::eventually(Duration::from_secs(60), "a retry answered 200", || async {
+        let (status, replayed, reply) = post(&app, "/publish", KEY_A, "late", &body).await;
+        (status == 200).then_some((replayed, reply))
+    })
+    .await;
+    assert!(reply.0, "the retry replays the first request's write: {}", reply.1);
+    let id = expected_id(KEY_A, "late");
+    assert_eq!(reply.1["id"], id.as_str());
+    let events = common::read_all(&kafka, &kafka.topics.events).await;
+    assert_eq!(events.iter().filter(|e| e.id == id).count(), 1, "written once");
+    app.stop().await;
+}
