@@ -245,15 +245,24 @@ impl Hub {
     /// plain JSON read of the stream's results waits for it (see
     /// [`recent_after_sends`](Self::recent_after_sends)). A result already
     /// here (a repeated idempotent send) is not waited for.
-    pub fn sent(&self, stream: &str, event: u64, by: Instant) {
+    ///
+    /// Returns when the stream was started if its id was used before (see
+    /// [`Hub::open`]): the event must be timed no earlier.
+    pub fn sent(&self, stream: &str, event: u64, by: Instant) -> Option<Timestamp> {
         let mut slots = self.slots.lock().expect("hub lock");
-        if let Some(slot) = slots.get_mut(stream) {
-            // The dedup window holds the last results' ids (the newest
-            // result too, for a hub that keeps no window).
-            if !slot.seen.contains(event) && slot.recent.back().is_none_or(|d| d.event != event) {
-                slot.awaited = Some((event, by));
-            }
+        let slot = slots.get_mut(stream)?;
+        // The dedup window holds the last results' ids (the newest result
+        // too, for a hub that keeps no window).
+        if !slot.seen.contains(event) && slot.recent.back().is_none_or(|d| d.event != event) {
+            slot.awaited = Some((event, by));
         }
+        slot.opened_at
+    }
+
+    /// When `stream` was started, if its id was used before (see
+    /// [`Hub::open`]): events sent to it are timed no earlier.
+    pub fn opened_at(&self, stream: &str) -> Option<Timestamp> {
+        self.slots.lock().expect("hub lock").get(stream)?.opened_at
     }
 
     /// The send of `event` failed: no result is coming for it.

@@ -150,16 +150,6 @@ impl AppStateInner {
     pub fn check_schema(&self, event: &serde_json::Value) -> Result<(), AppError> {
         validation::check(self.schema.as_ref(), event)
     }
-
-    /// Times an event sent to `stream` no earlier than the stream's start,
-    /// even when this host's clock is behind the one that started it:
-    /// results of events from before the start belong to an earlier stream
-    /// of the same id and are not delivered (see [`hub::Hub::open`]).
-    pub fn time_for_stream(&self, event: &mut stream_core::schema::Event, stream: &str) {
-        if let Some(opened_at) = self.registry.opened_at(stream) {
-            event.time = event.time.max(opened_at);
-        }
-    }
 }
 
 /// One route of the API. The router is built from this list, and the

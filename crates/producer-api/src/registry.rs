@@ -229,14 +229,6 @@ impl Registry {
             .map(|open| (open.owner.clone(), open.claim, open.opened_at))
     }
 
-    /// When `stream` was started, as this process knows it now: the
-    /// `created_at` of the claim that opened it. Its events are timed no
-    /// earlier, so that this time tells its results from those of an
-    /// earlier stream of the same id, deleted since.
-    pub fn opened_at(&self, stream: &str) -> Option<Timestamp> {
-        self.streams.read().expect("registry lock").get(stream).map(|open| open.opened_at)
-    }
-
     /// Streams `owner` has open, as this process knows it now.
     pub fn owned_by(&self, owner: &str) -> usize {
         self.per_owner.read().expect("registry lock").get(owner).copied().unwrap_or(0)

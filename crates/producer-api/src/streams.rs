@@ -253,13 +253,18 @@ pub async fn send(
     state.check_schema(&data)?;
     let key = idempotency::Key::from_headers(&caller.owner, &headers)?;
     let mut event = Event::json(SOURCE, Some(stream_id.clone()), &data);
-    state.time_for_stream(&mut event, &stream_id);
     add_traceparent(&mut event, traceparent(&headers));
     let topic = &state.config.kafka.topics.events;
     // Noted before the write, so a result that comes before the ack is
     // not missed.
-    let awaited = event_key(&key.as_ref().map_or_else(|| event.id.clone(), |key| key.event_id()));
-    state.hub.sent(&stream_id, awaited, Instant::now() + SEND_RESULT_WAIT);
+    let idempotent_id = key.as_ref().map(idempotency::Key::event_id);
+    let awaited = event_key(idempotent_id.as_deref().unwrap_or(&event.id));
+    if let Some(opened_at) = state.hub.sent(&stream_id, awaited, Instant::now() + SEND_RESULT_WAIT) {
+        // Its id was used before: its results are told from the earlier
+        // stream's by time, even where this host's clock is behind the
+        // one that started it (see `Hub::open`).
+        event.time = event.time.max(opened_at);
+    }
     let outcome = async {
         match key {
             None => {

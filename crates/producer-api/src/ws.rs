@@ -244,7 +244,10 @@ async fn run_socket(
                     let event = client_event(&stream_id, text.as_str(), state.schema.as_ref())
                         .and_then(|event| state.admit(&owner, 1).map(|()| event))
                         .map(|mut event| {
-                            state.time_for_stream(&mut event, &stream_id);
+                            // Timed no earlier than the stream's start (see `Hub::open`).
+                            if let Some(opened_at) = state.hub.opened_at(&stream_id) {
+                                event.time = event.time.max(opened_at);
+                            }
                             event
                         });
                     match event {
