@@ -11,8 +11,10 @@
 //! - receive: the wall clock read as soon as the reader's `recv()` returns.
 //!
 //! Both clocks are this host's, so no clock skew enters. Messages due in the
-//! warm-up window are received but not recorded; those due in the recording
-//! window are. Several rates in one run give latency against throughput.
+//! warm-up window (the first rate × warm-up of a step, told by the `seq` in
+//! their payload) are received but not recorded; those due in the recording
+//! window are, exactly rate × duration of them. Several rates in one run
+//! give latency against throughput.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,8 +64,8 @@ pub struct E2eArgs {
 
 /// What the reader saw of one rate step.
 struct Step {
-    /// Messages due at or after this wall-clock time (µs) are recorded.
-    record_from_us: i64,
+    /// Messages from this `seq` on are due in the recording window.
+    record_from_seq: u64,
     received: u64,
     latency: Histogram<u64>,
 }
@@ -97,11 +99,9 @@ pub async fn run(args: &E2eArgs, shutdown: CancellationToken) -> anyhow::Result<
         }
         let tag = format!("/bench/e2e/{run_id}/{rate}");
         let count = (rate * (args.warmup + args.duration).as_secs_f64()).round() as u64;
-        let record_from = Timestamp::now().as_micros() + args.warmup.as_micros() as i64;
-        steps
-            .lock()
-            .unwrap()
-            .insert(tag.clone(), Step { record_from_us: record_from, received: 0, latency: latency_histogram() });
+        // Message i is due at i / rate after the step's start.
+        let record_from_seq = (rate * args.warmup.as_secs_f64() - 1e-9).ceil().max(0.0) as u64;
+        steps.lock().unwrap().insert(tag.clone(), Step { record_from_seq, received: 0, latency: latency_histogram() });
         tracing::info!(rate, count, warmup = ?args.warmup, duration = ?args.duration, "e2e step");
         let progress = publisher::progress_bar(count, false);
         let outcome =
@@ -179,13 +179,19 @@ async fn read(reader: StreamConsumer<TracingContext>, steps: Steps, stop: Cancel
         let mut steps = steps.lock().unwrap();
         if let Some(step) = steps.get_mut(source) {
             step.received += 1;
-            let sent_us = sent.as_micros();
-            if sent_us >= step.record_from_us {
-                let latency = (received_us - sent_us).max(1) as u64;
+            if message.payload().and_then(seq_of).is_some_and(|seq| seq >= step.record_from_seq) {
+                let latency = (received_us - sent.as_micros()).max(1) as u64;
                 step.latency.saturating_record(latency);
             }
         }
     }
+}
+
+/// The `seq` of a generated payload (`{"seq":N,...}`).
+fn seq_of(payload: &[u8]) -> Option<u64> {
+    let digits = payload.strip_prefix(br#"{"seq":"#)?;
+    let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
 /// Latency percentiles against offered rate, both on log scales.
