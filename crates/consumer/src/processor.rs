@@ -45,6 +45,7 @@ impl ProcessError {
             Self::InvalidPayload(SchemaError::EmptyPayload) => "empty_payload",
             Self::InvalidPayload(SchemaError::InvalidJson(_)) => "invalid_json",
             Self::InvalidPayload(SchemaError::BadHeader { .. }) => "bad_header",
+            Self::InvalidPayload(SchemaError::BadKey) => "bad_key",
             Self::Rejected(_) => "rejected",
         }
     }

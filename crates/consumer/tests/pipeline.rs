@@ -132,6 +132,36 @@ async fn poison_events_go_to_the_dlq_with_headers_and_the_rest_is_processed() {
     }
 }
 
+/// A record key is a stream id: one that is not UTF-8 names no stream, and
+/// rewriting it would route its result to another one. Its event is
+/// dead-lettered with its key as it was; the next event is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_key_is_not_utf8_is_dead_lettered_with_the_key_as_it_was() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+    let dead = Collector::start(&args, &args.topics.dlq).await;
+    let producer = stream_core::kafka::producer(&args, &stream_core::kafka::ProducerOptions::default()).unwrap();
+    let key = [0xffu8, 0xfe];
+    let headers = OwnedHeaders::new().insert(Header { key: "ce_id", value: Some("bad-key-1") });
+    let record = FutureRecord::to(&args.topics.events).key(&key[..]).payload(&b"{}"[..]).headers(headers);
+    stream_core::kafka::delivered(producer.send_result(record).map_err(|(e, _)| e).unwrap()).await.unwrap();
+    let fine = Event::json("/test", Some("s".into()), &json!({"ok": true}));
+    publish(&args, std::slice::from_ref(&fine)).await;
+
+    let running = Running::start(Config::for_tests(args.clone(), 1));
+    results.wait_for_ids(std::slice::from_ref(&fine.id)).await;
+    dead.wait_for_len(1, "the dead letter").await;
+    running.stop().await.expect("clean shutdown");
+    let letter = dead.records.lock().unwrap()[0].clone();
+    assert_eq!(letter.key(), Some(&key[..]), "the key as it was");
+    assert_eq!(header(&letter, "ce_id").as_deref(), Some("bad-key-1"));
+    assert_eq!(header(&letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("bad_key"));
+    assert!(results.results().iter().all(|r| r.event_id != "bad-key-1"), "no result under a rewritten key");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_per_key_is_kept() {
     let args = kafka_args();

@@ -284,6 +284,11 @@ pub enum SchemaError {
     /// The payload is declared (or assumed) to be JSON but does not parse.
     #[error("payload is not valid JSON: {0}")]
     InvalidJson(String),
+    /// The record key, a stream id, is not UTF-8: results are keyed by
+    /// their stream id, and a changed key would land them in another
+    /// stream (or partition).
+    #[error("record key is not UTF-8, so it names no stream")]
+    BadKey,
 }
 
 /// One event: a payload plus its CloudEvents attributes.
@@ -410,7 +415,10 @@ impl Event {
             event_type: event_type.unwrap_or_else(|| EVENT_TYPE.into()),
             time,
             content_type,
-            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: match msg.key() {
+                Some(key) => Some(std::str::from_utf8(key).map_err(|_| SchemaError::BadKey)?.to_owned()),
+                None => None,
+            },
             data: msg.payload().unwrap_or_default().to_vec(),
             extensions,
         })
@@ -740,6 +748,30 @@ mod tests {
             let event = Event::from_message(&msg).unwrap();
             assert!(event.time.as_micros() >= 0, "{ms}");
         }
+    }
+
+    #[test]
+    fn a_key_that_is_not_utf8_is_an_error_not_another_key() {
+        let msg = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(b"\xff\xfe".to_vec()),
+            "t".into(),
+            KafkaTimestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        assert_eq!(Event::from_message(&msg).unwrap_err(), SchemaError::BadKey);
+        let msg = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(b"s-1".to_vec()),
+            "t".into(),
+            KafkaTimestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        assert_eq!(Event::from_message(&msg).unwrap().key.as_deref(), Some("s-1"));
     }
 
     #[test]
