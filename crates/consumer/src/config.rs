@@ -167,6 +167,26 @@ impl Config {
         if self.stats_interval.is_zero() {
             return invalid("--stats-interval (STATS_INTERVAL) must be longer than 0".into());
         }
+        // librdkafka refuses a session timeout outside 1 ms..1 h or above
+        // max.poll.interval.ms (5 min unless -X sets it), and says so only
+        // after connecting, in its own terms.
+        let max_poll_ms = self
+            .kafka
+            .properties
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "max.poll.interval.ms")
+            .and_then(|(_, value)| value.parse::<u64>().ok())
+            .unwrap_or(300_000);
+        let session_ms = self.session_timeout.as_millis();
+        if !(1..=3_600_000).contains(&session_ms) || session_ms > u128::from(max_poll_ms) {
+            return invalid(format!(
+                "--session-timeout (SESSION_TIMEOUT) is {:?}; use 1ms to {}s (the group's max.poll.interval.ms, \
+                 which -X max.poll.interval.ms=N raises, up to 1 h)",
+                self.session_timeout,
+                max_poll_ms.min(3_600_000) / 1000
+            ));
+        }
         let t = &self.kafka.topics;
         if t.events == t.results || t.events == t.dlq {
             return invalid(format!(
@@ -193,6 +213,17 @@ mod tests {
         assert!(cli.metrics_addr.is_none());
         assert!(cli.create_topics, "a fresh broker needs no extra flag");
         cli.validate().unwrap();
+    }
+
+    #[test]
+    fn a_session_timeout_librdkafka_would_refuse_is_refused_first_by_name() {
+        let check = |args: &[&str]| parse_flags::<Config>(args).unwrap().validate();
+        for bad in ["0s", "10m", "2h"] {
+            let err = check(&["consumer", "--session-timeout", bad]).unwrap_err().to_string();
+            assert!(err.contains("--session-timeout (SESSION_TIMEOUT)"), "{bad}: {err}");
+        }
+        check(&["consumer", "--session-timeout", "45s"]).unwrap();
+        check(&["consumer", "--session-timeout", "10m", "-X", "max.poll.interval.ms=900000"]).unwrap();
     }
 
     #[test]
