@@ -63,7 +63,8 @@ impl Stats {
     }
 }
 
-/// Logs one line per `interval` while events flow: counts, rate, lag.
+/// Logs one line per `interval`: counts, rate and lag while events flow,
+/// and a shorter line when idle, so a silent log means a stuck process.
 pub(crate) async fn log_throughput(stats: Arc<Stats>, interval: Duration, stop: CancellationToken) {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last = stats.snapshot();
@@ -90,7 +91,7 @@ pub(crate) async fn log_throughput(stats: Arc<Stats>, interval: Duration, stop: 
                 lag
             );
         } else {
-            tracing::debug!("idle: processed {}, lag {lag}", now.processed);
+            tracing::info!("idle: processed {}, lag {lag}", now.processed);
         }
         last = now;
         last_at = Instant::now();

@@ -77,3 +77,43 @@ async fn a_bad_librdkafka_property_is_named() {
     let text = format!("{err:#}");
     assert!(text.contains("fetch.wait.max.ms") && !text.contains("connection attempt"), "{text}");
 }
+
+/// The throughput line goes on when there is nothing to do, so a silent log
+/// means a stuck process, not an idle one.
+#[test]
+fn an_idle_consumer_still_logs_every_interval() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let args = kafka_args();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .args(["--brokers", &args.brokers, "--topic", &args.topics.events])
+        .args(["--results-topic", &args.topics.results, "--dlq-topic", &args.topics.dlq])
+        .args(["--group", &format!("{}-idle", args.topics.events), "--stats-interval", "300ms"])
+        .env("RUST_LOG", "info")
+        .env_remove("KAFKA_PROPERTIES")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the consumer binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let mut idle = 0;
+    while idle < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = seen.recv_timeout(left).expect("two idle lines before the deadline");
+        if line.contains("INFO") && line.contains("idle: processed 0") {
+            idle += 1;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
