@@ -117,6 +117,10 @@ pub fn describe_metrics() {
         "Results not delivered because their event's result already was (a consumer's replay)."
     );
     describe_counter!(
+        "results_of_earlier_streams_skipped_total",
+        "Results not routed because their event came before their stream was started: an earlier stream's of the same id, deleted since."
+    );
+    describe_counter!(
         "results_expired_total",
         "Results a subscriber was behind on that had left the topic before it read them."
     );
