@@ -50,6 +50,14 @@ async fn transient_produce_errors_are_retried_not_dead_lettered() {
 }
 
 /// A mock cluster with the three topics of fresh names.
+/// Publishes one event whose payload is not JSON (dead-lettered as
+/// `invalid_json`) and returns it.
+async fn publish_poison(args: &KafkaArgs) -> stream_core::Event {
+    let poison = stream_core::Event::with_bytes("/test", Some("k".into()), None, b"not json".to_vec());
+    publish(args, std::slice::from_ref(&poison)).await;
+    poison
+}
+
 fn mock_topics(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> KafkaArgs {
     let mut args = KafkaArgs::for_brokers(cluster.bootstrap_servers());
     let tag = unique_name("faults");
@@ -75,8 +83,7 @@ async fn a_result_the_broker_refuses_for_good_dead_letters_its_event() {
 async fn a_dead_letter_too_large_for_the_broker_goes_without_the_payload() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let args = mock_topics(&cluster);
-    let poison = stream_core::Event::with_bytes("/test", Some("k".into()), None, b"not json".to_vec());
-    publish(&args, std::slice::from_ref(&poison)).await;
+    let poison = publish_poison(&args).await;
     let dead = Collector::start(&args, &args.topics.dlq).await;
 
     // The whole dead letter is refused for its size, once.
@@ -144,8 +151,7 @@ async fn refused_results_are_dead_lettered(error: RDKafkaRespErr) {
 async fn a_dead_letter_that_cannot_be_written_stops_the_run_without_committing_it() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let args = mock_topics(&cluster);
-    let poison = stream_core::Event::with_bytes("/test", Some("k".into()), None, b"not json".to_vec());
-    publish(&args, std::slice::from_ref(&poison)).await;
+    publish_poison(&args).await;
 
     // Every produce is refused for good: the dead letter cannot be written.
     cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 50]);

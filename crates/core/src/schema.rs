@@ -752,25 +752,9 @@ mod tests {
 
     #[test]
     fn a_key_that_is_not_utf8_is_an_error_not_another_key() {
-        let msg = OwnedMessage::new(
-            Some(b"{}".to_vec()),
-            Some(b"\xff\xfe".to_vec()),
-            "t".into(),
-            KafkaTimestamp::NotAvailable,
-            0,
-            0,
-            None,
-        );
+        let msg = bare_record(b"{}", Some(b"\xff\xfe"), 0);
         assert_eq!(Event::from_message(&msg).unwrap_err(), SchemaError::BadKey);
-        let msg = OwnedMessage::new(
-            Some(b"{}".to_vec()),
-            Some(b"s-1".to_vec()),
-            "t".into(),
-            KafkaTimestamp::NotAvailable,
-            0,
-            0,
-            None,
-        );
+        let msg = bare_record(b"{}", Some(b"s-1"), 0);
         assert_eq!(Event::from_message(&msg).unwrap().key.as_deref(), Some("s-1"));
     }
 

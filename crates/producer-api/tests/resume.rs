@@ -71,6 +71,11 @@ fn n_of(result: &Value) -> i64 {
     result["output"]["echo"]["n"].as_i64().unwrap_or_else(|| panic!("no n in {result}"))
 }
 
+/// The `n` of every result in a JSON page or recent view, in order.
+fn ns_of(body: &Value) -> Vec<i64> {
+    body["results"].as_array().unwrap_or_else(|| panic!("no results in {body}")).iter().map(n_of).collect()
+}
+
 async fn send_n(base: &common::TestApp, stream: &str, range: std::ops::Range<i64>) {
     for n in range {
         let (status, body) = send(base, KEY_A, stream, json!({"data": {"n": n}})).await;
@@ -223,7 +228,7 @@ async fn the_json_long_poll_pages_through_a_stream() {
     send_n(&app, "poll", 25..26).await;
     let (status, page) = poll.await.unwrap();
     assert_eq!(status, 200, "{page}");
-    assert_eq!(page["results"].as_array().map(|r| r.iter().map(n_of).collect::<Vec<_>>()), Some(vec![25]));
+    assert_eq!(ns_of(&page), [25]);
 
     // Without after/from: the recent results, as before, now with cursors.
     let (_, recent) = get_json(&app.url("/stream/poll/results")).await;
@@ -245,7 +250,7 @@ async fn a_stream_started_again_under_a_deleted_id_holds_none_of_the_earlier_res
     assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "reused"}))).await.0, 201);
     send_n(&app, "reused", 0..3).await;
     let (_, recent) = get_json(&app.url("/stream/reused/results")).await;
-    assert_eq!(recent["results"].as_array().unwrap().iter().map(n_of).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(ns_of(&recent), [0, 1, 2]);
     // An event of the earlier stream whose result is still to come.
     let late = Event::json("/test", Some("reused".into()), &json!({"n": 50}));
 
@@ -268,9 +273,9 @@ async fn a_stream_started_again_under_a_deleted_id_holds_none_of_the_earlier_res
     }
     let (status, page) = get_json_as(KEY_B, &app.url("/stream/reused/results?from=beginning&wait=5")).await;
     assert_eq!(status, 200, "{page}");
-    assert_eq!(page["results"].as_array().unwrap().iter().map(n_of).collect::<Vec<_>>(), [100, 101]);
+    assert_eq!(ns_of(&page), [100, 101]);
     let (_, recent) = get_json_as(KEY_B, &app.url("/stream/reused/results")).await;
-    assert_eq!(recent["results"].as_array().unwrap().iter().map(n_of).collect::<Vec<_>>(), [100, 101]);
+    assert_eq!(ns_of(&recent), [100, 101]);
 
     processor.stop().await;
     app.stop().await;
@@ -408,7 +413,7 @@ async fn a_replayed_result_reaches_a_subscriber_once_live_and_across_a_resume() 
         assert_eq!(n_of(&common::next_frame(&mut resumed, "result").await), expect);
     }
     let (_, page) = get_json(&app.url(&format!("/stream/dup/results?after={cursor_of_1}&wait=5"))).await;
-    assert_eq!(page["results"].as_array().unwrap().iter().map(n_of).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(ns_of(&page), [2, 3]);
     app.stop().await;
 }
 
