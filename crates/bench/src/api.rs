@@ -54,11 +54,12 @@ pub struct ApiArgs {
     pub api_key: Option<String>,
 
     /// Concurrent streams, each with its own WebSocket.
-    #[arg(short = 'c', long, env = "BENCH_STREAMS", default_value_t = 1000)]
+    #[arg(short = 'c', long, env = "BENCH_STREAMS", default_value_t = 1000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub streams: usize,
 
     /// Messages in total, spread evenly over the streams.
-    #[arg(short = 'm', long, env = "BENCH_MESSAGES", default_value_t = 100_000)]
+    #[arg(short = 'm', long, env = "BENCH_MESSAGES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub messages: u64,
 
     /// Payload size in bytes (generated JSON, the "data" of each send).
@@ -169,9 +170,6 @@ type Ack = Result<(String, Instant), String>;
 
 /// Runs `bench api`.
 pub async fn run(args: &ApiArgs, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
-    if args.streams == 0 || args.messages == 0 {
-        bail!("--streams and --messages must be at least 1");
-    }
     let key = match &args.api_key {
         Some(key) => key.clone(),
         None => std::env::var("API_KEYS")

@@ -219,4 +219,13 @@ mod tests {
         let wrong = Cli::try_parse_from(["bench", "latency"]).unwrap_err();
         assert_eq!(wrong.kind(), clap::error::ErrorKind::InvalidSubcommand);
     }
+
+    #[test]
+    fn api_refuses_zero_streams_or_messages_naming_the_flag() {
+        for flag in ["--streams", "--messages"] {
+            let err = Cli::try_parse_from(["bench", "api", flag, "0"]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+    }
 }

@@ -1,5 +1,9 @@
 //! Latency plots as hand-written SVG: the percentile curve of one or more
 //! histograms, and latency against offered rate for `bench e2e`.
+//!
+//! Written here rather than with a plotting crate (`plotters` and its
+//! font and image dependencies) because two line charts need only a few
+//! SVG elements, and `bench` stays quick to build.
 
 use std::fmt::Write;
 

@@ -37,6 +37,9 @@ light load, less CPU per event. MIMALLOC_ALLOW_THP=1 in the environment
 // Defaults the flags and `Config::for_tests` share.
 const DEFAULT_MAX_IN_FLIGHT: usize = 5_000;
 const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
+const DEFAULT_START_FROM: StartFrom = StartFrom::Earliest;
+const DEFAULT_CREATE_TOPICS: bool = true;
+const DEFAULT_RESULT_HEADERS: bool = true;
 const MAX_WORKERS: usize = 1024;
 
 /// Command-line and environment configuration of the consumer.
@@ -54,7 +57,7 @@ pub struct Config {
     pub group: String,
 
     /// Where a group without committed offsets starts reading.
-    #[arg(long, env = "START_FROM", value_enum, default_value_t = StartFrom::Earliest)]
+    #[arg(long, env = "START_FROM", value_enum, default_value_t = DEFAULT_START_FROM)]
     pub start_from: StartFrom,
 
     /// Create the events, results and DLQ topics if they do not exist
@@ -65,7 +68,7 @@ pub struct Config {
     #[arg(
         long,
         env = "CREATE_TOPICS",
-        default_value_t = true,
+        default_value_t = DEFAULT_CREATE_TOPICS,
         action = clap::ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true",
@@ -81,7 +84,7 @@ pub struct Config {
     #[arg(
         long,
         env = "RESULT_HEADERS",
-        default_value_t = true,
+        default_value_t = DEFAULT_RESULT_HEADERS,
         action = clap::ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true",
@@ -137,9 +140,9 @@ impl Config {
             log: LogArgs { log_format: LogFormat::Text },
             workers,
             group: format!("consumer-test-{}", uuid::Uuid::new_v4().simple()),
-            start_from: StartFrom::Earliest,
-            create_topics: true,
-            result_headers: true,
+            start_from: DEFAULT_START_FROM,
+            create_topics: DEFAULT_CREATE_TOPICS,
+            result_headers: DEFAULT_RESULT_HEADERS,
             metrics_addr: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             session_timeout: Duration::from_secs(6),

@@ -13,9 +13,11 @@
 //! - [`processor`]: the [`Processor`] trait and [`DefaultProcessor`].
 //! - `worker`: group members polled on their own threads (`poll`), one
 //!   task per partition (`partition`), pipelined result produces with
-//!   retries and dead letters (`delivery`), finishing and committing on
-//!   revoke and shutdown (`context`); a consumed record is handed to its
-//!   partition task uncopied (`record`).
+//!   retries and dead letters (`delivery`), a partition's results settled
+//!   in offset order as their acks come (`acks`), finishing and committing
+//!   on revoke and shutdown (`context`), the state a run's tasks share
+//!   (`shared`); a consumed record is handed to its partition task
+//!   uncopied (`record`).
 //! - [`dlq`]: the dead-letter record and its headers.
 //! - [`stats`]: counters for the periodic throughput line.
 //! - [`memory`]: transparent huge pages off for the process.
@@ -101,7 +103,7 @@ pub async fn run_observed<P: Processor>(
         let stop = stop.clone();
         tokio::spawn(async move {
             if let Err(error) = stream_core::metrics::serve(addr, stop).await {
-                shared.fail(error.context("--metrics-addr (METRICS_ADDR)"));
+                shared.fail(anyhow::Error::new(error).context("--metrics-addr (METRICS_ADDR)"));
             }
         });
     }

@@ -155,11 +155,11 @@ pub struct TopicArgs {
 
     /// Partitions for topics this tool creates. More partitions allow more
     /// consumer workers in parallel.
-    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = DEFAULT_PARTITIONS)]
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = DEFAULT_PARTITIONS, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
 
     /// Replication factor for topics this tool creates (3 on a real cluster).
-    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = DEFAULT_REPLICATION_FACTOR)]
+    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = DEFAULT_REPLICATION_FACTOR, value_parser = clap::value_parser!(i32).range(1..))]
     pub replication_factor: i32,
 }
 
@@ -181,12 +181,6 @@ impl TopicArgs {
             [("--events-topic", &self.events), ("--results-topic", &self.results), ("--dlq-topic", &self.dlq)]
         {
             validate_topic_name(name).map_err(|why| Error::Config(format!("{flag} {name:?}: {why}")))?;
-        }
-        if self.partitions < 1 {
-            return Err(Error::Config(format!("--partitions {} must be at least 1", self.partitions)));
-        }
-        if self.replication_factor < 1 {
-            return Err(Error::Config(format!("--replication-factor {} must be at least 1", self.replication_factor)));
         }
         Ok(())
     }
@@ -283,6 +277,7 @@ pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
 
 /// Parses `argv` (program name first) into `T` as a binary that flattens
 /// `T` into its command line would; for tests of each crate's flags.
+#[cfg(any(test, feature = "testing"))]
 pub fn parse_flags<T: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> Result<T, clap::Error> {
     let matches = T::augment_args(clap::Command::new("test")).try_get_matches_from(argv)?;
     T::from_arg_matches(&matches)
@@ -318,6 +313,14 @@ mod tests {
     fn a_property_without_equals_is_rejected_with_an_example() {
         let err = parse_flags::<KafkaArgs>(&["x", "-X", "linger.ms"]).err().unwrap().to_string();
         assert!(err.contains("KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn zero_partitions_or_replicas_are_refused_naming_the_flag() {
+        for flag in ["--partitions", "--replication-factor"] {
+            let err = parse_flags::<KafkaArgs>(&["x", flag, "0"]).err().unwrap_or_else(|| panic!("{flag} 0 accepted"));
+            assert!(err.to_string().contains(flag), "{err}");
+        }
     }
 
     #[test]

@@ -45,6 +45,16 @@ pub enum Error {
     #[error("a producer must be created inside a Tokio runtime, which serves its delivery reports")]
     NoRuntime,
 
+    /// An I/O operation failed: what was being done, and the OS's reason.
+    #[error("{what}")]
+    Io {
+        /// What was being done, e.g. which address was being bound.
+        what: String,
+        /// The OS's reason.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Any other error reported by librdkafka.
     #[error(transparent)]
     Kafka(#[from] KafkaError),

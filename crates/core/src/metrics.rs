@@ -44,7 +44,9 @@ pub fn handle() -> PrometheusHandle {
 /// Problems Prometheus's own linter (`promtool check metrics`) would report
 /// in `text`, an exposition in the text format: a family without `# HELP`
 /// or `# TYPE`, a counter whose name does not end in `_total`. Empty when
-/// clean; tests of each binary run it over a real scrape.
+/// clean; tests of each binary run it over a real scrape. Its rules are
+/// written here because promtool is a Go binary with no Rust equivalent,
+/// and tests must not depend on it being installed.
 pub fn lint(text: &str) -> Vec<String> {
     let mut help = std::collections::HashSet::new();
     let mut problems = Vec::new();
@@ -97,13 +99,12 @@ pub fn router() -> Router {
 }
 
 /// Serves [`router`] on `addr` until `shutdown` is cancelled.
-pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics listener {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
-    axum::serve(listener, router()).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
-    Ok(())
+pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> crate::Result<()> {
+    let io = |what: String| move |source| crate::Error::Io { what, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("binding metrics listener {addr}")))?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics");
+    let served = axum::serve(listener, router()).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    served.map_err(io(format!("serving /metrics on {addr}")))
 }
 
 #[cfg(test)]

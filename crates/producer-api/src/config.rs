@@ -1,8 +1,7 @@
 //! The gateway's command-line and environment configuration.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -209,7 +208,7 @@ pub struct Config {
     /// (and the largest batch it can send). Default: one second's worth of
     /// the rate (at least 1).
     #[arg(long, env = "RATE_LIMIT_BURST")]
-    pub rate_limit_burst: Option<u32>,
+    pub rate_limit_burst: Option<NonZeroU32>,
 
     /// A JSON Schema (2020-12) file every event payload must match; a
     /// mismatch is answered 422 and nothing is written. Read once at
@@ -286,7 +285,7 @@ impl Config {
 
     /// With no key configured, adds one random key for this run and returns
     /// it, so the gateway starts with no flags but is never open. Hand it to
-    /// the user with [`write_key_file`], not the log.
+    /// the user with [`crate::keyfile::write_key_file`], not the log.
     pub fn generate_key_if_none(&mut self) -> Option<String> {
         if !self.keys().is_empty() {
             return None;
@@ -327,9 +326,6 @@ impl Config {
                 anyhow::bail!("{flag} must be positive");
             }
         }
-        if self.rate_limit_burst == Some(0) {
-            anyhow::bail!("--rate-limit-burst must be at least 1");
-        }
         if let Some(rate) = self.rate_limit {
             if !(0.0..=1e9).contains(&rate) {
                 anyhow::bail!("--rate-limit must be between 0 (no limit) and 1e9 events per second, not {rate}");
@@ -349,61 +345,6 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 15_000;
 
 /// Default of `--listen-backlog`: Linux's default `somaxconn` since 5.4.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
-
-impl Config {
-    /// `--max-connections`, capped to leave room under the process's
-    /// open-file limit (Kafka sockets, files) so the cap takes effect before
-    /// the descriptors run out.
-    pub fn connection_limit(&self) -> usize {
-        match open_file_limit() {
-            Some(limit) => self.max_connections.min(limit.saturating_sub(256).max(16)),
-            None => self.max_connections,
-        }
-    }
-}
-
-/// The soft open-file limit of this process.
-fn open_file_limit() -> Option<usize> {
-    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
-    usize::try_from(soft).ok()
-}
-
-/// Raises this process's soft open-file limit to its hard limit, as a
-/// server holding thousands of sockets needs (Go's runtime does the same at
-/// start): a shell's usual soft limit of 1,024 would otherwise cap
-/// `--max-connections` at 768. Returns the limit now in force.
-pub fn raise_open_file_limit() -> Option<u64> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        return Some(hard);
-    }
-    Some(soft)
-}
-
-/// Where a generated key is written for a gateway on `port`:
-/// `$XDG_RUNTIME_DIR` (private to the user) when set, else the temp dir.
-pub fn key_file_path(port: u16) -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("producer-api-{port}.key"))
-}
-
-/// Writes a generated key to [`key_file_path`], readable by its owner only
-/// (mode 0600). A file left by an earlier run on the same port is replaced;
-/// the new file is created exclusively, so a planted symlink is refused
-/// rather than followed.
-pub fn write_key_file(key: &str, port: u16) -> std::io::Result<PathBuf> {
-    let path = key_file_path(port);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err),
-    }
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-    file.write_all(key.as_bytes())?;
-    file.write_all(b"\n")?;
-    Ok(path)
-}
 
 #[cfg(test)]
 mod tests {
@@ -441,23 +382,10 @@ mod tests {
     }
 
     #[test]
-    fn the_key_file_is_private_and_replaces_an_old_one() {
-        use std::os::unix::fs::PermissionsExt;
-        // A privileged port, which no test server gets (they bind port 0,
-        // so the kernel picks from the ephemeral range), different per
-        // process so parallel runs do not share the file.
-        let port = 1 + (std::process::id() % 1000) as u16;
-        let path = write_key_file("dev-first", port).unwrap();
-        let path_again = write_key_file("dev-second", port).unwrap();
-        assert_eq!(path, path_again);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "dev-second\n");
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[test]
     fn zero_counts_are_refused_naming_the_flag() {
-        for flag in ["--ws-buffer", "--max-in-flight", "--max-connections", "--idempotency-max-keys"] {
+        for flag in
+            ["--ws-buffer", "--max-in-flight", "--max-connections", "--idempotency-max-keys", "--rate-limit-burst"]
+        {
             let err = parse_flags::<Config>(&["x", flag, "0"]).err().unwrap_or_else(|| panic!("{flag} 0 accepted"));
             assert!(err.to_string().contains(flag), "{err}");
         }

@@ -21,9 +21,13 @@ pub struct Cursor {
 }
 
 /// Why a cursor was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CursorError {
+    /// Not a cursor this gateway wrote.
+    #[error("malformed cursor: pass a result's cursor as it was")]
     Malformed,
+    /// A cursor of another stream's results.
+    #[error("the cursor belongs to another stream")]
     OtherStream,
 }
 
@@ -78,7 +82,9 @@ pub fn partition_of(key: &[u8], partitions: usize) -> i32 {
 }
 
 /// Kafka's murmur2 (the Java client's, which librdkafka's `murmur2`
-/// partitioner reproduces).
+/// partitioner reproduces). Kept here, not taken from a crate: the
+/// `murmur2` crates hash with their own seeds and tails, and this must match
+/// Kafka's bit for bit (checked against the Java client's values below).
 fn murmur2(data: &[u8]) -> u32 {
     const M: u32 = 0x5bd1_e995;
     let mut h: u32 = 0x9747_b28c ^ data.len() as u32;

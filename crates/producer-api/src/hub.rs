@@ -344,7 +344,8 @@ impl Seen {
     }
 }
 
-/// The ids are hashes already; hashing them again buys nothing.
+/// The ids are hashes already; hashing them again buys nothing. Ten
+/// lines, so not worth `nohash-hasher` as a dependency.
 #[derive(Default)]
 struct IdHasher(u64);
 

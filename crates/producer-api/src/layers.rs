@@ -54,10 +54,16 @@ pub fn cors(config: &Config) -> Option<CorsLayer> {
 /// connection dropped: a panic is a bug, and it must be visible rather than
 /// silent.
 pub fn panic_to_500(panics: &AtomicU64, panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = count_panic(panics, &*panic);
+    AppError::Internal(format!("handler panicked: {what}")).into_response()
+}
+
+/// Counts a panic of a handler or a WebSocket task (`http_panics_total`,
+/// [`AppState::panics`]) and returns its message.
+pub fn count_panic<'a>(panics: &AtomicU64, panic: &'a (dyn std::any::Any + Send)) -> &'a str {
     panics.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("http_panics_total").increment(1);
-    let what = stream_core::telemetry::panic_message(&*panic);
-    AppError::Internal(format!("handler panicked: {what}")).into_response()
+    stream_core::telemetry::panic_message(panic)
 }
 
 /// Per-request metrics and error reports, the in-flight limit that sheds

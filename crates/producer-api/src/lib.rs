@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags and environment variables.
+//! - [`config`]: flags and environment variables; [`keyfile`]: where a
+//!   generated API key is written.
 //! - [`error`]: [`AppError`], the one error type, and its JSON body.
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
 //! - [`extract`]: body extractors (JSON, stream-send payloads, forms).
@@ -27,6 +28,7 @@
 //!   [`ratelimit`]: per-key rate limits; [`validation`]: the event schema.
 //! - [`layers`]: CORS, per-request metrics and limits, panics answered 500.
 //! - [`serve`]: the connection loop (connection limit, header timeout).
+//! - [`deadline`]: the body read deadline (408); [`page`]: the live page at `/`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`; [`openapi`]: `/openapi.json`.
 
 pub mod auth;
@@ -39,6 +41,7 @@ pub mod extract;
 pub mod feed;
 pub mod hub;
 pub mod idempotency;
+pub mod keyfile;
 pub mod layers;
 pub mod once;
 pub mod openapi;
@@ -342,7 +345,7 @@ impl Application {
         };
         let publishers = [state.publisher.clone(), state.idempotent.clone()];
         let limits = serve::Limits {
-            max_connections: state.config.connection_limit(),
+            max_connections: serve::connection_limit(state.config.max_connections),
             header_read_timeout: state.config.header_read_timeout,
             write_timeout: state.config.write_timeout,
         };

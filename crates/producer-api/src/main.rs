@@ -43,7 +43,7 @@ async fn main() -> std::process::ExitCode {
     let mut cli = Cli::parse();
     stream_core::telemetry::init(cli.log.log_format);
     let generated = cli.config.generate_key_if_none();
-    if let Some(limit) = producer_api::config::raise_open_file_limit() {
+    if let Some(limit) = producer_api::serve::raise_open_file_limit() {
         tracing::info!(limit, "open-file limit");
     }
     let shutdown = stream_core::shutdown::on_signal();
@@ -73,10 +73,10 @@ async fn main() -> std::process::ExitCode {
 
 /// Writes the generated key to its private file and logs where it is.
 fn announce_key_file(key: &str, port: u16) -> anyhow::Result<std::path::PathBuf> {
-    let path = producer_api::config::write_key_file(key, port).with_context(|| {
+    let path = producer_api::keyfile::write_key_file(key, port).with_context(|| {
         format!(
             "no API key configured, and the generated one could not be written to {}; set API_KEYS=key1,key2",
-            producer_api::config::key_file_path(port).display()
+            producer_api::keyfile::key_file_path(port).display()
         )
     })?;
     tracing::warn!(

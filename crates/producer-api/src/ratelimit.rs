@@ -32,13 +32,13 @@ impl RateLimits {
     /// `rate` is unset, 0 or not a usable number (no limit).
     pub fn new(
         rate: Option<f64>,
-        burst: Option<u32>,
+        burst: Option<NonZeroU32>,
         fingerprints: impl IntoIterator<Item = Arc<str>>,
     ) -> Option<Self> {
         let rate = rate.filter(|r| r.is_finite() && *r > 0.0)?;
         let period = Duration::try_from_secs_f64(1.0 / rate).ok()?;
         let default_burst = NonZeroU32::new(rate.ceil().min(f64::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
-        let burst = burst.and_then(NonZeroU32::new).unwrap_or(default_burst);
+        let burst = burst.unwrap_or(default_burst);
         let quota = Quota::with_period(period)?.allow_burst(burst);
         let limiters = fingerprints.into_iter().map(|owner| (owner, RateLimiter::direct(quota))).collect();
         Some(Self { limiters, burst, clock: DefaultClock::default() })
@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn each_key_has_its_own_allowance() {
-        let limits = RateLimits::new(Some(1.0), Some(3), ["a".into(), "b".into()]).unwrap();
+        let limits = RateLimits::new(Some(1.0), NonZeroU32::new(3), ["a".into(), "b".into()]).unwrap();
         limits.check("a", 2).unwrap();
         limits.check("a", 1).unwrap();
         let refused = limits.check("a", 1).unwrap_err();
@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn off_unless_a_rate_is_set() {
-        assert!(RateLimits::new(None, Some(5), ["a".into()]).is_none());
+        assert!(RateLimits::new(None, NonZeroU32::new(5), ["a".into()]).is_none());
         assert!(RateLimits::new(Some(0.0), None, ["a".into()]).is_none());
         assert!(RateLimits::new(Some(f64::NAN), None, ["a".into()]).is_none());
         assert_eq!(RateLimits::new(Some(2.0), None, ["a".into()]).unwrap().burst.get(), 2);

@@ -169,6 +169,35 @@ pub async fn serve(listener: TcpListener, app: App, limits: Limits, shutdown: Ca
     let _ = slots.acquire_many(max as u32).await;
 }
 
+/// `max` connections (`--max-connections`), capped to leave room under
+/// the process's open-file limit (Kafka sockets, files) so the cap takes
+/// effect before the descriptors run out.
+pub fn connection_limit(max: usize) -> usize {
+    match open_file_limit() {
+        Some(limit) => max.min(limit.saturating_sub(256).max(16)),
+        None => max,
+    }
+}
+
+/// The soft open-file limit of this process.
+fn open_file_limit() -> Option<usize> {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    usize::try_from(soft).ok()
+}
+
+/// Raises this process's soft open-file limit to its hard limit, as a
+/// server holding thousands of sockets needs (Go's runtime does the same at
+/// start): a shell's usual soft limit of 1,024 would otherwise cap
+/// `--max-connections` at 768. Returns the limit now in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

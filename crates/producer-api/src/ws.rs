@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,12 +34,12 @@ use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use stream_core::schema::Event;
-use stream_core::telemetry;
 use tokio_tungstenite::tungstenite;
 
 use crate::error::AppError;
 use crate::extract::payload_of;
 use crate::feed::{Feed, Item};
+use crate::layers;
 use crate::producer::{Ack, SOURCE};
 use crate::serve::ConnectionSlot;
 use crate::validation::EventSchema;
@@ -155,9 +155,8 @@ where
     let (mut sink, incoming) = socket.split();
     let served = AssertUnwindSafe(serve(&mut sink, incoming)).catch_unwind().await;
     if let Err(panic) = served {
-        panics.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("http_panics_total").increment(1);
-        tracing::error!(panic = telemetry::panic_message(&*panic), "a WebSocket task panicked; closing it with 1011");
+        let what = layers::count_panic(&panics, &*panic);
+        tracing::error!(panic = what, "a WebSocket task panicked; closing it with 1011");
         let close = Message::Close(Some(CloseFrame { code: 1011, reason: "internal error".into() }));
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
     }
@@ -351,6 +350,8 @@ pub fn sse(state: AppState, feed: Feed, held: Held) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     #[test]

@@ -5,6 +5,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use publisher::{Args, Report};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer as _;
@@ -202,8 +204,7 @@ async fn the_binary_interrupted_with_nothing_failed_exits_0() {
         .spawn()
         .unwrap();
     wait_until_stored(&kafka, 200).await;
-    let signalled = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(signalled.success());
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
     let (code, report) = outcome(&output);
     assert!(report.interrupted, "{report}");

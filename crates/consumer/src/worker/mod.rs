@@ -19,7 +19,7 @@ mod poll;
 mod record;
 mod shared;
 
-pub(crate) use context::{Member, WorkerContext};
+pub(crate) use context::WorkerContext;
 pub(crate) use poll::poll_loop;
 pub use shared::RESULT_SOURCE;
 pub(crate) use shared::{Meters, Shared};

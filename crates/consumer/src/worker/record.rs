@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use rdkafka::message::BorrowedMessage;
 
-use super::Member;
-
 /// A record as librdkafka delivered it: payload, key and headers stay in
 /// librdkafka's fetch buffer until the record is dropped.
 ///
@@ -20,12 +18,13 @@ pub(crate) struct Record {
     // Fields drop in declaration order: the message goes before the
     // consumer it borrows from.
     message: BorrowedMessage<'static>,
-    _consumer: Arc<Member>,
+    // The consumer, whatever its context: only its lifetime matters here.
+    _consumer: Arc<dyn Send + Sync>,
 }
 
 impl Record {
     #[allow(unsafe_code)]
-    pub(crate) fn new(message: BorrowedMessage<'_>, consumer: &Arc<Member>) -> Self {
+    pub(crate) fn new<C: Send + Sync + 'static>(message: BorrowedMessage<'_>, consumer: &Arc<C>) -> Self {
         // SAFETY: the lifetime ties the message to its consumer (it is freed
         // with the consumer's fetch buffers); `consumer` must be the one
         // that polled it (the one call site, the poll loop, passes its

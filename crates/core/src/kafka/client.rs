@@ -9,7 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 
 use super::context::{GroupContext, TracingContext};
-use super::producer::Producer;
+use super::producer::{DeliveryContext, Producer};
 use crate::config::KafkaArgs;
 use crate::error::{Error, Result};
 
@@ -142,7 +142,7 @@ impl Default for ProducerOptions {
 /// Its delivery reports are served by a task on the current Tokio runtime
 /// (see [`Producer`]), so it must be created inside one.
 pub fn producer(args: &KafkaArgs, options: &ProducerOptions) -> Result<Producer> {
-    Producer::create(&producer_config(args, options))
+    Producer::serving(create(&producer_config(args, options), DeliveryContext)?)
 }
 
 /// The same producer settings for any producer type and context. A bulk

@@ -23,7 +23,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, ToBytes};
 use rdkafka::producer::future_producer::{Delivery, OwnedDeliveryResult};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, FutureRecord, Producer as _, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 use tokio::sync::{oneshot, Notify};
 
 use super::context::{log_client_error, log_to_tracing};
@@ -174,10 +174,9 @@ impl Future for DeliveryFuture {
 }
 
 impl Producer {
-    /// A producer with `config`, whose reports a task on the current Tokio
+    /// The producer `base`, whose reports a task on the current Tokio
     /// runtime serves. Fails outside a runtime.
-    pub(crate) fn create(config: &ClientConfig) -> Result<Self> {
-        let base: BaseProducer<DeliveryContext> = super::client::create(config, DeliveryContext)?;
+    pub(crate) fn serving(base: BaseProducer<DeliveryContext>) -> Result<Self> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let reports = ReportQueue::new(base.client());
         let wake = reports.wake.clone();
@@ -277,13 +276,15 @@ async fn serve(producer: Weak<Inner>, wake: Arc<Notify>) {
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::ClientConfig;
+
     use super::*;
 
     #[test]
     fn outside_a_runtime_the_producer_says_what_it_needs() {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", "127.0.0.1:9");
-        let error = Producer::create(&config).unwrap_err();
+        let error = Producer::serving(config.create_with_context(DeliveryContext).unwrap()).unwrap_err();
         assert!(matches!(error, Error::NoRuntime), "{error}");
     }
 
@@ -292,7 +293,7 @@ mod tests {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", "127.0.0.1:9");
         let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
-        let producer = Producer::create(&config).unwrap();
+        let producer = Producer::serving(config.create_with_context(DeliveryContext).unwrap()).unwrap();
         let copy = producer.clone();
         assert_eq!(tasks(), 1, "one task serves the reports");
         drop(producer);

@@ -16,7 +16,7 @@ async fn limited_app(burst: u32) -> (stream_core::KafkaArgs, common::TestApp) {
     let kafka = stream_core::testing::kafka_args();
     let mut config = common::config(kafka.clone());
     config.rate_limit = Some(0.001);
-    config.rate_limit_burst = Some(burst);
+    config.rate_limit_burst = std::num::NonZeroU32::new(burst);
     (kafka, common::start(config).await)
 }
 

@@ -1,0 +1,62 @@
+//! W3C trace context (`traceparent`: `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`).
+
+/// Whether `value` is a well-formed version-00 `traceparent`.
+pub fn is_valid(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
+/// A new sampled trace: fresh trace id and span id.
+pub fn new_traceparent() -> String {
+    // Random v4 UUIDs: never all zero (their version bits are set), as
+    // W3C requires of both ids; one string is written, none in between.
+    // Written as hex by uuid's encoder: formatting the two integers
+    // through `fmt` took about 1,900 instructions per send in the
+    // gateway (callgrind).
+    let (mut trace, mut span) = (uuid::Uuid::encode_buffer(), uuid::Uuid::encode_buffer());
+    let trace = uuid::Uuid::new_v4().simple().encode_lower(&mut trace);
+    let span = &uuid::Uuid::new_v4().simple().encode_lower(&mut span)[..16];
+    let mut out = String::with_capacity(55);
+    for part in ["00-", trace, "-", span, "-01"] {
+        out.push_str(part);
+    }
+    out
+}
+
+/// The trace id part of a `traceparent`, for log fields.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_are_generated_valid_and_checked() {
+        let fresh = new_traceparent();
+        assert!(is_valid(&fresh), "{fresh}");
+        assert_ne!(fresh, new_traceparent());
+        let span = |t: &str| t.split('-').nth(2).map(str::to_owned);
+        assert_ne!(span(&fresh), span(&new_traceparent()), "spans are fresh too");
+        assert_eq!(
+            trace_id("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        for bad in [
+            "",
+            "00-abc-def-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        ] {
+            assert!(!is_valid(bad), "{bad}");
+        }
+    }
+}
