@@ -117,3 +117,63 @@ fn an_idle_consumer_still_logs_every_interval() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A caller's sampled trace is followed at the default level: the JSON log
+/// has an `event processed` line with its trace id. An unsampled trace (as
+/// the gateway starts for a request without one) stays at debug.
+#[tokio::test]
+async fn a_sampled_trace_is_logged_at_info_in_json() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    use stream_core::Event;
+
+    const UNSAMPLED: &str = "00-11111111111111111111111111111111-2222222222222222-00";
+    const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let args = kafka_args();
+    stream_core::testing::create_project_topics(&args).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .args(["--brokers", &args.brokers, "--topic", &args.topics.events])
+        .args(["--results-topic", &args.topics.results, "--dlq-topic", &args.topics.dlq])
+        .args(["--group", &format!("{}-traced", args.topics.events), "--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .env_remove("KAFKA_PROPERTIES")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the consumer binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // One stream, so one partition: the unsampled event is processed first.
+    let events: Vec<Event> = [UNSAMPLED, SAMPLED]
+        .into_iter()
+        .map(|trace| {
+            let mut event = Event::json("/test", Some("traced".into()), &serde_json::json!({ "trace": trace }));
+            event.extensions.push(("traceparent".into(), trace.into()));
+            event
+        })
+        .collect();
+    common::publish(&args, &events).await;
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let line = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = seen.recv_timeout(left).expect("an event processed line before the deadline");
+        assert!(!line.contains("11111111111111111111111111111111"), "an unsampled trace logged at info: {line}");
+        if line.contains("event processed") {
+            break line;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");
+    assert_eq!(line["event_id"], events[1].id.as_str(), "{line}");
+}

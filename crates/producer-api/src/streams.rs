@@ -422,7 +422,10 @@ pub async fn results(
         let held = ws::Held { key, connection: connection.map(|Extension(slot)| slot) };
         let feed = open_feed(&state, &stream_id, start).await?;
         return Ok(match upgrade {
-            Ok(upgrade) => ws::upgrade(state, stream_id, feed, held, upgrade),
+            Ok(upgrade) => {
+                let trace = traceparent(&headers).filter(|given| stream_core::schema::trace::is_valid(given));
+                ws::upgrade(state, stream_id, feed, held, trace.map(str::to_owned), upgrade)
+            }
             Err(_) => ws::sse(state, feed, held),
         });
     }

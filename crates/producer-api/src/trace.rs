@@ -17,7 +17,14 @@ pub fn add_traceparent(event: &mut Event, traceparent: Option<&str>) {
     };
     // The gateway's end of an event's trail through the logs; the consumer
     // logs the same trace id with the event's result ("event processed").
-    tracing::debug!(event_id = %event.id, trace_id = trace::trace_id(&trace).unwrap_or(&trace), "event traced");
+    // At info for a trace its caller sampled, at debug otherwise: a line
+    // per event is too many for every event at the default level.
+    let trace_id = trace::trace_id(&trace).unwrap_or(&trace);
+    if trace::is_sampled(&trace) {
+        tracing::info!(event_id = %event.id, trace_id, "event traced");
+    } else {
+        tracing::debug!(event_id = %event.id, trace_id, "event traced");
+    }
     event.extensions.push((ce::TRACEPARENT.into(), trace));
 }
 

@@ -33,7 +33,7 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
-use stream_core::schema::Event;
+use stream_core::schema::{header as ce, trace, Event};
 use tokio_tungstenite::tungstenite;
 
 use crate::error::AppError;
@@ -42,6 +42,7 @@ use crate::feed::{Feed, Item};
 use crate::layers;
 use crate::producer::{Ack, SOURCE};
 use crate::serve::ConnectionSlot;
+use crate::trace::add_traceparent;
 use crate::validation::EventSchema;
 use crate::AppState;
 
@@ -114,7 +115,16 @@ pub struct Held {
     pub connection: Option<ConnectionSlot>,
 }
 
-pub fn upgrade(state: AppState, stream_id: String, feed: Feed, held: Held, upgrade: WebSocketUpgrade) -> Response {
+/// `trace` is the upgrade request's valid `traceparent`, given to each event
+/// sent on the socket that brings none of its own.
+pub fn upgrade(
+    state: AppState,
+    stream_id: String,
+    feed: Feed,
+    held: Held,
+    trace: Option<String>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let max = state.config.max_body_bytes;
     upgrade
         // tungstenite allocates its read buffer up front (128 KiB by
@@ -125,7 +135,7 @@ pub fn upgrade(state: AppState, stream_id: String, feed: Feed, held: Held, upgra
         .on_upgrade(move |socket| {
             let panics = state.panics.clone();
             guarded(socket, panics, move |sink, incoming| {
-                Box::pin(run_socket(state, stream_id, feed, held, sink, incoming))
+                Box::pin(run_socket(state, stream_id, feed, held, trace, sink, incoming))
             })
         })
 }
@@ -178,6 +188,7 @@ async fn run_socket(
     stream_id: String,
     mut feed: Feed,
     held: Held,
+    trace: Option<String>,
     sink: &mut Sink,
     mut incoming: SplitStream<WebSocket>,
 ) {
@@ -240,7 +251,7 @@ async fn run_socket(
             message = incoming.next(), if closing.is_none() && acks.len() < MAX_PENDING_ACKS => Message::Text(match message {
                 Some(Ok(Message::Text(text))) => {
                     last_heard = tokio::time::Instant::now();
-                    let event = client_event(&stream_id, text.as_str(), state.schema.as_ref())
+                    let event = client_event(&stream_id, text.as_str(), state.schema.as_ref(), trace.as_deref())
                         .and_then(|event| state.admit(&owner, 1).map(|()| event))
                         .map(|mut event| {
                             // Timed no earlier than the stream's start (see `Hub::open`).
@@ -314,14 +325,31 @@ async fn run_socket(
 /// ...}`) as on `POST /stream/{id}/send`; any other JSON value is itself the
 /// event's data, so a client may send its events as they are. Text that is
 /// not JSON is refused, and so is data that does not match `--event-schema`.
-fn client_event(stream_id: &str, text: &str, schema: Option<&EventSchema>) -> Result<Event, AppError> {
-    let body: Value = serde_json::from_str(text).map_err(|e| AppError::MalformedJson(e.to_string()))?;
-    let data = match body {
-        Value::Object(ref fields) if fields.contains_key("data") || fields.contains_key("message") => payload_of(body)?,
-        other => other,
+///
+/// Its trace context: the frame's own `"traceparent"` beside `"data"` (a
+/// WebSocket client cannot set a header per message), else the socket's
+/// (`socket_trace`, from the upgrade request), else a new trace.
+fn client_event(
+    stream_id: &str,
+    text: &str,
+    schema: Option<&EventSchema>,
+    socket_trace: Option<&str>,
+) -> Result<Event, AppError> {
+    let mut body: Value = serde_json::from_str(text).map_err(|e| AppError::MalformedJson(e.to_string()))?;
+    let (data, frame_trace) = match body {
+        Value::Object(ref mut fields) if fields.contains_key("data") || fields.contains_key("message") => {
+            let frame_trace = match fields.remove(ce::TRACEPARENT) {
+                Some(Value::String(given)) if trace::is_valid(&given) => Some(given),
+                _ => None,
+            };
+            (payload_of(body)?, frame_trace)
+        }
+        other => (other, None),
     };
     crate::validation::check(schema, &data)?;
-    Ok(Event::json(SOURCE, Some(stream_id.to_owned()), &data))
+    let mut event = Event::json(SOURCE, Some(stream_id.to_owned()), &data);
+    add_traceparent(&mut event, frame_trace.as_deref().or(socket_trace));
+    Ok(event)
 }
 
 /// Server-Sent Events: each result an unnamed event (a browser's
@@ -403,18 +431,35 @@ mod tests {
 
     #[test]
     fn client_frames() {
-        let event = client_event("s1", r#"{"data": {"x": 1}}"#, None).unwrap();
+        let event = client_event("s1", r#"{"data": {"x": 1}}"#, None, None).unwrap();
         assert_eq!(event.key.as_deref(), Some("s1"));
         assert_eq!(event.json_data().unwrap(), json!({"x": 1}));
-        assert!(client_event("s1", r#"{"message": 2}"#, None).is_ok());
-        assert_eq!(client_event("s1", "{nope", None).unwrap_err().status().as_u16(), 400);
+        assert!(client_event("s1", r#"{"message": 2}"#, None, None).is_ok());
+        assert_eq!(client_event("s1", "{nope", None, None).unwrap_err().status().as_u16(), 400);
         // Anything else that is JSON is the event itself.
-        assert_eq!(client_event("s1", r#"{"x": 1}"#, None).unwrap().json_data().unwrap(), json!({"x": 1}));
-        assert_eq!(client_event("s1", "[1, 2]", None).unwrap().json_data().unwrap(), json!([1, 2]));
-        assert_eq!(client_event("s1", r#""hi""#, None).unwrap().json_data().unwrap(), json!("hi"));
-        assert_eq!(client_event("s1", "hi", None).unwrap_err().status().as_u16(), 400);
+        assert_eq!(client_event("s1", r#"{"x": 1}"#, None, None).unwrap().json_data().unwrap(), json!({"x": 1}));
+        assert_eq!(client_event("s1", "[1, 2]", None, None).unwrap().json_data().unwrap(), json!([1, 2]));
+        assert_eq!(client_event("s1", r#""hi""#, None, None).unwrap().json_data().unwrap(), json!("hi"));
+        assert_eq!(client_event("s1", "hi", None, None).unwrap_err().status().as_u16(), 400);
         let frame: Value = serde_json::from_str(error_frame(&AppError::Forbidden).as_str()).unwrap();
         assert_eq!(frame["type"], "error");
         assert!(frame["error"].is_string());
+    }
+
+    #[test]
+    fn a_frame_event_carries_the_frames_trace_else_the_sockets_else_a_new_one() {
+        const SOCKET: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        const FRAME: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let trace_of = |text: &str, socket: Option<&str>| {
+            let event = client_event("s1", text, None, socket).unwrap();
+            event.extension(ce::TRACEPARENT).expect("every event is traced").to_owned()
+        };
+        let own = format!(r#"{{"data": {{"x": 1}}, "traceparent": "{FRAME}"}}"#);
+        assert_eq!(trace_of(&own, Some(SOCKET)), FRAME);
+        assert_eq!(client_event("s1", &own, None, None).unwrap().json_data().unwrap(), json!({"x": 1}));
+        assert_eq!(trace_of(r#"{"data": 1}"#, Some(SOCKET)), SOCKET);
+        assert_eq!(trace_of(r#"{"data": 1, "traceparent": "junk"}"#, Some(SOCKET)), SOCKET);
+        let fresh = trace_of(r#"{"data": 1}"#, None);
+        assert!(trace::is_valid(&fresh) && fresh != SOCKET && !trace::is_sampled(&fresh), "{fresh}");
     }
 }

@@ -157,13 +157,15 @@ impl<P: Processor> PartitionTask<P> {
             Ok((event, output)) => {
                 let result = EventResult::answering(&event, Some(self.worker.worker_id), output);
                 if let Some(trace) = result.traceparent.as_deref() {
-                    tracing::debug!(
-                        worker = self.worker.worker_id,
-                        event_id = %result.event_id,
-                        trace_id = trace::trace_id(trace).unwrap_or(trace),
-                        latency_us = result.latency_us,
-                        "event processed"
-                    );
+                    // At info for a trace its caller sampled (as the
+                    // gateway logs it), at debug otherwise.
+                    let (worker, trace_id) = (self.worker.worker_id, trace::trace_id(trace).unwrap_or(trace));
+                    let (event_id, latency_us) = (&result.event_id, result.latency_us);
+                    if trace::is_sampled(trace) {
+                        tracing::info!(worker, %event_id, trace_id, latency_us, "event processed");
+                    } else {
+                        tracing::debug!(worker, %event_id, trace_id, latency_us, "event processed");
+                    }
                 }
                 let data = result.to_json();
                 let record = result.record(&data, RESULT_SOURCE, &event, &shared.results_topic, shared.result_headers);

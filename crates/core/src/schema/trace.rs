@@ -13,7 +13,9 @@ pub fn is_valid(value: &str) -> bool {
         && parts[2].bytes().any(|b| b != b'0')
 }
 
-/// A new sampled trace: fresh trace id and span id.
+/// A new trace, fresh trace id and span id, not sampled (flags `00`): the
+/// gateway starts one for a request that came without trace context, and
+/// logs its events only at debug (see [`is_sampled`]).
 pub fn new_traceparent() -> String {
     // Random v4 UUIDs: never all zero (their version bits are set), as
     // W3C requires of both ids; one string is written, none in between.
@@ -24,10 +26,21 @@ pub fn new_traceparent() -> String {
     let trace = uuid::Uuid::new_v4().simple().encode_lower(&mut trace);
     let span = &uuid::Uuid::new_v4().simple().encode_lower(&mut span)[..16];
     let mut out = String::with_capacity(55);
-    for part in ["00-", trace, "-", span, "-01"] {
+    for part in ["00-", trace, "-", span, "-00"] {
         out.push_str(part);
     }
     out
+}
+
+/// Whether the caller sampled this trace (the `01` bit of its flags): it
+/// records the trace, so each event of it is logged at info by the gateway
+/// and the consumer, where other events are logged at debug only.
+pub fn is_sampled(traceparent: &str) -> bool {
+    traceparent
+        .rsplit('-')
+        .next()
+        .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+        .is_some_and(|flags| flags & 1 == 1)
 }
 
 /// The trace id part of a `traceparent`, for log fields.
@@ -43,6 +56,10 @@ mod tests {
     fn traceparents_are_generated_valid_and_checked() {
         let fresh = new_traceparent();
         assert!(is_valid(&fresh), "{fresh}");
+        assert!(!is_sampled(&fresh), "a trace the gateway starts is not sampled: {fresh}");
+        assert!(is_sampled("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        assert!(is_sampled("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03"));
+        assert!(!is_sampled("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02"));
         assert_ne!(fresh, new_traceparent());
         let span = |t: &str| t.split('-').nth(2).map(str::to_owned);
         assert_ne!(span(&fresh), span(&new_traceparent()), "spans are fresh too");

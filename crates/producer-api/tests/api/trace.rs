@@ -64,3 +64,36 @@ async fn the_callers_trace_reaches_the_result_on_the_websocket() {
     consumer.await.unwrap().unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn events_sent_on_the_websocket_carry_the_upgrades_or_their_frames_trace() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const FRAME: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (kafka, app) = common::spawn_app().await;
+    let (status, started) = common::start_stream(&app, common::KEY_A, None).await;
+    assert_eq!(status, 201, "{started}");
+    let stream = started["stream_id"].as_str().unwrap().to_owned();
+    let mut request = app.ws_url(&format!("/stream/{stream}/results")).into_client_request().unwrap();
+    request.headers_mut().insert("X-API-Key", common::KEY_A.parse().unwrap());
+    request.headers_mut().insert("traceparent", TRACE.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade");
+    let frames = [json!({"data": "socket's"}), json!({"data": "frame's", "traceparent": FRAME})];
+    let mut ids = Vec::new();
+    for frame in frames {
+        socket.send(Message::Text(frame.to_string().into())).await.unwrap();
+        ids.push(common::next_frame(&mut socket, "ack").await["id"].as_str().unwrap().to_owned());
+    }
+    let events = common::read_all(&kafka, &kafka.topics.events).await;
+    let trace_of = |id: &str| {
+        let event = events.iter().find(|e| e.id == id).unwrap_or_else(|| panic!("event {id} not in the topic"));
+        event.extension(header::TRACEPARENT).map(str::to_owned)
+    };
+    assert_eq!(trace_of(&ids[0]).as_deref(), Some(TRACE));
+    assert_eq!(trace_of(&ids[1]).as_deref(), Some(FRAME));
+    let data: Vec<Value> = events.iter().map(|e| e.json_data().unwrap()).collect();
+    assert_eq!(data, [json!("socket's"), json!("frame's")], "the trace field is not part of the data");
+    app.stop().await;
+}
