@@ -165,5 +165,5 @@ case "$cmd" in
   restart) stop; start "$@" ;;
   status) status ;;
   logs) exec tail -n 100 -f "$DIR/nisshi.log" ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

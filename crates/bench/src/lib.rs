@@ -75,12 +75,24 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Producer throughput and ack latency (enqueue -> broker acknowledgement).
+    #[command(after_help = "Examples:
+  bench produce --count 1000000 --size 100
+  bench produce --count 200000 --json --out-dir target/bench")]
     Produce(produce::ProduceArgs),
     /// Consumer throughput: read N records from the start of the topic.
+    #[command(after_help = "Examples:
+  bench consume --count 1000000             # writes the records first, then reads them
+  bench consume --count 1000000 --no-fill   # reads records already in the topic")]
     Consume(consume::ConsumeArgs),
     /// End-to-end latency (ce_time -> received by a consumer) at fixed offered rates, open loop.
+    #[command(after_help = "Examples:
+  bench e2e                                     # 1000, 10000 and 50000 events/s
+  bench e2e --rates 1000,10000 --warmup 5s --duration 20s")]
     E2e(e2e::E2eArgs),
     /// The HTTP API: C concurrent streams send M messages, each result awaited on its WebSocket.
+    #[command(after_help = "Examples:
+  bench api --url http://127.0.0.1:8082 --api-key secret
+  bench api --api-key secret --streams 1000 --messages 100000 --json")]
     Api(api::ApiArgs),
 }
 

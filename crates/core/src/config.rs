@@ -111,6 +111,14 @@ impl KafkaArgs {
         if self.brokers.trim().is_empty() {
             return Err(Error::Config("--brokers (KAFKA_BROKERS) is empty".into()));
         }
+        for broker in self.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+            if let Err(why) = check_broker(broker) {
+                return Err(Error::Config(format!(
+                    "--brokers (KAFKA_BROKERS) {:?}: {broker:?} {why}; expected host:port[,host:port...]",
+                    self.brokers
+                )));
+            }
+        }
         let sasl = matches!(self.security_protocol, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl);
         if sasl && (self.sasl_username.is_none() || self.sasl_password.is_none()) {
             return Err(Error::Config(format!(
@@ -183,6 +191,37 @@ impl TopicArgs {
             validate_topic_name(name).map_err(|why| Error::Config(format!("{flag} {name:?}: {why}")))?;
         }
         Ok(())
+    }
+}
+
+/// Checks one bootstrap address as librdkafka reads it (`[proto://]host[:port]`,
+/// IPv6 in brackets), so a typo is named at start-up instead of showing as
+/// an unreachable cluster after the connect timeout.
+fn check_broker(broker: &str) -> std::result::Result<(), &'static str> {
+    let address = broker.split_once("://").map_or(broker, |(_, rest)| rest);
+    if address.chars().any(char::is_whitespace) {
+        return Err("has a space in it");
+    }
+    let (host, port) = match address.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, rest)) => (host, Some(rest.strip_prefix(':').ok_or("has text after its IPv6 address")?)),
+            None => return Err("has no closing ] after its IPv6 address"),
+        },
+        // More than one colon: an IPv6 address without brackets, left to
+        // librdkafka.
+        None if address.matches(':').count() > 1 => (address, None),
+        None => match address.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (address, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    match port.map(str::parse::<u16>) {
+        Some(Ok(0) | Err(_)) => Err("has a port that is not a number from 1 to 65535"),
+        _ => Ok(()),
     }
 }
 
@@ -313,6 +352,36 @@ mod tests {
     fn a_property_without_equals_is_rejected_with_an_example() {
         let err = parse_flags::<KafkaArgs>(&["x", "-X", "linger.ms"]).err().unwrap().to_string();
         assert!(err.contains("KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn broker_lists_are_checked_before_connecting() {
+        for good in [
+            "127.0.0.1:19092",
+            "a:1, b:2,",
+            "kafka",
+            "PLAINTEXT://broker-1:9092,SSL://broker-2:9093",
+            "[::1]:9092",
+            "[::1]",
+            "fe80::1",
+        ] {
+            let cli = parse_flags::<KafkaArgs>(&["x", "--brokers", good]).unwrap();
+            assert!(cli.validate().is_ok(), "{good}: {:?}", cli.validate());
+        }
+        for (bad, why) in [
+            ("not a broker", "space"),
+            ("host:notaport", "port"),
+            ("host:0", "port"),
+            ("host:70000", "port"),
+            (":9092", "no host"),
+            ("a:1,b:", "port"),
+            ("[::1", "]"),
+            ("[::1]9092", "after"),
+        ] {
+            let cli = parse_flags::<KafkaArgs>(&["x", "--brokers", bad]).unwrap();
+            let err = cli.validate().unwrap_err().to_string();
+            assert!(err.contains("--brokers") && err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

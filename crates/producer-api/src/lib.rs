@@ -236,6 +236,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     // it exists are lost.
     stream_core::metrics::handle();
     ops::describe_metrics();
+    ops::register_rare_series();
     let args = &config.kafka;
     let mut topics = kafka::project_topics(args);
     topics.push(registry::topic_spec(&config.streams_topic, args));
@@ -314,7 +315,8 @@ impl Application {
         let deadline = tokio::time::Instant::now() + connect_timeout.max(Duration::from_secs(1));
         state.registry.catch_up(deadline).await.map_err(|e| anyhow::anyhow!("replaying the stream registry: {e}"))?;
         tracing::info!(streams = state.registry.len(), "stream registry loaded");
-        let listener = serve::bind(listen, backlog).with_context(|| format!("binding the listener {listen}"))?;
+        let listener =
+            serve::bind(listen, backlog).with_context(|| format!("binding --listen-addr (LISTEN_ADDR) {listen}"))?;
         Ok(Self { listener, state, readers: reader_stop.clone().drop_guard(), reader_stop, tasks })
     }
 

@@ -52,6 +52,26 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], stream_core::metrics::handle().render())
 }
 
+/// Series that only move on rare events, registered (unchanged, so 0 in a
+/// new process) before they first move: `/metrics` shows them from the
+/// start, and the dashboard's errors and connections panels read 0, not
+/// "no data", on a gateway that has had neither yet.
+pub fn register_rare_series() {
+    metrics::counter!("http_errors_total", "status" => "500").increment(0);
+    for rare in [
+        "http_write_timeouts_total",
+        "http_panics_total",
+        "http_connections_refused_total",
+        "websocket_idle_closes_total",
+        "websocket_key_limit_refusals_total",
+    ] {
+        metrics::counter!(rare).increment(0);
+    }
+    for kind in ["websocket", "sse"] {
+        metrics::gauge!("open_connections", "kind" => kind).increment(0.0);
+    }
+}
+
 /// The `# HELP` text of every metric the gateway exports.
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -139,4 +159,24 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "From an event's ce_time to its result reaching the gateway."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rare_series_are_exported_as_0_before_they_move() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, super::register_rare_series);
+        let text = handle.render();
+        for series in [
+            r#"http_errors_total{status="500"} 0"#,
+            r#"open_connections{kind="websocket"} 0"#,
+            r#"open_connections{kind="sse"} 0"#,
+            "http_panics_total 0",
+            "websocket_idle_closes_total 0",
+        ] {
+            assert!(text.lines().any(|line| line == series), "{series} missing:\n{text}");
+        }
+    }
 }

@@ -33,6 +33,17 @@ async fn a_configuration_without_keys_is_refused() {
     assert!(format!("{err:#}").contains("API_KEYS"), "{err:#}");
 }
 
+#[tokio::test]
+async fn a_listen_address_in_use_is_named_with_its_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = common::config(stream_core::testing::kafka_args());
+    config.listen_addr = taken.local_addr().unwrap();
+    let err = producer_api::Application::build(config).await.err().expect("the port is taken");
+    let text = format!("{err:#}");
+    let port = taken.local_addr().unwrap().port().to_string();
+    assert!(text.contains("--listen-addr") && text.contains(&port), "{text}");
+}
+
 async fn publish(app: &common::TestApp, n: u64) -> reqwest::Response {
     common::client()
         .post(app.url("/publish"))
