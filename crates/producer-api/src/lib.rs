@@ -17,7 +17,8 @@
 //!   publishing at most once per `Idempotency-Key`.
 //! - [`publish`]: `/publish`, `/publish/batch`.
 //! - [`reader`]: following a topic (the registry's and the results').
-//! - [`registry`]: stream ownership in a compacted topic.
+//! - [`registry`]: stream ownership in a compacted topic; [`starting`]:
+//!   starts in progress, holding places under the per-key stream quota.
 //! - [`cursor`]: positions in the results topic and resume cursors.
 //! - [`hub`]: per-stream fan-out of results to subscribers' mailboxes.
 //! - [`delivered`]: a result record framed once for every subscriber.
@@ -54,6 +55,7 @@ pub mod reader;
 pub mod registry;
 pub mod results;
 pub mod serve;
+pub mod starting;
 pub mod streams;
 pub mod trace;
 pub mod validation;

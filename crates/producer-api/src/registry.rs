@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Seen};
 use crate::reader::Follower;
+use crate::starting::{Full, StartSlot, Starting};
 
 /// The value of an ownership record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,7 +97,7 @@ pub struct Registry {
     /// against the quota too, so concurrent starts cannot all slip under
     /// it. A stream leaves its owner's starts when its claim is applied, in
     /// the same step as it joins `per_owner`, so it never counts twice.
-    starting: std::sync::Mutex<Starting>,
+    starting: Arc<std::sync::Mutex<Starting>>,
     /// Next offset to apply, per partition; waiters watch it.
     applied: watch::Sender<BTreeMap<i32, i64>>,
     /// The last look at the topic's end: its number, in the order looks
@@ -135,7 +136,7 @@ impl Registry {
         Ok(Arc::new(Self {
             streams: RwLock::new(HashMap::new()),
             per_owner: RwLock::new(HashMap::new()),
-            starting: std::sync::Mutex::new(Starting::default()),
+            starting: Arc::default(),
             applied: watch::Sender::new(BTreeMap::new()),
             last_look: tokio::sync::Mutex::new(None),
             looks_begun: std::sync::atomic::AtomicU64::new(0),
@@ -242,7 +243,7 @@ impl Registry {
     /// once the claim is applied the stream counts as owned, not as
     /// starting, even while the start still holds its place. A second start
     /// of a stream already starting shares its place.
-    pub fn reserve(self: &Arc<Self>, owner: &Arc<str>, stream: &str, max: usize) -> Result<Option<StartSlot>, Full> {
+    pub fn reserve(&self, owner: &Arc<str>, stream: &str, max: usize) -> Result<Option<StartSlot>, Full> {
         // Lock order: streams, starting, per_owner.
         let streams = self.streams.read().expect("registry lock");
         if streams.contains_key(stream) {
@@ -254,7 +255,7 @@ impl Registry {
             None if self.owned_by(owner) + starting.count(owner) >= max => return Err(Full),
             None => starting.start(owner, stream),
         };
-        Ok(Some(StartSlot { registry: self.clone(), owner: owner.clone(), stream: stream.to_owned(), generation }))
+        Ok(Some(StartSlot::new(self.starting.clone(), owner.clone(), stream.to_owned(), generation)))
     }
 
     /// Streams currently open.
@@ -462,86 +463,6 @@ impl Registry {
                     .into(),
             )),
         }
-    }
-}
-
-/// `owner` owns and is starting as many streams as the quota allows.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Full;
-
-/// Starts in progress per owner and stream: how many requests are starting
-/// it, and the generation of their place, so that a place freed when the
-/// stream was applied (and perhaps taken again after a delete) is not
-/// released twice.
-#[derive(Default)]
-struct Starting {
-    by_owner: HashMap<Arc<str>, HashMap<String, Place>>,
-    next_generation: u64,
-}
-
-struct Place {
-    starts: usize,
-    generation: u64,
-}
-
-impl Starting {
-    fn count(&self, owner: &str) -> usize {
-        self.by_owner.get(owner).map_or(0, HashMap::len)
-    }
-
-    /// Joins a start of `stream` already in progress; its generation.
-    fn joined(&mut self, owner: &str, stream: &str) -> Option<u64> {
-        let place = self.by_owner.get_mut(owner)?.get_mut(stream)?;
-        place.starts += 1;
-        Some(place.generation)
-    }
-
-    fn start(&mut self, owner: &Arc<str>, stream: &str) -> u64 {
-        self.next_generation += 1;
-        let place = Place { starts: 1, generation: self.next_generation };
-        self.by_owner.entry(owner.clone()).or_default().insert(stream.to_owned(), place);
-        self.next_generation
-    }
-
-    /// `stream` is open now: its owner's starts of it take no place.
-    fn applied(&mut self, owner: &str, stream: &str) {
-        self.remove(owner, stream);
-    }
-
-    /// One start of `stream` is done; its place goes once every start of
-    /// the same generation is.
-    fn done(&mut self, owner: &str, stream: &str, generation: u64) {
-        let Some(place) = self.by_owner.get_mut(owner).and_then(|streams| streams.get_mut(stream)) else { return };
-        if place.generation == generation {
-            place.starts -= 1;
-            if place.starts == 0 {
-                self.remove(owner, stream);
-            }
-        }
-    }
-
-    fn remove(&mut self, owner: &str, stream: &str) {
-        if let Some(streams) = self.by_owner.get_mut(owner) {
-            streams.remove(stream);
-            if streams.is_empty() {
-                self.by_owner.remove(owner);
-            }
-        }
-    }
-}
-
-/// A reserved place under the per-key stream quota; released on drop.
-pub struct StartSlot {
-    registry: Arc<Registry>,
-    owner: Arc<str>,
-    stream: String,
-    generation: u64,
-}
-
-impl Drop for StartSlot {
-    fn drop(&mut self) {
-        let mut starting = self.registry.starting.lock().expect("registry lock");
-        starting.done(&self.owner, &self.stream, self.generation);
     }
 }
 

@@ -22,8 +22,9 @@ use crate::feed::{Feed, Item, Start};
 use crate::idempotency::{self, Fingerprint};
 use crate::once::{publish_once, replay_marked};
 use crate::producer::SOURCE;
-use crate::registry::{Claimed, RegistryError, StartSlot};
+use crate::registry::{Claimed, RegistryError};
 use crate::serve::ConnectionSlot;
+use crate::starting::StartSlot;
 use crate::trace::{add_traceparent, traceparent};
 use crate::{ws, AppState};
 
