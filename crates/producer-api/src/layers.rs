@@ -1,5 +1,6 @@
 //! The layers every request passes: CORS, and the request layer (in-flight
-//! limit, metrics, error reports, panics answered 500).
+//! limit, metrics, error reports, panics answered 500); and the body limit
+//! of the routes that read one.
 
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
@@ -150,6 +151,67 @@ fn record_request(method: &Method, route: &str, status: u16, elapsed: Duration) 
         handles[at].requests.increment(1);
         handles[at].duration.record(elapsed.as_secs_f64());
     })
+}
+
+/// A route's body limit: a body that declares more bytes than `max`
+/// (`Content-Length`) is answered 413 before any of it is read, and so
+/// before a `100 Continue` invites it; a body that declares no length
+/// (chunked) is cut off at `max` as it is read (axum's `DefaultBodyLimit`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    max: usize,
+    flag: &'static str,
+}
+
+impl BodyLimit {
+    /// At most `max` bytes, set by `flag` (named in the 413's detail).
+    pub fn new(max: usize, flag: &'static str) -> Self {
+        Self { max, flag }
+    }
+}
+
+impl<S> tower::Layer<S> for BodyLimit {
+    type Service = DeclaredLength<<axum::extract::DefaultBodyLimit as tower::Layer<S>>::Service>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeclaredLength {
+            inner: tower::Layer::layer(&axum::extract::DefaultBodyLimit::max(self.max), inner),
+            limit: *self,
+        }
+    }
+}
+
+/// The service of [`BodyLimit`].
+#[derive(Debug, Clone)]
+pub struct DeclaredLength<S> {
+    inner: S,
+    limit: BodyLimit,
+}
+
+impl<S> tower::Service<Request> for DeclaredLength<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        match declared {
+            Some(length) if length > self.limit.max as u64 => {
+                let BodyLimit { max, flag } = self.limit;
+                let error =
+                    AppError::TooLarge(format!("the body declares {length} bytes; the limit is {max} ({flag})"));
+                futures::future::Either::Left(std::future::ready(Ok(error.into_response())))
+            }
+            _ => futures::future::Either::Right(self.inner.call(request)),
+        }
+    }
 }
 
 #[cfg(test)]

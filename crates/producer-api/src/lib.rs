@@ -67,7 +67,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use axum::middleware;
 use axum::routing::{delete, get, post, MethodRouter};
@@ -167,8 +166,8 @@ pub struct Route {
 
 /// Every route the server answers.
 pub fn routes(config: &Config) -> Vec<Route> {
-    let single = DefaultBodyLimit::max(config.max_body_bytes);
-    let batch = DefaultBodyLimit::max(config.max_batch_bytes);
+    let single = layers::BodyLimit::new(config.max_body_bytes, "--max-body-bytes");
+    let batch = layers::BodyLimit::new(config.max_batch_bytes, "--max-batch-bytes");
     let route = |method: Method, path, handler| Route { method, path, handler };
     vec![
         route(Method::POST, "/publish", post(publish::publish).layer(single)),

@@ -95,6 +95,48 @@ async fn a_body_that_stops_is_answered_408() {
     app.stop().await;
 }
 
+/// A body that declares more than the limit is refused before it is sent:
+/// no `100 Continue` invites it, and no read waits for it.
+#[tokio::test]
+async fn a_body_declared_over_the_limit_is_answered_413_before_it_is_sent() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.max_body_bytes = 1000;
+    config.max_batch_bytes = 5000;
+    let app = common::start(config).await;
+    for (path, length, flag) in [("/publish", 1001, "--max-body-bytes"), ("/publish/batch", 5001, "--max-batch-bytes")]
+    {
+        for expect in ["", "Expect: 100-continue\r\n"] {
+            let mut stream = TcpStream::connect(app.addr).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {length}\r\n{expect}\r\n{{\"message\": "
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut reply = Vec::new();
+            while !String::from_utf8_lossy(&reply).contains("}") {
+                let mut buf = [0u8; 1024];
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed without an answer: {}", String::from_utf8_lossy(&reply));
+                reply.extend_from_slice(&buf[..n]);
+            }
+            let reply = String::from_utf8_lossy(&reply);
+            assert!(reply.starts_with("HTTP/1.1 413"), "{path} {expect:?}: {reply}");
+            assert!(reply.contains(flag) && reply.contains(&length.to_string()), "{reply}");
+        }
+    }
+    // A body within the limit is still read and published.
+    let reply = common::client()
+        .post(app.url("/publish"))
+        .header("X-API-Key", KEY_A)
+        .json(&json!({"message": "x".repeat(900)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    app.stop().await;
+}
+
 /// A byte every 200 ms keeps each gap far inside the 1 s timeout, but the
 /// 100-byte body would take 20 s: the deadline covers the whole body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
