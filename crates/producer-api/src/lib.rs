@@ -237,7 +237,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     // it exists are lost.
     stream_core::metrics::handle();
     ops::describe_metrics();
-    ops::register_rare_series();
+    ops::register_series();
     let args = &config.kafka;
     let mut topics = kafka::project_topics(args);
     topics.push(registry::topic_spec(&config.streams_topic, args));
