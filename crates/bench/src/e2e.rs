@@ -78,6 +78,10 @@ pub async fn run(args: &E2eArgs, shutdown: CancellationToken) -> anyhow::Result<
     if args.rates.is_empty() || args.rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
         anyhow::bail!("--rates needs positive numbers, e.g. --rates 1000,10000");
     }
+    // Each rate names its step's events and its output files.
+    if let Some(twice) = args.rates.iter().enumerate().find_map(|(i, r)| args.rates[..i].contains(r).then_some(r)) {
+        anyhow::bail!("--rates lists {twice} twice; each rate is one step, with its own histogram file");
+    }
     load.prepare().await?;
     let topic = load.bench_topic.clone();
     let reader = kafka::reader(&load.kafka, StartFrom::Latest)?;

@@ -232,6 +232,14 @@ mod tests {
         assert_eq!(wrong.kind(), clap::error::ErrorKind::InvalidSubcommand);
     }
 
+    #[tokio::test]
+    async fn e2e_refuses_a_rate_listed_twice_before_connecting() {
+        let cli = Cli::try_parse_from(["bench", "e2e", "--rates", "500,2000,500", "--brokers", "127.0.0.1:1"]).unwrap();
+        let Command::E2e(args) = cli.command() else { panic!("{cli:?}") };
+        let err = e2e::run(&args, CancellationToken::new()).await.unwrap_err().to_string();
+        assert!(err.contains("--rates lists 500 twice"), "{err}");
+    }
+
     #[test]
     fn api_refuses_zero_streams_or_messages_naming_the_flag() {
         for flag in ["--streams", "--messages"] {

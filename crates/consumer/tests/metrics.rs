@@ -45,7 +45,7 @@ async fn metrics_count_exactly_what_happened_and_pass_the_lint() {
     assert_eq!(value(&body, "consumer_events_failed_total{kind=\"invalid_json\"}"), Some(POISON as f64), "{body}");
     // Every other kind is exported as 0 from the start, so rate() over them
     // works before the first failure of that kind.
-    for kind in ["empty_payload", "bad_header", "rejected", "panic", "result_undeliverable"] {
+    for kind in ["empty_payload", "bad_header", "bad_key", "rejected", "panic", "result_undeliverable"] {
         assert_eq!(
             value(&body, &format!("consumer_events_failed_total{{kind=\"{kind}\"}}")),
             Some(0.0),

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use common::*;
 use consumer::{Config, DefaultProcessor, ProcessError, Processed, Processor, WorkerInfo};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 use serde_json::json;
 use stream_core::testing::{create_project_topics, eventually, kafka_args};
 use stream_core::Event;
@@ -137,8 +138,6 @@ async fn poison_events_go_to_the_dlq_with_headers_and_the_rest_is_processed() {
 /// dead-lettered with its key as it was; the next event is processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_key_is_not_utf8_is_dead_lettered_with_the_key_as_it_was() {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::FutureRecord;
     let args = kafka_args();
     create_project_topics(&args).await;
     let results = Collector::start(&args, &args.topics.results).await;
@@ -160,6 +159,27 @@ async fn an_event_whose_key_is_not_utf8_is_dead_lettered_with_the_key_as_it_was(
     assert_eq!(header(&letter, "ce_id").as_deref(), Some("bad-key-1"));
     assert_eq!(header(&letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("bad_key"));
     assert!(results.results().iter().all(|r| r.event_id != "bad-key-1"), "no result under a rewritten key");
+}
+
+/// A record with no value at all (null, as a tombstone has) is dead-lettered
+/// as it was: with no value, not an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_without_a_value_is_dead_lettered_without_one() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let dead = Collector::start(&args, &args.topics.dlq).await;
+    let producer = stream_core::kafka::producer(&args, &stream_core::kafka::ProducerOptions::default()).unwrap();
+    let headers = OwnedHeaders::new().insert(Header { key: "ce_id", value: Some("no-value-1") });
+    let record = FutureRecord::<str, [u8]>::to(&args.topics.events).key("s").headers(headers);
+    stream_core::kafka::delivered(producer.send_result(record).map_err(|(e, _)| e).unwrap()).await.unwrap();
+
+    let running = Running::start(Config::for_tests(args.clone(), 1));
+    dead.wait_for_len(1, "the dead letter").await;
+    running.stop().await.expect("clean shutdown");
+    let letter = dead.records.lock().unwrap()[0].clone();
+    assert_eq!(header(&letter, "ce_id").as_deref(), Some("no-value-1"));
+    assert_eq!(header(&letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("empty_payload"));
+    assert_eq!(letter.payload(), None, "no value, as the event had none");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

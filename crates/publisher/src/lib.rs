@@ -276,8 +276,13 @@ pub async fn publish(
     let epoch = pacer.start().min(started);
     deliveries.reset(epoch);
     // The schedule's start in wall-clock time, so a due Instant maps to the
-    // ce_time written into the event.
-    let wall_start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    // ce_time written into the event: both clocks read together, then
+    // taken back to the schedule's start, however long ago it was made.
+    let (wall_now, now) = (SystemTime::now(), Instant::now());
+    let wall_start = wall_now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(now.saturating_duration_since(pacer.start()));
     let (mut sent, mut refused) = (0u64, 0u64);
     let mut refusals = Vec::new();
     let mut last_sent = started;

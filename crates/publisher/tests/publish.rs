@@ -104,6 +104,42 @@ async fn rate_limited_events_carry_the_schedule() {
     assert!(events.iter().all(|e| e.time <= Timestamp::now()));
 }
 
+/// A schedule made before the call (as `bench e2e` makes one per step)
+/// stamps each event with its own due time: the schedule's start in wall
+/// time is taken back from when the call reads the clocks, not taken as
+/// that moment.
+#[tokio::test]
+async fn a_schedule_made_before_the_call_stamps_its_own_due_times() {
+    let kafka = testing::kafka_args();
+    testing::create_topic(&kafka, &kafka.topics.events, kafka.topics.partitions).await;
+    let producer = publisher::producer(&kafka, &args(&kafka, &[]).producer_options()).unwrap();
+    let payloads = publisher::Payloads::generated(64, 0);
+    let (wall, now) = (Timestamp::now().as_micros(), Instant::now());
+    // Began 300 ms ago: the 20 messages at 1,000/s are all late, and go at once.
+    let pacer = publisher::Pacer::starting_at(Some(1000.0), now - Duration::from_millis(300));
+    let progress = publisher::progress_bar(20, false);
+    let outcome = publisher::publish(
+        &producer,
+        &kafka.topics.events,
+        &payloads,
+        20,
+        pacer,
+        &CancellationToken::new(),
+        &progress,
+        "/publisher",
+    )
+    .await;
+    assert_eq!((outcome.acked, outcome.failed), (20, 0));
+    let events = read_back(&kafka, 20).await;
+    for event in events {
+        let seq = event.json_data().unwrap()["seq"].as_i64().unwrap();
+        let due = wall - 300_000 + seq * 1000;
+        let off = event.time.as_micros() - due;
+        // The clocks above and the call's are read microseconds apart.
+        assert!(off.abs() < 20_000, "event {seq} stamped {off} µs from its due time");
+    }
+}
+
 /// Runs the `publisher` binary with `--json` and `args`: its exit code and
 /// the report it printed (which must parse).
 fn run_binary(args: &[&str]) -> (Option<i32>, Report) {

@@ -40,32 +40,37 @@ pub(super) async fn dead_letter<P>(
         .headers()
         .and_then(|h| rdkafka::message::Headers::iter(h).find(|h| h.key == header::TRACEPARENT).and_then(|h| h.value))
         .and_then(|v| std::str::from_utf8(v).ok());
-    tracing::warn!(
-        worker = worker_id,
-        trace_id = traceparent.and_then(trace::trace_id),
-        topic = record.topic(),
-        partition = record.partition(),
-        offset = record.offset(),
-        kind = failure.kind,
-        error = %failure.message,
-        "event dead-lettered"
-    );
-    let payload = record.payload().unwrap_or_default();
+    let (trace_id, kind, error) = (traceparent.and_then(trace::trace_id), failure.kind, &failure.message);
+    let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
     let mut headers = dlq::headers(&**record, failure, &shared.group, worker_id);
+    // A record without a value (null, not empty) keeps none in its letter.
     let payload = match letter {
         Letter::Whole => {
+            tracing::warn!(worker = worker_id, trace_id, topic, partition, offset, kind, %error, "event dead-lettered");
             metrics::counter!("consumer_events_failed_total", "kind" => failure.kind).increment(1);
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-            payload
+            record.payload()
         }
         Letter::WithoutPayload => {
-            let size = payload.len().to_string();
+            tracing::warn!(
+                worker = worker_id,
+                trace_id,
+                topic,
+                partition,
+                offset,
+                kind,
+                "the dead letter is too large for the dead-letter topic: written again without its payload"
+            );
+            let size = record.payload().map_or(0, <[u8]>::len).to_string();
             headers = headers
                 .insert(rdkafka::message::Header { key: dlq::header::PAYLOAD_DROPPED, value: Some(size.as_str()) });
-            &[][..]
+            None
         }
     };
-    let mut out = FutureRecord::to(&shared.dlq_topic).payload(payload).headers(headers);
+    let mut out = FutureRecord::to(&shared.dlq_topic).headers(headers);
+    if let Some(payload) = payload {
+        out = out.payload(payload);
+    }
     if let Some(key) = record.key() {
         out = out.key(key);
     }

@@ -68,8 +68,8 @@ impl Meters {
 
 /// Every `kind` of `consumer_events_failed_total`: why an event was
 /// dead-lettered.
-const FAILURE_KINDS: [&str; 6] =
-    ["empty_payload", "invalid_json", "bad_header", "rejected", "panic", "result_undeliverable"];
+const FAILURE_KINDS: [&str; 7] =
+    ["empty_payload", "invalid_json", "bad_header", "bad_key", "rejected", "panic", "result_undeliverable"];
 
 /// The `# HELP` text of every metric the consumer exports.
 fn describe() {
