@@ -130,7 +130,8 @@ pub fn count_error(errors: &mut Vec<ErrorCount>, error: String) {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = if self.interrupted { " (interrupted)" } else { "" };
-        writeln!(f, "published to {}{state}", self.topic)?;
+        let nothing = if self.acked == 0 && self.failed > 0 { "nothing " } else { "" };
+        writeln!(f, "{nothing}published to {}{state}", self.topic)?;
         writeln!(f, "  sent      {}", self.sent)?;
         writeln!(f, "  acked     {}", self.acked)?;
         writeln!(f, "  failed    {}", self.failed)?;
@@ -141,6 +142,9 @@ impl fmt::Display for Report {
         let target = self.target_rate.map(|r| format!(" (target {r:.0} msg/s)")).unwrap_or_default();
         writeln!(f, "  rate      {:.0} msg/s{target}, {:.2} MB/s of payload", self.msgs_per_sec, self.mb_per_sec)?;
         let l = &self.ack_latency;
+        if l.count == 0 {
+            return write!(f, "  ack latency  none: no message was acknowledged");
+        }
         write!(
             f,
             "  ack latency  p50 {}  p90 {}  p99 {}  max {}",
@@ -175,6 +179,28 @@ mod tests {
         assert_eq!(fmt_ms(0.004), "4 µs");
         assert_eq!(fmt_ms(2.5), "2.50 ms");
         assert_eq!(fmt_ms(1500.0), "1.50 s");
+    }
+
+    #[test]
+    fn a_run_with_no_ack_says_so_instead_of_showing_zero_latencies() {
+        let report = Report {
+            topic: "events".into(),
+            sent: 3,
+            acked: 0,
+            failed: 3,
+            errors: vec![ErrorCount { error: "Local: Message timed out".into(), count: 3 }],
+            bytes: 0,
+            elapsed_secs: 2.0,
+            msgs_per_sec: 0.0,
+            mb_per_sec: 0.0,
+            target_rate: None,
+            ack_latency: Percentiles::of(&latency_histogram()),
+            interrupted: false,
+        };
+        let text = report.to_string();
+        assert!(text.starts_with("nothing published to events"), "{text}");
+        assert!(text.ends_with("ack latency  none: no message was acknowledged"), "{text}");
+        assert!(!text.contains("p50"), "{text}");
     }
 
     #[test]

@@ -103,13 +103,14 @@ impl ClientContext for WorkerContext {
             for (partition, p) in &topic.partitions {
                 // Partition -1 is librdkafka's internal "unassigned" queue;
                 // only partitions being fetched have a meaningful lag.
-                if *partition < 0 || p.fetch_state != "active" || p.consumer_lag < 0 {
-                    continue;
-                }
+                let lag = match lag(p.consumer_lag_stored, p.consumer_lag) {
+                    Some(lag) if *partition >= 0 && p.fetch_state == "active" => lag,
+                    _ => continue,
+                };
                 metrics::gauge!("consumer_lag", "topic" => topic.topic.clone(), "partition" => partition.to_string())
-                    .set(p.consumer_lag as f64);
+                    .set(lag as f64);
                 self.lag_topics.lock().unwrap().entry(*partition).or_insert_with(|| topic.topic.clone());
-                self.stats.set_lag(self.worker_id, *partition, p.consumer_lag);
+                self.stats.set_lag(self.worker_id, *partition, lag);
             }
         }
     }
@@ -160,6 +161,15 @@ pub(super) fn commit_stored<C: ConsumerContext, K: Consumer<C> + ?Sized>(consume
 /// A member of the group, ready to poll.
 pub(crate) type Member = StreamConsumer<WorkerContext>;
 
+/// Records behind the partition end from librdkafka's statistics: counted
+/// from the last offset stored (each stored once its result is
+/// acknowledged), not the last commit, which trails it by up to the
+/// auto-commit interval; from the commit while nothing is stored yet (a
+/// partition just assigned). `None` when librdkafka knows neither (-1).
+fn lag(behind_stored: i64, behind_committed: i64) -> Option<i64> {
+    [behind_stored, behind_committed].into_iter().find(|lag| *lag >= 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +195,12 @@ mod tests {
         assert_eq!(context.finish_partitions(Some(&[3])), 1);
         assert!(line(&metrics.render()).is_some_and(|l| l.ends_with(" 0")), "{:?}", line(&metrics.render()));
         assert!(context.lag_topics.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn lag_counts_from_the_stored_offset_else_the_committed_one() {
+        assert_eq!(lag(0, 11_088), Some(0), "all processed, the commit not yet made");
+        assert_eq!(lag(-1, 500), Some(500), "nothing stored yet since the assignment");
+        assert_eq!(lag(-1, -1), None);
     }
 }
