@@ -54,7 +54,7 @@ pub struct Key {
 impl Key {
     /// The `Idempotency-Key` of a request by `owner` (its key fingerprint),
     /// if it has one; 422 for a value that is blank, too long or not
-    /// visible ASCII.
+    /// printable ASCII.
     pub fn from_headers(owner: &str, headers: &HeaderMap) -> Result<Option<Self>, AppError> {
         // A prebuilt name: the lookup on every send, with or without the
         // header, does not parse the name again.
@@ -65,7 +65,7 @@ impl Key {
         let key = value.to_str().map(str::trim).unwrap_or_default();
         if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             return Err(AppError::Unprocessable(format!(
-                "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters (space to ~)"
             )));
         }
         Ok(Some(Self::new(owner, key)))

@@ -227,6 +227,13 @@ pub async fn publish_batch(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, AppError> {
+    if headers.contains_key(idempotency::HEADER) {
+        // Ignoring it would write the batch again on a retry the client
+        // believes is safe.
+        return Err(AppError::BadParameter(
+            "Idempotency-Key applies to single sends (/publish, /stream/{id}/send), not to batches".into(),
+        ));
+    }
     let framing = framing(&headers)?;
     let body = body?;
     let mut requests = parse_batch(framing, &body, state.config.max_batch_records)?;

@@ -29,7 +29,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -248,7 +248,8 @@ async fn run_socket(
                     continue;
                 }
             }),
-            message = incoming.next(), if closing.is_none() && acks.len() < MAX_PENDING_ACKS => Message::Text(match message {
+            // Every arm ends in `continue` or `break`: a frame's answer is queued above.
+            message = incoming.next(), if closing.is_none() && acks.len() < MAX_PENDING_ACKS => match message {
                 Some(Ok(Message::Text(text))) => {
                     last_heard = tokio::time::Instant::now();
                     let event = client_event(&stream_id, text.as_str(), state.schema.as_ref(), trace.as_deref())
@@ -260,25 +261,27 @@ async fn run_socket(
                             }
                             event
                         });
-                    match event {
-                        Ok(event) => match state.publisher.enqueue(&topic, &event) {
-                            Ok(future) => {
-                                let publisher = state.publisher.clone();
-                                let topic = topic.clone();
-                                let deadline = publisher.deadline();
-                                acks.push_back(async move {
-                                    publisher.acked(event.id, &topic, future, deadline).await
-                                });
-                                continue;
-                            }
-                            Err(error) => error_frame(&error),
-                        },
-                        Err(error) => error_frame(&error),
+                    // Every frame's answer, ack or error, waits its turn
+                    // behind the answers to earlier frames: a client reads
+                    // them in the order it sent its frames.
+                    match event.and_then(|event| state.publisher.enqueue(&topic, &event).map(|sent| (event, sent))) {
+                        Ok((event, future)) => {
+                            let publisher = state.publisher.clone();
+                            let topic = topic.clone();
+                            let deadline = publisher.deadline();
+                            acks.push_back(Either::Left(async move {
+                                publisher.acked(event.id, &topic, future, deadline).await
+                            }));
+                        }
+                        Err(error) => acks.push_back(Either::Right(std::future::ready(Err(error)))),
                     }
+                    continue;
                 }
                 Some(Ok(Message::Binary(_))) => {
                     last_heard = tokio::time::Instant::now();
-                    error_frame(&AppError::UnsupportedMediaType("send events as JSON text frames".into()))
+                    let error = AppError::UnsupportedMediaType("send events as JSON text frames".into());
+                    acks.push_back(Either::Right(std::future::ready(Err(error))));
+                    continue;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                     last_heard = tokio::time::Instant::now();
@@ -298,9 +301,15 @@ async fn run_socket(
                     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                     break;
                 }
-                // The client closed or vanished; nothing more can be sent.
-                Some(Ok(Message::Close(_))) | None => break,
-            }),
+                // The client closed: the reply tungstenite queued goes out
+                // (RFC 6455 asks for one), then the connection ends.
+                Some(Ok(Message::Close(_))) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
+                    break;
+                }
+                // The client vanished; nothing more can be sent.
+                None => break,
+            },
         };
         // A peer that stopped reading without closing (its buffers full)
         // would hold this send for ever; the idle timeout bounds it too.

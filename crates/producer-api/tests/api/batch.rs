@@ -79,3 +79,26 @@ async fn batch_limits_and_framing_errors() {
     assert_eq!((status, body["succeeded"].as_u64()), (200, Some(1)));
     app.stop().await;
 }
+
+/// A batch has no idempotency: an `Idempotency-Key` on one is refused
+/// rather than ignored, so a client's "safe" retry cannot write it twice.
+#[tokio::test]
+async fn an_idempotency_key_on_a_batch_is_refused_and_nothing_is_written() {
+    let (kafka, app) = common::spawn_app().await;
+    let reply = common::client()
+        .post(app.url("/publish/batch"))
+        .header("X-API-Key", common::KEY_A)
+        .header("Idempotency-Key", "batch-1")
+        .json(&json!([{"message": 1}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 400);
+    let body: Value = reply.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap_or_default().contains("not to batches"), "{body}");
+    let (status, _) = post_batch(&app, "application/json", json!([{"message": 2}]).to_string()).await;
+    assert_eq!(status, 200);
+    let events = common::read_all(&kafka, &kafka.topics.events).await;
+    assert_eq!(events.iter().map(|e| e.json_data().unwrap()).collect::<Vec<_>>(), [json!(2)]);
+    app.stop().await;
+}

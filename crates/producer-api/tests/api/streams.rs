@@ -99,6 +99,38 @@ async fn websocket_round_trip_through_a_processor() {
     app.stop().await;
 }
 
+/// Frames sent without waiting are answered in their order, whichever
+/// answer is ready first (an error at once, an ack after the broker's);
+/// a client's Close is answered with a Close, as RFC 6455 asks.
+#[tokio::test]
+async fn websocket_answers_follow_the_frames_order_and_a_close_is_answered() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    let (_kafka, app) = common::spawn_app().await;
+    let (status, body) = start_stream(&app, KEY_A, None).await;
+    assert_eq!(status, 201, "{body}");
+    let stream = body["stream_id"].as_str().unwrap().to_owned();
+    let mut socket = connect(&app, KEY_A, &stream).await;
+    for frame in [r#"{"data": 1}"#, "not json", r#"{"data": 2}"#, "nor this"] {
+        socket.send(Message::text(frame)).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 4 {
+        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("an answer");
+        let Some(Ok(Message::Text(text))) = frame else { panic!("expected an answer frame, got {frame:?}") };
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        answers.push(frame["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(answers, ["ack", "error", "ack", "error"]);
+
+    socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "done".into() }))).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("a reply to the close");
+    assert!(matches!(reply, Some(Ok(Message::Close(_)))), "expected a Close back, got {reply:?}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn server_sent_events_carry_results() {
     let (kafka, app) = common::spawn_app().await;
