@@ -8,7 +8,8 @@
 //!   variable; `.env` loading.
 //! - [`schema`]: the [`Event`](schema::Event) and its mapping to CloudEvents'
 //!   Kafka binary mode, and the [`EventResult`](schema::EventResult) that
-//!   processing produces.
+//!   processing produces; event times ([`Timestamp`](schema::Timestamp))
+//!   and W3C trace context ([`schema::trace`]).
 //! - [`json`]: compact JSON output with a fast path for strings that need
 //!   no escaping (results and event payloads).
 //! - [`kafka`]: producer, consumer and admin factories. Every librdkafka
