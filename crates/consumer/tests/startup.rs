@@ -78,24 +78,32 @@ async fn a_bad_librdkafka_property_is_named() {
     assert!(text.contains("fetch.wait.max.ms") && !text.contains("connection attempt"), "{text}");
 }
 
-/// The throughput line goes on when there is nothing to do, so a silent log
-/// means a stuck process, not an idle one.
-#[test]
-fn an_idle_consumer_still_logs_every_interval() {
+/// The consumer binary on `args`' topics in group `<events topic>-<group>`,
+/// with `flags` and `RUST_LOG` as given (unset: the default level), and a
+/// channel with each line it logs.
+fn logging_consumer(
+    args: &KafkaArgs,
+    group: &str,
+    flags: &[&str],
+    rust_log: Option<&str>,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let args = kafka_args();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_consumer"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+    command
         .args(["--brokers", &args.brokers, "--topic", &args.topics.events])
         .args(["--results-topic", &args.topics.results, "--dlq-topic", &args.topics.dlq])
-        .args(["--group", &format!("{}-idle", args.topics.events), "--stats-interval", "300ms"])
-        .env("RUST_LOG", "info")
+        .args(["--group", &format!("{}-{group}", args.topics.events)])
+        .args(flags)
         .env_remove("KAFKA_PROPERTIES")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the consumer binary starts");
+        .stderr(Stdio::piped());
+    match rust_log {
+        Some(level) => command.env("RUST_LOG", level),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command.spawn().expect("the consumer binary starts");
     let stderr = child.stderr.take().unwrap();
     let (lines, seen) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -105,11 +113,25 @@ fn an_idle_consumer_still_logs_every_interval() {
             }
         }
     });
+    (child, seen)
+}
+
+/// The next line of `seen`, failing the test (naming `what`) at `deadline`.
+fn next_line(seen: &std::sync::mpsc::Receiver<String>, deadline: std::time::Instant, what: &str) -> String {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    seen.recv_timeout(left).unwrap_or_else(|_| panic!("{what} before the deadline"))
+}
+
+/// The throughput line goes on when there is nothing to do, so a silent log
+/// means a stuck process, not an idle one.
+#[test]
+fn an_idle_consumer_still_logs_every_interval() {
+    let args = kafka_args();
+    let (mut child, seen) = logging_consumer(&args, "idle", &["--stats-interval", "300ms"], Some("info"));
     let deadline = std::time::Instant::now() + common::DEADLINE;
     let mut idle = 0;
     while idle < 2 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = seen.recv_timeout(left).expect("two idle lines before the deadline");
+        let line = next_line(&seen, deadline, "two idle lines");
         if line.contains("INFO") && line.contains("idle: processed 0") {
             idle += 1;
         }
@@ -123,34 +145,13 @@ fn an_idle_consumer_still_logs_every_interval() {
 /// the gateway starts for a request without one) stays at debug.
 #[tokio::test]
 async fn a_sampled_trace_is_logged_at_info_in_json() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     use stream_core::Event;
 
     const UNSAMPLED: &str = "00-11111111111111111111111111111111-2222222222222222-00";
     const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let args = kafka_args();
     stream_core::testing::create_project_topics(&args).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .args(["--brokers", &args.brokers, "--topic", &args.topics.events])
-        .args(["--results-topic", &args.topics.results, "--dlq-topic", &args.topics.dlq])
-        .args(["--group", &format!("{}-traced", args.topics.events), "--log-format", "json"])
-        .env_remove("RUST_LOG")
-        .env_remove("KAFKA_PROPERTIES")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the consumer binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (lines, seen) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, seen) = logging_consumer(&args, "traced", &["--log-format", "json"], None);
     // One stream, so one partition: the unsampled event is processed first.
     let events: Vec<Event> = [UNSAMPLED, SAMPLED]
         .into_iter()
@@ -163,8 +164,7 @@ async fn a_sampled_trace_is_logged_at_info_in_json() {
     common::publish(&args, &events).await;
     let deadline = std::time::Instant::now() + common::DEADLINE;
     let line = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = seen.recv_timeout(left).expect("an event processed line before the deadline");
+        let line = next_line(&seen, deadline, "an event processed line");
         assert!(!line.contains("11111111111111111111111111111111"), "an unsampled trace logged at info: {line}");
         if line.contains("event processed") {
             break line;
