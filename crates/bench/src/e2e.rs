@@ -26,9 +26,9 @@ use hdrhistogram::Histogram;
 use publisher::report::latency_histogram;
 use publisher::{Pacer, Payloads};
 use rdkafka::consumer::StreamConsumer;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use stream_core::config::parse_duration;
-use stream_core::kafka::{self, StartFrom, TracingContext};
+use stream_core::kafka::{self, raw_headers, StartFrom, TracingContext};
 use stream_core::schema::{header, Timestamp};
 use tokio_util::sync::CancellationToken;
 
@@ -168,15 +168,12 @@ async fn read(reader: StreamConsumer<TracingContext>, steps: Steps, stop: Cancel
             }
         };
         let (mut source, mut sent) = (None, None);
-        if let Some(headers) = message.headers() {
-            for h in headers.iter() {
-                match h.key {
-                    header::SOURCE => source = h.value.and_then(|v| std::str::from_utf8(v).ok()),
-                    header::TIME => {
-                        sent = h.value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|t| Timestamp::parse(t).ok())
-                    }
-                    _ => {}
-                }
+        for (name, value) in message.headers().into_iter().flat_map(raw_headers) {
+            let text = || value.and_then(|v| std::str::from_utf8(v).ok());
+            if name == header::SOURCE.as_bytes() {
+                source = text();
+            } else if name == header::TIME.as_bytes() {
+                sent = text().and_then(|t| Timestamp::parse(t).ok());
             }
         }
         let (Some(source), Some(sent)) = (source, sent) else { continue };

@@ -9,7 +9,8 @@
 //! with [`header::PAYLOAD_DROPPED`]: the event itself is still in its topic,
 //! where the `dlq_source_*` headers point.
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use stream_core::kafka::AsBorrowedHeaders;
 use stream_core::schema::Timestamp;
 
 /// Header names added to dead letters.
@@ -46,14 +47,17 @@ pub struct Failure {
 
 /// The headers of the dead letter for `source`: its own headers first, then
 /// the `dlq_*` ones.
-pub fn headers<M: Message>(source: &M, failure: &Failure, group: &str, worker_id: u32) -> OwnedHeaders {
-    let original = source.headers().map(|h| h.count()).unwrap_or(0);
-    let mut headers = OwnedHeaders::new_with_capacity(original + 8);
-    if let Some(existing) = source.headers() {
-        for h in existing.iter() {
-            headers = headers.insert(Header { key: h.key, value: h.value });
-        }
-    }
+pub fn headers<M>(source: &M, failure: &Failure, group: &str, worker_id: u32) -> OwnedHeaders
+where
+    M: Message,
+    M::Headers: AsBorrowedHeaders,
+{
+    // A copy of librdkafka's list keeps every header as it was, a name that
+    // is not UTF-8 included (rdkafka's `iter` would panic on one).
+    let headers = match source.headers() {
+        Some(existing) => existing.as_borrowed_headers().detach(),
+        None => OwnedHeaders::new_with_capacity(8),
+    };
     let partition = source.partition().to_string();
     let offset = source.offset().to_string();
     let time = Timestamp::now().to_string();
@@ -71,7 +75,7 @@ pub fn headers<M: Message>(source: &M, failure: &Failure, group: &str, worker_id
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::message::OwnedMessage;
+    use rdkafka::message::{Headers, OwnedMessage};
     use rdkafka::Timestamp as KafkaTimestamp;
     use stream_core::Event;
 

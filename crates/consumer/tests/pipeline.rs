@@ -182,6 +182,38 @@ async fn an_event_without_a_value_is_dead_lettered_without_one() {
     assert_eq!(letter.payload(), None, "no value, as the event had none");
 }
 
+/// Header names are bytes on the wire and any producer may write one that
+/// is not UTF-8. Such a header is no CloudEvents attribute: the event is
+/// processed as if it were absent, and a dead letter keeps it as it was.
+/// (rdkafka's own header reader panics on such a name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_is_no_attribute_and_is_kept_in_dead_letters() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+    let dead = Collector::start(&args, &args.topics.dlq).await;
+    let producer = stream_core::kafka::producer(&args, &stream_core::kafka::ProducerOptions::default()).unwrap();
+    let name = [0xffu8, b'c', b'e'];
+    for (id, payload) in [("odd-name-fine", &br#"{"ok":true}"#[..]), ("odd-name-poison", b"not json")] {
+        let headers = stream_core::kafka::add_raw_header(OwnedHeaders::new(), &name, Some(b"\xfe\x00"));
+        let headers = headers.insert(Header { key: "ce_id", value: Some(id) });
+        let record = FutureRecord::to(&args.topics.events).key("s").payload(payload).headers(headers);
+        stream_core::kafka::delivered(producer.send_result(record).map_err(|(e, _)| e).unwrap()).await.unwrap();
+    }
+    let after = Event::json("/test", Some("s".into()), &json!({"after": true}));
+    publish(&args, std::slice::from_ref(&after)).await;
+
+    let running = Running::start(Config::for_tests(args.clone(), 1));
+    results.wait_for_ids(&["odd-name-fine".to_owned(), after.id.clone()]).await;
+    dead.wait_for_len(1, "the dead letter").await;
+    running.stop().await.expect("clean shutdown");
+    let letter = dead.records.lock().unwrap()[0].clone();
+    assert_eq!(header(&letter, "ce_id").as_deref(), Some("odd-name-poison"));
+    assert_eq!(header(&letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("invalid_json"));
+    let odd = stream_core::kafka::raw_headers(letter.headers().unwrap()).find(|(key, _)| *key == name);
+    assert_eq!(odd, Some((&name[..], Some(&b"\xfe\x00"[..]))), "the header as it was");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_per_key_is_kept() {
     let args = kafka_args();

@@ -38,7 +38,7 @@ pub(super) async fn dead_letter<P>(
 ) -> Sent {
     let traceparent = record
         .headers()
-        .and_then(|h| rdkafka::message::Headers::iter(h).find(|h| h.key == header::TRACEPARENT).and_then(|h| h.value))
+        .and_then(|h| stream_core::kafka::raw_header(h, header::TRACEPARENT).flatten())
         .and_then(|v| std::str::from_utf8(v).ok());
     let (trace_id, kind, error) = (traceparent.and_then(trace::trace_id), failure.kind, &failure.message);
     let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());

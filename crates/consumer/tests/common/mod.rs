@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use stream_core::kafka::{self, ConsumerOptions, GroupContext, ProducerOptions, StartFrom};
 use stream_core::{Event, EventResult, KafkaArgs};
@@ -135,7 +135,7 @@ impl Drop for Collector {
 
 /// Header value as text.
 pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
-    msg.headers()?.iter().find(|h| h.key == name)?.value.map(|v| String::from_utf8_lossy(v).into_owned())
+    stream_core::kafka::raw_header(msg.headers()?, name)?.map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// A consumer run in the background and the token that stops it.

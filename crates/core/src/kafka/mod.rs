@@ -12,12 +12,14 @@
 //! - `producer`: the producer whose delivery reports resolve futures,
 //!   served on the Tokio runtime;
 //! - `send`: enqueue an event, await its ack;
+//! - `headers`: a record's headers read as bytes, whatever their names;
 //! - `admin`: topics and cluster metadata.
 
 mod admin;
 mod assign;
 mod client;
 mod context;
+mod headers;
 mod producer;
 mod send;
 
@@ -25,5 +27,6 @@ pub use admin::*;
 pub use assign::*;
 pub use client::*;
 pub use context::*;
+pub use headers::*;
 pub use producer::*;
 pub use send::*;

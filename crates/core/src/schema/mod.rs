@@ -6,11 +6,12 @@
 //! kcat or Redpanda Console then show the payload untouched, and any
 //! CloudEvents-aware consumer understands the metadata.
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::json::WriteJson;
+use crate::kafka::{raw_headers, AsBorrowedHeaders};
 
 mod time;
 pub mod trace;
@@ -141,38 +142,40 @@ impl Event {
     /// missing `ce_id` becomes `topic-partition-offset`, a missing `ce_time`
     /// the record's timestamp. A header that is present but malformed is an
     /// error, since guessing would hide a broken producer.
-    pub fn from_message<M: Message>(msg: &M) -> Result<Self, SchemaError> {
+    pub fn from_message<M: Message>(msg: &M) -> Result<Self, SchemaError>
+    where
+        M::Headers: AsBorrowedHeaders,
+    {
         let mut id = None;
         let mut source = None;
         let mut event_type = None;
         let mut time = None;
         let mut content_type = None;
         let mut extensions = Vec::new();
-        if let Some(headers) = msg.headers() {
-            for h in headers.iter() {
-                let text = || -> Result<&str, SchemaError> {
-                    std::str::from_utf8(h.value.unwrap_or_default()).map_err(|_| SchemaError::BadHeader {
-                        name: static_name(h.key),
-                        reason: "value is not UTF-8".into(),
-                    })
-                };
-                let value = || text().map(str::to_owned);
-                match h.key {
-                    header::ID => id = Some(value()?),
-                    header::SOURCE => source = Some(value()?),
-                    header::TYPE => event_type = Some(value()?),
-                    header::TIME => {
-                        let parsed = Timestamp::parse(text()?);
-                        time = Some(
-                            parsed.map_err(|e| SchemaError::BadHeader { name: header::TIME, reason: e.to_string() })?,
-                        );
-                    }
-                    header::SPEC_VERSION => {}
-                    header::CONTENT_TYPE => content_type = Some(value()?),
-                    key => {
-                        if let Some(Ok(text)) = h.value.map(|v| std::str::from_utf8(v).map(str::to_owned)) {
-                            extensions.push((key.to_owned(), text));
-                        }
+        // Names are compared as bytes: one that is not UTF-8 is no
+        // attribute, and is skipped like an extension whose value is not.
+        for (name, raw) in msg.headers().into_iter().flat_map(raw_headers) {
+            let text = || -> Result<&str, SchemaError> {
+                std::str::from_utf8(raw.unwrap_or_default()).map_err(|_| SchemaError::BadHeader {
+                    name: attribute_name(name),
+                    reason: "value is not UTF-8".into(),
+                })
+            };
+            let value = || text().map(str::to_owned);
+            match name {
+                n if n == header::ID.as_bytes() => id = Some(value()?),
+                n if n == header::SOURCE.as_bytes() => source = Some(value()?),
+                n if n == header::TYPE.as_bytes() => event_type = Some(value()?),
+                n if n == header::TIME.as_bytes() => {
+                    let parsed = Timestamp::parse(text()?);
+                    time =
+                        Some(parsed.map_err(|e| SchemaError::BadHeader { name: header::TIME, reason: e.to_string() })?);
+                }
+                n if n == header::SPEC_VERSION.as_bytes() => {}
+                n if n == header::CONTENT_TYPE.as_bytes() => content_type = Some(value()?),
+                key => {
+                    if let (Ok(key), Some(Ok(text))) = (std::str::from_utf8(key), raw.map(std::str::from_utf8)) {
+                        extensions.push((key.to_owned(), text.to_owned()));
                     }
                 }
             }
@@ -269,8 +272,8 @@ impl Attributes<'_> {
     }
 }
 
-fn static_name(key: &str) -> &'static str {
-    header::RESERVED.iter().copied().find(|h| *h == key).unwrap_or("extension")
+fn attribute_name(key: &[u8]) -> &'static str {
+    header::RESERVED.iter().copied().find(|h| h.as_bytes() == key).unwrap_or("extension")
 }
 
 /// What processing one event produced; the value of a record on the results
@@ -416,7 +419,7 @@ impl<O> EventResult<O> {
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::message::OwnedMessage;
+    use rdkafka::message::{Headers, OwnedMessage};
     use rdkafka::Timestamp as KafkaTimestamp;
     use serde_json::json;
 
