@@ -19,11 +19,11 @@ pub fn add_traceparent(event: &mut Event, traceparent: Option<&str>) {
     // logs the same trace id with the event's result ("event processed").
     // At info for a trace its caller sampled, at debug otherwise: a line
     // per event is too many for every event at the default level.
-    let trace_id = trace::trace_id(&trace).unwrap_or(&trace);
+    // The trace id is cut out only when the line is written.
     if trace::is_sampled(&trace) {
-        tracing::info!(event_id = %event.id, trace_id, "event traced");
+        tracing::info!(event_id = %event.id, trace_id = trace::trace_id(&trace).unwrap_or(&trace), "event traced");
     } else {
-        tracing::debug!(event_id = %event.id, trace_id, "event traced");
+        tracing::debug!(event_id = %event.id, trace_id = trace::trace_id(&trace).unwrap_or(&trace), "event traced");
     }
     event.extensions.push((ce::TRACEPARENT.into(), trace));
 }

@@ -159,12 +159,13 @@ impl<P: Processor> PartitionTask<P> {
                 if let Some(trace) = result.traceparent.as_deref() {
                     // At info for a trace its caller sampled (as the
                     // gateway logs it), at debug otherwise.
-                    let (worker, trace_id) = (self.worker.worker_id, trace::trace_id(trace).unwrap_or(trace));
-                    let (event_id, latency_us) = (&result.event_id, result.latency_us);
+                    // The trace id is cut out only when the line is written.
+                    let (worker, event_id, latency_us) = (self.worker.worker_id, &result.event_id, result.latency_us);
                     if trace::is_sampled(trace) {
+                        let trace_id = trace::trace_id(trace).unwrap_or(trace);
                         tracing::info!(worker, %event_id, trace_id, latency_us, "event processed");
                     } else {
-                        tracing::debug!(worker, %event_id, trace_id, latency_us, "event processed");
+                        tracing::debug!(worker, %event_id, trace_id = trace::trace_id(trace).unwrap_or(trace), latency_us, "event processed");
                     }
                 }
                 let data = result.to_json();
