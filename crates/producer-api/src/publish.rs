@@ -258,6 +258,9 @@ pub async fn publish_batch(
 
     let mut pending = Vec::with_capacity(requests.len());
     let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(requests.len());
+    // Records refused for now (a full queue, an unreachable broker), at
+    // enqueue or while awaiting their ack.
+    let mut unavailable = 0usize;
     for (index, request) in requests.into_iter().enumerate() {
         let queued = request
             .and_then(|r| r.into_event(trace))
@@ -267,14 +270,18 @@ pub async fn publish_batch(
                 pending.push((index, state.publisher.acked(id, topic, future, deadline)));
                 results.push(None);
             }
-            Err(error) => results.push(Some(ItemResult::failed(index, &error))),
+            Err(error) => {
+                if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    unavailable += 1;
+                }
+                results.push(Some(ItemResult::failed(index, &error)));
+            }
         }
     }
     let (indexes, waits): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
     let acks = futures::future::join_all(waits).await;
 
     let mut succeeded = 0usize;
-    let mut unavailable = 0usize;
     for (index, outcome) in indexes.into_iter().zip(acks) {
         results[index] = Some(match outcome {
             Ok(ack) => {

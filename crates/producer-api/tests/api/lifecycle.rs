@@ -75,7 +75,14 @@ async fn broker_down_means_503_within_the_timeout_then_recovery() {
             (app.state.publisher.queue_depth() >= 1).then_some(())
         })
         .await;
-        (publish(&app, 2).await,)
+        let batch = common::client()
+            .post(app.url("/publish/batch"))
+            .header("X-API-Key", KEY_A)
+            .json(&json!([{"message": 2}, {"message": 3}]))
+            .send()
+            .await
+            .unwrap();
+        (publish(&app, 2).await, batch)
     });
     let waited = started.elapsed();
     assert_eq!(first.status(), 503);
@@ -83,13 +90,19 @@ async fn broker_down_means_503_within_the_timeout_then_recovery() {
     let body: Value = first.json().await.unwrap();
     assert!(body["error"].is_string() && body["detail"].is_string(), "{body}");
     assert!(waited < Duration::from_secs(5), "answered after {waited:?} with a 2 s timeout");
-    let second = second.0;
-    assert_eq!(second.status(), 503);
-    assert!(second.headers().contains_key("retry-after"));
+    assert_eq!(second.0.status(), 503);
+    assert!(second.0.headers().contains_key("retry-after"));
     // Refused by the full queue, not by waiting out the timeout: the reason
     // says which path answered (how fast is the bench's business).
-    let body: Value = second.json().await.unwrap();
+    let body: Value = second.0.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap_or_default().contains("queue is full"), "{body}");
+    // A batch none of whose records could be queued is refused whole, as
+    // one whose records all timed out is: the client retries it later.
+    let batch = second.1;
+    assert_eq!(batch.status(), 503);
+    assert_eq!(batch.headers()["retry-after"], "1");
+    let body: Value = batch.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap_or_default().contains("none of the 2 records"), "{body}");
     let ready = common::client().get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
 
