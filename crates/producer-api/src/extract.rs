@@ -62,8 +62,17 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
         if media_type(req.headers()) != "application/x-www-form-urlencoded" {
-            let AppJson(body) = AppJson::<serde_json::Value>::from_request(req, state).await?;
-            return payload_of(body).map(Self);
+            return match AppJson::<serde_json::Value>::from_request(req, state).await {
+                Ok(AppJson(body)) => payload_of(body).map(Self),
+                // Neither JSON nor a URL-encoded form (text, multipart, none):
+                // the hint names both bodies this route takes.
+                Err(AppError::UnsupportedMediaType(_)) => Err(AppError::UnsupportedMediaType(
+                    "send {\"data\": ...} as application/json, or the form field data=... (or message=...) as \
+                     application/x-www-form-urlencoded"
+                        .into(),
+                )),
+                Err(error) => Err(error),
+            };
         }
         let body = axum::body::Bytes::from_request(req, state).await?;
         let trimmed = body.trim_ascii_start();
@@ -117,5 +126,23 @@ mod tests {
         assert_eq!(payload_of(json!({"data": null})).unwrap(), Value::Null);
         assert_eq!(payload_of(json!({"other": 1})).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(payload_of(json!([1])).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[tokio::test]
+    async fn a_send_body_of_another_type_is_told_both_it_may_be() {
+        for content_type in [Some("multipart/form-data; boundary=x"), Some("text/plain"), None] {
+            let mut request = Request::builder().method("POST").uri("/stream/s/send");
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            let request = request.body(axum::body::Body::from("--x\r\n")).unwrap();
+            match SendPayload::from_request(request, &()).await {
+                Err(AppError::UnsupportedMediaType(detail)) => {
+                    assert!(detail.contains("application/json"), "{detail}");
+                    assert!(detail.contains("application/x-www-form-urlencoded"), "{detail}");
+                }
+                other => panic!("{content_type:?}: {other:?}"),
+            }
+        }
     }
 }
