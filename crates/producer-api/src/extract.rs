@@ -1,7 +1,9 @@
 //! Request extractors whose rejections speak [`AppError`].
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::de::DeserializeOwned;
 
@@ -10,7 +12,7 @@ use crate::error::AppError;
 /// The request's media type without parameters, lower-cased
 /// (`Application/JSON; charset=utf-8` -> `application/json`); empty when the
 /// request has no readable `Content-Type`.
-pub fn media_type(headers: &axum::http::HeaderMap) -> String {
+pub fn media_type(headers: &HeaderMap) -> String {
     headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -50,31 +52,54 @@ pub fn payload_of(body: serde_json::Value) -> Result<serde_json::Value, AppError
     }
 }
 
-/// The payload of a stream send: JSON `{"data": any}` (or `{"message":
-/// any}`), or an HTML form (`application/x-www-form-urlencoded`) with a
-/// `data` or `message` field, as the seed's clients post it; a form field's
-/// text becomes a JSON string.
+/// Whether a media type (as [`media_type`] gives it) is JSON, as axum's
+/// `Json` reads it: `application/json` or `application/*+json`.
+fn is_json(media: &str) -> bool {
+    media.strip_prefix("application/").is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
+}
+
+/// A stream send's request: its payload, and its headers (taken from the
+/// request, not cloned as a `HeaderMap` extractor would).
+///
+/// The payload is JSON `{"data": any}` (or `{"message": any}`), or an HTML
+/// form (`application/x-www-form-urlencoded`) with a `data` or `message`
+/// field, as the seed's clients post it; a form field's text becomes a JSON
+/// string.
 #[derive(Debug, Clone)]
-pub struct SendPayload(pub serde_json::Value);
+pub struct SendPayload {
+    pub data: serde_json::Value,
+    pub headers: HeaderMap,
+}
 
 impl<S: Send + Sync> FromRequest<S> for SendPayload {
     type Rejection = AppError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        if media_type(req.headers()) != "application/x-www-form-urlencoded" {
-            return match AppJson::<serde_json::Value>::from_request(req, state).await {
-                Ok(AppJson(body)) => payload_of(body).map(Self),
-                // Neither JSON nor a URL-encoded form (text, multipart, none):
-                // the hint names both bodies this route takes.
-                Err(AppError::UnsupportedMediaType(_)) => Err(AppError::UnsupportedMediaType(
-                    "send {\"data\": ...} as application/json, or the form field data=... (or message=...) as \
-                     application/x-www-form-urlencoded"
-                        .into(),
-                )),
-                Err(error) => Err(error),
+    async fn from_request(mut req: Request, state: &S) -> Result<Self, AppError> {
+        let media = media_type(req.headers());
+        // Reading the body needs none of them (the declared length was
+        // checked by the body-limit layer before any extractor ran).
+        let headers = std::mem::take(req.headers_mut());
+        if is_json(&media) {
+            let body = Bytes::from_request(req, state).await?;
+            let value = match serde_json::from_slice(&body) {
+                Ok(value) => value,
+                // Parsed again only to word the error as every other route
+                // does (axum's, with the path of a shape error); a send's
+                // body is read once, without tracking the path.
+                Err(_) => Json::<serde_json::Value>::from_bytes(&body).map(|Json(value)| value)?,
             };
+            return payload_of(value).map(|data| Self { data, headers });
         }
-        let body = axum::body::Bytes::from_request(req, state).await?;
+        if media != "application/x-www-form-urlencoded" {
+            // Neither JSON nor a URL-encoded form (text, multipart, none):
+            // the hint names both bodies this route takes.
+            return Err(AppError::UnsupportedMediaType(
+                "send {\"data\": ...} as application/json, or the form field data=... (or message=...) as \
+                 application/x-www-form-urlencoded"
+                    .into(),
+            ));
+        }
+        let body = Bytes::from_request(req, state).await?;
         let trimmed = body.trim_ascii_start();
         if trimmed.starts_with(b"{") || trimmed.starts_with(b"[") {
             // curl -d '{...}' without -H: JSON sent under curl's default type.
@@ -87,7 +112,7 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
         let field = |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
         field("data")
             .or_else(|| field("message"))
-            .map(|text| Self(serde_json::Value::String(text)))
+            .map(|text| Self { data: serde_json::Value::String(text), headers })
             .ok_or_else(|| AppError::Unprocessable("expected a form field data (or message)".into()))
     }
 }

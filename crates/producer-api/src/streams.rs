@@ -246,8 +246,7 @@ pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     StreamPath(stream_id): StreamPath,
-    headers: HeaderMap,
-    SendPayload(data): SendPayload,
+    SendPayload { data, headers }: SendPayload,
 ) -> Result<Response, AppError> {
     let deadline = state.publisher.deadline();
     authorize(&state, &caller, &stream_id, deadline).await?;
