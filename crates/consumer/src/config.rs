@@ -28,7 +28,8 @@ be processed (not JSON, say) go to the dead-letter topic with dlq_error,
 dlq_error_kind, dlq_source_topic, dlq_source_partition, dlq_source_offset
 and dlq_time headers, next to their original ce_* headers (without the
 payload, and with dlq_payload_dropped, when the whole is too large for the
-broker).
+broker; as a reference to the event only, with dlq_headers_dropped, when
+even that is).
 
 The process runs without transparent huge pages: less memory and, under
 light load, less CPU per event. MIMALLOC_ALLOW_THP=1 in the environment

@@ -6,10 +6,12 @@
 //! headers saying what went wrong and where the record came from. When even
 //! that is too large for the broker (an event near the size limit whose
 //! result was refused for its size), it is written without the payload and
-//! with [`header::PAYLOAD_DROPPED`]: the event itself is still in its topic,
-//! where the `dlq_source_*` headers point.
+//! with [`header::PAYLOAD_DROPPED`]; when even that is too large (headers of
+//! a megabyte), as a reference only: no key, no payload, none of the
+//! event's headers, with [`header::HEADERS_DROPPED`]. The event itself is
+//! still in its topic, where the `dlq_source_*` headers point.
 
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use stream_core::kafka::AsBorrowedHeaders;
 use stream_core::schema::Timestamp;
 
@@ -34,20 +36,44 @@ pub mod header {
     /// On a dead letter written without the event's payload, because the
     /// whole was too large for the broker: the payload's size in bytes.
     pub const PAYLOAD_DROPPED: &str = "dlq_payload_dropped";
+    /// On a dead letter that is only a reference to the event (no payload,
+    /// none of its headers, no key), because even without the payload it
+    /// was too large: how many headers the event had.
+    pub const HEADERS_DROPPED: &str = "dlq_headers_dropped";
 }
+
+/// The longest [`header::ERROR`] kept, in bytes: a reason quoting a hostile
+/// header (a `ce_time` of 600 KB, say) would otherwise double the letter,
+/// past the broker's limit.
+pub const MAX_ERROR_LEN: usize = 1024;
 
 /// Why an event was dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     /// Value of [`header::ERROR_KIND`].
     pub kind: &'static str,
-    /// Value of [`header::ERROR`].
+    /// Value of [`header::ERROR`], at most [`MAX_ERROR_LEN`] bytes and a
+    /// note of the whole length.
     pub message: String,
 }
 
-/// The headers of the dead letter for `source`: its own headers first, then
-/// the `dlq_*` ones.
-pub fn headers<M>(source: &M, failure: &Failure, group: &str, worker_id: u32) -> OwnedHeaders
+impl Failure {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_LEN {
+            let whole = message.len();
+            let cut = (0..=MAX_ERROR_LEN).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+            message.truncate(cut);
+            message.push_str(&format!("... ({whole} bytes in all)"));
+        }
+        Self { kind, message }
+    }
+}
+
+/// The headers of the dead letter for `source`: its own headers first
+/// (unless `originals` is false: then only their count, in
+/// [`header::HEADERS_DROPPED`]), then the `dlq_*` ones.
+pub fn headers<M>(source: &M, failure: &Failure, group: &str, worker_id: u32, originals: bool) -> OwnedHeaders
 where
     M: Message,
     M::Headers: AsBorrowedHeaders,
@@ -55,7 +81,12 @@ where
     // A copy of librdkafka's list keeps every header as it was, a name that
     // is not UTF-8 included (rdkafka's `iter` would panic on one).
     let headers = match source.headers() {
-        Some(existing) => existing.as_borrowed_headers().detach(),
+        Some(existing) if originals => existing.as_borrowed_headers().detach(),
+        Some(existing) => {
+            let count = existing.as_borrowed_headers().count().to_string();
+            OwnedHeaders::new_with_capacity(9)
+                .insert(Header { key: header::HEADERS_DROPPED, value: Some(count.as_str()) })
+        }
         None => OwnedHeaders::new_with_capacity(8),
     };
     let partition = source.partition().to_string();
@@ -75,7 +106,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::message::{Headers, OwnedMessage};
+    use rdkafka::message::OwnedMessage;
     use rdkafka::Timestamp as KafkaTimestamp;
     use stream_core::Event;
 
@@ -93,8 +124,8 @@ mod tests {
             41,
             Some(event.headers()),
         );
-        let failure = Failure { kind: "invalid_json", message: "payload is not valid JSON".into() };
-        let headers = headers(&msg, &failure, "g", 1);
+        let failure = Failure::new("invalid_json", "payload is not valid JSON");
+        let headers = headers(&msg, &failure, "g", 1, true);
         let get = |name: &str| {
             headers
                 .iter()
@@ -109,5 +140,33 @@ mod tests {
         assert_eq!(get(header::SOURCE_PARTITION).as_deref(), Some("2"));
         assert_eq!(get(header::SOURCE_OFFSET).as_deref(), Some("41"));
         assert!(Timestamp::parse(&get(header::TIME).unwrap()).is_ok());
+
+        // A reference only: the count of the event's headers, none of them.
+        let reference = super::headers(&msg, &failure, "g", 1, false);
+        let names: Vec<&str> = reference.iter().map(|h| h.key).collect();
+        assert!(!names.contains(&"ce_id") && !names.contains(&"content-type"), "{names:?}");
+        let dropped = reference.iter().find(|h| h.key == header::HEADERS_DROPPED).and_then(|h| h.value);
+        assert_eq!(dropped, Some(event.headers().count().to_string().as_bytes()));
+        assert!(names.contains(&header::SOURCE_OFFSET) && names.contains(&header::ERROR_KIND), "{names:?}");
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_at_a_character_with_its_length_noted() {
+        assert_eq!(Failure::new("bad_header", "short").message, "short");
+        let exact = "x".repeat(MAX_ERROR_LEN);
+        assert_eq!(Failure::new("bad_header", exact.clone()).message, exact);
+        let long = format!("bad ce_time {:?}", "\u{1}".repeat(200_000));
+        let cut = Failure::new("bad_header", long.clone()).message;
+        assert!(cut.len() <= MAX_ERROR_LEN + 40, "{}", cut.len());
+        assert!(
+            cut.starts_with("bad ce_time") && cut.ends_with(&format!("... ({} bytes in all)", long.len())),
+            "{cut}"
+        );
+        // A cut inside a character moves back to its start.
+        let wide = "é".repeat(MAX_ERROR_LEN);
+        let cut = Failure::new("bad_header", wide).message;
+        assert!(
+            cut.starts_with(&"é".repeat(MAX_ERROR_LEN / 2)) && !cut.starts_with(&"é".repeat(MAX_ERROR_LEN / 2 + 1))
+        );
     }
 }

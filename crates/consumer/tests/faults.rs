@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use consumer::{Config, DefaultProcessor};
+use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use stream_core::testing::{eventually, unique_name};
@@ -97,6 +98,36 @@ async fn a_dead_letter_too_large_for_the_broker_goes_without_the_payload() {
     assert!(rdkafka::Message::payload(&letter).unwrap_or_default().is_empty(), "written without the payload");
     assert_eq!(header(&letter, consumer::dlq::header::PAYLOAD_DROPPED).as_deref(), Some("8"), "b\"not json\"");
     assert_eq!(header(&letter, "ce_id"), Some(poison.id.clone()));
+    assert_eq!(header(&letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("invalid_json"));
+    assert_eq!(header(&letter, consumer::dlq::header::SOURCE_OFFSET).as_deref(), Some("0"));
+    assert_eq!(dead.records.lock().unwrap().len(), 1);
+}
+
+/// A dead letter too large even without the payload (an event whose
+/// headers alone are near the limit) is written as a reference to the
+/// event: no key, no payload, none of its headers, their count, and where
+/// the event is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_without_the_payload_goes_as_a_reference() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let args = mock_topics(&cluster);
+    let poison = publish_poison(&args).await;
+    let dead = Collector::start(&args, &args.topics.dlq).await;
+
+    // The whole letter and the one without the payload are both refused.
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 2]);
+    let mut config = Config::for_tests(args.clone(), 1);
+    config.create_topics = false;
+    let running = Running::start(config);
+    let letter =
+        eventually(DEADLINE, "the dead letter", || async { dead.records.lock().unwrap().first().cloned() }).await;
+    running.stop().await.expect("the run goes on, and stops cleanly");
+    assert!(rdkafka::Message::payload(&letter).is_none(), "no payload");
+    assert!(rdkafka::Message::key(&letter).is_none(), "no key");
+    assert_eq!(header(&letter, "ce_id"), None, "none of the event's headers");
+    let count = poison.headers().count().to_string();
+    assert_eq!(header(&letter, consumer::dlq::header::HEADERS_DROPPED), Some(count));
+    assert_eq!(header(&letter, consumer::dlq::header::PAYLOAD_DROPPED).as_deref(), Some("8"));
     assert_eq!(header(&letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("invalid_json"));
     assert_eq!(header(&letter, consumer::dlq::header::SOURCE_OFFSET).as_deref(), Some("0"));
     assert_eq!(dead.records.lock().unwrap().len(), 1);

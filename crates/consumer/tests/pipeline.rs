@@ -214,6 +214,52 @@ async fn a_header_name_that_is_not_utf8_is_no_attribute_and_is_kept_in_dead_lett
     assert_eq!(odd, Some((&name[..], Some(&b"\xfe\x00"[..]))), "the header as it was");
 }
 
+/// Headers any producer may write can make a dead letter too large: a
+/// `ce_time` of 600 KB quoted in the reason would double the letter, and
+/// 1,000 headers of 1,000 bytes leave it too large without the payload.
+/// The reason is cut short, and the second event's letter is a reference
+/// to it; the consumer carries on (it stopped on both before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_make_a_dead_letter_too_large_cannot_stop_the_consumer() {
+    let args = kafka_args();
+    create_project_topics(&args).await;
+    let results = Collector::start(&args, &args.topics.results).await;
+    let dead = Collector::start(&args, &args.topics.dlq).await;
+    let mut big = args.clone();
+    big.properties.push(("message.max.bytes".into(), "4000000".into()));
+    let producer = stream_core::kafka::producer(&big, &stream_core::kafka::ProducerOptions::default()).unwrap();
+    let long_time = "x".repeat(600_000);
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "ce_id", value: Some("long-time") })
+        .insert(Header { key: "ce_time", value: Some(long_time.as_str()) });
+    let value = vec![b'h'; 1_000];
+    let many = (0..1_000)
+        .fold(OwnedHeaders::new().insert(Header { key: "ce_id", value: Some("many-headers") }), |h, i| {
+            h.insert(Header { key: &format!("h{i}"), value: Some(&value) })
+        });
+    for (headers, payload) in [(headers, "{}"), (many, "not json")] {
+        let record = FutureRecord::to(&args.topics.events).key("s").payload(payload).headers(headers);
+        stream_core::kafka::delivered(producer.send_result(record).map_err(|(e, _)| e).unwrap()).await.unwrap();
+    }
+    let after = Event::json("/test", Some("s".into()), &json!({"after": true}));
+    publish(&args, std::slice::from_ref(&after)).await;
+
+    let running = Running::start(Config::for_tests(args.clone(), 1));
+    results.wait_for_ids(std::slice::from_ref(&after.id)).await;
+    dead.wait_for_len(2, "both dead letters").await;
+    running.stop().await.expect("the run goes on, and stops cleanly");
+    let letters = dead.records.lock().unwrap().clone();
+    let long = letters.iter().find(|l| header(l, "ce_id").as_deref() == Some("long-time")).expect("whole letter");
+    assert_eq!(header(long, consumer::dlq::header::ERROR_KIND).as_deref(), Some("bad_header"));
+    let reason = header(long, consumer::dlq::header::ERROR).unwrap();
+    assert!(reason.len() <= consumer::dlq::MAX_ERROR_LEN + 40 && reason.contains("bytes in all"), "{}", reason.len());
+    assert_eq!(header(long, "ce_time").map(|t| t.len()), Some(600_000), "the event's own header as it was");
+    let reference = letters.iter().find(|l| header(l, "ce_id").is_none()).expect("a reference");
+    assert_eq!(header(reference, consumer::dlq::header::HEADERS_DROPPED).as_deref(), Some("1001"));
+    assert_eq!(header(reference, consumer::dlq::header::ERROR_KIND).as_deref(), Some("invalid_json"));
+    assert!(reference.key().is_none() && reference.payload().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_per_key_is_kept() {
     let args = kafka_args();

@@ -42,7 +42,8 @@ pub(super) async fn dead_letter<P>(
         .and_then(|v| std::str::from_utf8(v).ok());
     let (trace_id, kind, error) = (traceparent.and_then(trace::trace_id), failure.kind, &failure.message);
     let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
-    let mut headers = dlq::headers(&**record, failure, &shared.group, worker_id);
+    let reference = letter == Letter::Reference;
+    let mut headers = dlq::headers(&**record, failure, &shared.group, worker_id, !reference);
     // A record without a value (null, not empty) keeps none in its letter.
     let payload = match letter {
         Letter::Whole => {
@@ -50,6 +51,13 @@ pub(super) async fn dead_letter<P>(
             metrics::counter!("consumer_events_failed_total", "kind" => failure.kind).increment(1);
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             record.payload()
+        }
+        // Logged where it was found too large (`Delivery::settle`).
+        Letter::Reference => {
+            let size = record.payload().map_or(0, <[u8]>::len).to_string();
+            headers = headers
+                .insert(rdkafka::message::Header { key: dlq::header::PAYLOAD_DROPPED, value: Some(size.as_str()) });
+            None
         }
         Letter::WithoutPayload => {
             tracing::warn!(
@@ -71,7 +79,7 @@ pub(super) async fn dead_letter<P>(
     if let Some(payload) = payload {
         out = out.payload(payload);
     }
-    if let Some(key) = record.key() {
+    if let Some(key) = record.key().filter(|_| !reference) {
         out = out.key(key);
     }
     send(&shared.producer, out).await
@@ -182,6 +190,9 @@ pub(super) enum Letter {
     Whole,
     /// Its key and headers only: the whole was too large for the broker.
     WithoutPayload,
+    /// Where it is, and why it failed, only (no key, payload or headers of
+    /// its own): even without the payload it was too large.
+    Reference,
 }
 
 /// Whether the broker (or librdkafka, before sending) refused a record for
@@ -196,8 +207,9 @@ fn too_large(error: &KafkaError) -> bool {
 /// The wait for one record's ack, with retries: transient errors are
 /// retried with backoff; a result that can never be written (too large,
 /// say) is dead-lettered instead; a dead letter too large to write is
-/// written again without the payload; a dead letter that can never be
-/// written fails the run, since skipping it would lose the event.
+/// written again without the payload, then as a reference to the event
+/// only; a dead letter that can never be written fails the run, since
+/// skipping it would lose the event.
 pub(super) struct Delivery<P> {
     pub(super) shared: Arc<Shared<P>>,
     pub(super) worker_id: u32,
@@ -271,10 +283,10 @@ impl<P: Processor> Delivery<P> {
             }
             match &self.kind {
                 Kind::Result(_) => {
-                    let failure = dlq::Failure {
-                        kind: "result_undeliverable",
-                        message: format!("result could not be written to {}: {error}", copy.topic()),
-                    };
+                    let failure = dlq::Failure::new(
+                        "result_undeliverable",
+                        format!("result could not be written to {}: {error}", copy.topic()),
+                    );
                     self.sent = dead_letter(&self.shared, &self.source, &failure, self.worker_id, Letter::Whole).await;
                     self.kind = Kind::DeadLetter(failure, Letter::Whole);
                 }
@@ -291,6 +303,21 @@ impl<P: Processor> Delivery<P> {
                     self.sent =
                         dead_letter(&self.shared, &self.source, &failure, self.worker_id, Letter::WithoutPayload).await;
                     self.kind = Kind::DeadLetter(failure, Letter::WithoutPayload);
+                }
+                Kind::DeadLetter(failure, Letter::WithoutPayload) if too_large(&error) => {
+                    tracing::warn!(
+                        worker = self.worker_id,
+                        topic = self.source.topic(),
+                        partition = self.source.partition(),
+                        offset = self.source.offset(),
+                        headers = self.source.headers().map_or(0, rdkafka::message::Headers::count),
+                        %error,
+                        "the dead letter is too large even without the payload; writing a reference to the event only"
+                    );
+                    let failure = failure.clone();
+                    self.sent =
+                        dead_letter(&self.shared, &self.source, &failure, self.worker_id, Letter::Reference).await;
+                    self.kind = Kind::DeadLetter(failure, Letter::Reference);
                 }
                 Kind::DeadLetter(failure, _) => {
                     self.shared.fail(anyhow::anyhow!(

@@ -140,16 +140,16 @@ impl<P: Processor> PartitionTask<P> {
                 let output = AssertUnwindSafe(shared.processor.process(&event, &self.worker)).catch_unwind().await;
                 match output {
                     Ok(Ok(output)) => Ok((event, output)),
-                    Ok(Err(error)) => Err(dlq::Failure { kind: error.kind(), message: error.to_string() }),
-                    Err(panic) => Err(dlq::Failure {
-                        kind: "panic",
-                        message: format!("processor panicked: {}", telemetry::panic_message(&*panic)),
-                    }),
+                    Ok(Err(error)) => Err(dlq::Failure::new(error.kind(), error.to_string())),
+                    Err(panic) => Err(dlq::Failure::new(
+                        "panic",
+                        format!("processor panicked: {}", telemetry::panic_message(&*panic)),
+                    )),
                 }
             }
             Err(error) => {
                 let error = ProcessError::from(error);
-                Err(dlq::Failure { kind: error.kind(), message: error.to_string() })
+                Err(dlq::Failure::new(error.kind(), error.to_string()))
             }
         };
         shared.meters.processing.record(started.elapsed().as_secs_f64());
