@@ -70,10 +70,18 @@ struct ResultHead<'a> {
     /// Read as a time only when it is one (RFC 3339).
     #[serde(default, borrow)]
     event_time: Option<&'a RawValue>,
-    #[serde(default, borrow, rename = "type")]
-    own_type: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    cursor: Option<&'a RawValue>,
+    /// Whether there is one at all: `null` too (an `Option` reads it as
+    /// absent), since a client reading the frame's last `type` or `cursor`
+    /// would lose its place on a `null`.
+    #[serde(default, rename = "type", deserialize_with = "present")]
+    own_type: bool,
+    #[serde(default, deserialize_with = "present")]
+    cursor: bool,
+}
+
+/// A field that is there, whatever its value.
+fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(field).map(|_| true)
 }
 
 /// A result record read and framed, with the stream it belongs to.
@@ -101,7 +109,7 @@ impl Delivered {
         // string it reads, about 1,000 instructions per result).
         let text = std::str::from_utf8(value).map_err(|_| Undecodable::NotAResult)?;
         let head: ResultHead<'_> = serde_json::from_str(text).map_err(|_| Undecodable::NotAResult)?;
-        if head.own_type.is_some() || head.cursor.is_some() {
+        if head.own_type || head.cursor {
             return Err(Undecodable::NotAResult);
         }
         let stream = match key.and_then(|k| std::str::from_utf8(k).ok()) {
@@ -202,6 +210,8 @@ pub(crate) mod tests {
             b"{\"event_id\": ",
             b"{\"type\": \"x\", \"output\": 1}",
             b"{\"cursor\": \"c\"}",
+            b"{\"type\": null, \"output\": 1}",
+            b"{\"output\": 1, \"cursor\": null}",
         ] {
             assert_eq!(Delivered::decode(bad, Some(b"s"), pos).unwrap_err(), Undecodable::NotAResult);
         }
