@@ -168,7 +168,7 @@ async fn read(reader: StreamConsumer<TracingContext>, steps: Steps, stop: Cancel
             }
         };
         let (mut source, mut sent) = (None, None);
-        for (name, value) in message.headers().into_iter().flat_map(raw_headers) {
+        for (name, value) in raw_headers(&message) {
             let text = || value.and_then(|v| std::str::from_utf8(v).ok());
             if name == header::SOURCE.as_bytes() {
                 source = text();

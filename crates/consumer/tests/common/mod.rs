@@ -135,7 +135,7 @@ impl Drop for Collector {
 
 /// Header value as text.
 pub fn header(msg: &OwnedMessage, name: &str) -> Option<String> {
-    stream_core::kafka::raw_header(msg.headers()?, name)?.map(|v| String::from_utf8_lossy(v).into_owned())
+    stream_core::kafka::raw_header(msg, name)?.map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// A consumer run in the background and the token that stops it.

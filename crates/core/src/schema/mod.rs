@@ -11,7 +11,7 @@ use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::json::WriteJson;
-use crate::kafka::{raw_headers, AsBorrowedHeaders};
+use crate::kafka::{raw_headers, RecordHeaders};
 
 mod time;
 pub mod trace;
@@ -142,10 +142,7 @@ impl Event {
     /// missing `ce_id` becomes `topic-partition-offset`, a missing `ce_time`
     /// the record's timestamp. A header that is present but malformed is an
     /// error, since guessing would hide a broken producer.
-    pub fn from_message<M: Message>(msg: &M) -> Result<Self, SchemaError>
-    where
-        M::Headers: AsBorrowedHeaders,
-    {
+    pub fn from_message<M: Message + RecordHeaders>(msg: &M) -> Result<Self, SchemaError> {
         let mut id = None;
         let mut source = None;
         let mut event_type = None;
@@ -154,7 +151,7 @@ impl Event {
         let mut extensions = Vec::new();
         // Names are compared as bytes: one that is not UTF-8 is no
         // attribute, and is skipped like an extension whose value is not.
-        for (name, raw) in msg.headers().into_iter().flat_map(raw_headers) {
+        for (name, raw) in raw_headers(msg) {
             let text = || -> Result<&str, SchemaError> {
                 std::str::from_utf8(raw.unwrap_or_default()).map_err(|_| SchemaError::BadHeader {
                     name: attribute_name(name),
