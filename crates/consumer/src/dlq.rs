@@ -11,8 +11,8 @@
 //! event's headers, with [`header::HEADERS_DROPPED`]. The event itself is
 //! still in its topic, where the `dlq_source_*` headers point.
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use stream_core::kafka::AsBorrowedHeaders;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use stream_core::kafka::RecordHeaders;
 use stream_core::schema::Timestamp;
 
 /// Header names added to dead letters.
@@ -53,8 +53,8 @@ pub struct Failure {
     /// Value of [`header::ERROR_KIND`].
     pub kind: &'static str,
     /// Value of [`header::ERROR`], at most [`MAX_ERROR_LEN`] bytes and a
-    /// note of the whole length.
-    pub message: String,
+    /// note of the whole length: made only by [`Failure::new`].
+    message: String,
 }
 
 impl Failure {
@@ -68,6 +68,11 @@ impl Failure {
         }
         Self { kind, message }
     }
+
+    /// Why it failed, cut to [`MAX_ERROR_LEN`] bytes.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 /// The headers of the dead letter for `source`: its own headers first
@@ -75,19 +80,15 @@ impl Failure {
 /// [`header::HEADERS_DROPPED`]), then the `dlq_*` ones.
 pub fn headers<M>(source: &M, failure: &Failure, group: &str, worker_id: u32, originals: bool) -> OwnedHeaders
 where
-    M: Message,
-    M::Headers: AsBorrowedHeaders,
+    M: Message + RecordHeaders,
 {
     // A copy of librdkafka's list keeps every header as it was, a name that
     // is not UTF-8 included (rdkafka's `iter` would panic on one).
-    let headers = match source.headers() {
-        Some(existing) if originals => existing.as_borrowed_headers().detach(),
-        Some(existing) => {
-            let count = existing.as_borrowed_headers().count().to_string();
-            OwnedHeaders::new_with_capacity(9)
-                .insert(Header { key: header::HEADERS_DROPPED, value: Some(count.as_str()) })
-        }
-        None => OwnedHeaders::new_with_capacity(8),
+    let headers = if originals {
+        source.headers_copy().unwrap_or_else(|| OwnedHeaders::new_with_capacity(8))
+    } else {
+        let count = source.header_count().to_string();
+        OwnedHeaders::new_with_capacity(9).insert(Header { key: header::HEADERS_DROPPED, value: Some(count.as_str()) })
     };
     let partition = source.partition().to_string();
     let offset = source.offset().to_string();
@@ -106,7 +107,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::message::OwnedMessage;
+    use rdkafka::message::{Headers, OwnedMessage};
     use rdkafka::Timestamp as KafkaTimestamp;
     use stream_core::Event;
 

@@ -36,11 +36,10 @@ pub(super) async fn dead_letter<P>(
     worker_id: u32,
     letter: Letter,
 ) -> Sent {
-    let traceparent = record
-        .headers()
-        .and_then(|h| stream_core::kafka::raw_header(h, header::TRACEPARENT).flatten())
+    let traceparent = stream_core::kafka::raw_header(&**record, header::TRACEPARENT)
+        .flatten()
         .and_then(|v| std::str::from_utf8(v).ok());
-    let (trace_id, kind, error) = (traceparent.and_then(trace::trace_id), failure.kind, &failure.message);
+    let (trace_id, kind, error) = (traceparent.and_then(trace::trace_id), failure.kind, failure.message());
     let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
     let reference = letter == Letter::Reference;
     let mut headers = dlq::headers(&**record, failure, &shared.group, worker_id, !reference);
@@ -52,23 +51,8 @@ pub(super) async fn dead_letter<P>(
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             record.payload()
         }
-        // Logged where it was found too large (`Delivery::settle`).
-        Letter::Reference => {
-            let size = record.payload().map_or(0, <[u8]>::len).to_string();
-            headers = headers
-                .insert(rdkafka::message::Header { key: dlq::header::PAYLOAD_DROPPED, value: Some(size.as_str()) });
-            None
-        }
-        Letter::WithoutPayload => {
-            tracing::warn!(
-                worker = worker_id,
-                trace_id,
-                topic,
-                partition,
-                offset,
-                kind,
-                "the dead letter is too large for the dead-letter topic: written again without its payload"
-            );
+        // Logged once, where the whole was found too large (`Delivery::run`).
+        Letter::WithoutPayload | Letter::Reference => {
             let size = record.payload().map_or(0, <[u8]>::len).to_string();
             headers = headers
                 .insert(rdkafka::message::Header { key: dlq::header::PAYLOAD_DROPPED, value: Some(size.as_str()) });
@@ -122,9 +106,12 @@ where
 
 /// Enqueues a copy of a record that failed, for a retry.
 pub(super) async fn resend(producer: &Producer, copy: &OwnedMessage) -> Sent {
-    let mut record = FutureRecord::to(copy.topic())
-        .payload(copy.payload().unwrap_or_default())
-        .headers(copy.headers().cloned().unwrap_or_else(OwnedHeaders::new));
+    let mut record =
+        FutureRecord::<[u8], [u8]>::to(copy.topic()).headers(copy.headers().cloned().unwrap_or_else(OwnedHeaders::new));
+    // A letter written without a value is retried without one, not empty.
+    if let Some(payload) = copy.payload() {
+        record = record.payload(payload);
+    }
     if let Some(key) = copy.key() {
         record = record.key(key);
     }
@@ -296,6 +283,7 @@ impl<P: Processor> Delivery<P> {
                         topic = self.source.topic(),
                         partition = self.source.partition(),
                         offset = self.source.offset(),
+                        kind = failure.kind,
                         %error,
                         "the dead letter is too large; writing it without the event's payload"
                     );
@@ -310,6 +298,7 @@ impl<P: Processor> Delivery<P> {
                         topic = self.source.topic(),
                         partition = self.source.partition(),
                         offset = self.source.offset(),
+                        kind = failure.kind,
                         headers = self.source.headers().map_or(0, rdkafka::message::Headers::count),
                         %error,
                         "the dead letter is too large even without the payload; writing a reference to the event only"
@@ -326,7 +315,7 @@ impl<P: Processor> Delivery<P> {
                         self.source.partition(),
                         self.source.offset(),
                         failure.kind,
-                        failure.message,
+                        failure.message(),
                         self.shared.dlq_topic,
                     ));
                     break Outcome::Abandoned;
