@@ -164,6 +164,13 @@ impl IntoResponse for AppError {
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Self::Unauthorized = self {
+            // RFC 9110: a 401 names the scheme it takes (`X-API-Key` works
+            // too, and is what the message says).
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"streamkit\""));
+        }
         if let Self::RateLimited { retry_after, limit } = &self {
             // draft-ietf-httpapi-ratelimit-headers: the quota (the burst),
             // what is left of it (nothing), and seconds until it allows
@@ -308,6 +315,8 @@ mod tests {
     #[test]
     fn body_has_error_and_optional_detail() {
         assert_eq!(AppError::Unauthorized.body(), json!({"error": "missing or invalid API key"}));
+        let response = AppError::Unauthorized.into_response();
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"streamkit\"");
         assert_eq!(AppError::UnknownStream("s".into()).body()["detail"]["stream_id"], "s");
         // Internal causes never reach the client.
         assert_eq!(AppError::Internal("secret".into()).body(), json!({"error": "internal error"}));

@@ -154,6 +154,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_send_body_is_json_under_any_json_media_type() {
+        for content_type in ["application/json", "application/json; charset=utf-8", "application/cloudevents+json"] {
+            let request = Request::builder()
+                .method("POST")
+                .uri("/stream/s/send")
+                .header("content-type", content_type)
+                .header("traceparent", "t")
+                .body(axum::body::Body::from(r#"{"data": {"n": 1}}"#))
+                .unwrap();
+            let sent = SendPayload::from_request(request, &()).await.unwrap();
+            assert_eq!(sent.data, serde_json::json!({"n": 1}), "{content_type}");
+            assert_eq!(sent.headers["traceparent"], "t", "the request's headers come along");
+        }
+        for (body, status) in [("{oops", StatusCode::BAD_REQUEST), ("[1]", StatusCode::UNPROCESSABLE_ENTITY)] {
+            let request = Request::builder()
+                .method("POST")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            let error = SendPayload::from_request(request, &()).await.unwrap_err();
+            assert_eq!(error.status(), status, "{body}");
+        }
+        assert!(!is_json("text/json") && !is_json("application/jsonx") && is_json("application/problem+json"));
+    }
+
+    #[tokio::test]
     async fn a_send_body_of_another_type_is_told_both_it_may_be() {
         for content_type in [Some("multipart/form-data; boundary=x"), Some("text/plain"), None] {
             let mut request = Request::builder().method("POST").uri("/stream/s/send");

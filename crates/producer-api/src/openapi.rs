@@ -92,7 +92,11 @@ fn ok_replayable(description: &str, schema: &str) -> Value {
 
 /// The responses every authenticated JSON route can give.
 fn authed(mut responses: serde_json::Map<String, Value>) -> Value {
-    responses.insert("401".into(), error("Missing or invalid API key"));
+    let mut unauthorized = error("Missing or invalid API key (X-API-Key, or Authorization: Bearer)");
+    unauthorized["headers"] = json!({ "WWW-Authenticate": {
+        "schema": { "type": "string" }, "description": "The scheme the route takes: Bearer realm=\"streamkit\""
+    } });
+    responses.insert("401".into(), unauthorized);
     responses
         .entry("429")
         .or_insert_with(|| too_many("Too many requests in flight (--max-in-flight); retry after a second"));
