@@ -52,10 +52,17 @@ pub fn payload_of(body: serde_json::Value) -> Result<serde_json::Value, AppError
     }
 }
 
-/// Whether a media type (as [`media_type`] gives it) is JSON, as axum's
-/// `Json` reads it: `application/json` or `application/*+json`.
-fn is_json(media: &str) -> bool {
-    media.strip_prefix("application/").is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
+/// Whether the request's `Content-Type` is JSON exactly as axum's `Json`
+/// reads it (a well-formed `application/json` or `application/*+json`), so
+/// a send accepts the types every other JSON route does.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .is_some_and(|m| {
+            m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
+        })
 }
 
 /// A stream send's request: its payload, and its headers (taken from the
@@ -75,11 +82,11 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
     type Rejection = AppError;
 
     async fn from_request(mut req: Request, state: &S) -> Result<Self, AppError> {
-        let media = media_type(req.headers());
+        let (json, media) = (is_json(req.headers()), media_type(req.headers()));
         // Reading the body needs none of them (the declared length was
         // checked by the body-limit layer before any extractor ran).
         let headers = std::mem::take(req.headers_mut());
-        if is_json(&media) {
+        if json {
             let body = Bytes::from_request(req, state).await?;
             let value = match serde_json::from_slice(&body) {
                 Ok(value) => value,
@@ -176,7 +183,23 @@ mod tests {
             let error = SendPayload::from_request(request, &()).await.unwrap_err();
             assert_eq!(error.status(), status, "{body}");
         }
-        assert!(!is_json("text/json") && !is_json("application/jsonx") && is_json("application/problem+json"));
+        let typed = |content_type: &str| {
+            HeaderMap::from_iter([(axum::http::header::CONTENT_TYPE, content_type.parse().unwrap())])
+        };
+        for json in ["application/problem+json", "Application/JSON", "application/json;", "application/vnd.x+json"] {
+            assert!(is_json(&typed(json)), "{json}");
+        }
+        // Refused by axum's Json too (malformed parameters, other types).
+        for other in [
+            "text/json",
+            "application/jsonx",
+            "application/json;charset",
+            "application/a b+json",
+            "application/x/+json",
+        ] {
+            assert!(!is_json(&typed(other)), "{other}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
     }
 
     #[tokio::test]
