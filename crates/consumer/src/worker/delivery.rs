@@ -182,6 +182,26 @@ pub(super) enum Letter {
     Reference,
 }
 
+impl Letter {
+    /// The letter to write when this one is too large for the broker.
+    fn smaller(self) -> Option<Self> {
+        match self {
+            Self::Whole => Some(Self::WithoutPayload),
+            Self::WithoutPayload => Some(Self::Reference),
+            Self::Reference => None,
+        }
+    }
+
+    /// How a letter of this kind is written, for the log.
+    fn written_as(self) -> &'static str {
+        match self {
+            Self::Whole => "whole",
+            Self::WithoutPayload => "without the event's payload",
+            Self::Reference => "as a reference to the event only (no key, payload or headers of its own)",
+        }
+    }
+}
+
 /// Whether the broker (or librdkafka, before sending) refused a record for
 /// its size.
 fn too_large(error: &KafkaError) -> bool {
@@ -277,22 +297,19 @@ impl<P: Processor> Delivery<P> {
                     self.sent = dead_letter(&self.shared, &self.source, &failure, self.worker_id, Letter::Whole).await;
                     self.kind = Kind::DeadLetter(failure, Letter::Whole);
                 }
-                Kind::DeadLetter(failure, Letter::Whole) if too_large(&error) => {
-                    tracing::warn!(
-                        worker = self.worker_id,
-                        topic = self.source.topic(),
-                        partition = self.source.partition(),
-                        offset = self.source.offset(),
-                        kind = failure.kind,
-                        %error,
-                        "the dead letter is too large; writing it without the event's payload"
-                    );
-                    let failure = failure.clone();
-                    self.sent =
-                        dead_letter(&self.shared, &self.source, &failure, self.worker_id, Letter::WithoutPayload).await;
-                    self.kind = Kind::DeadLetter(failure, Letter::WithoutPayload);
-                }
-                Kind::DeadLetter(failure, Letter::WithoutPayload) if too_large(&error) => {
+                Kind::DeadLetter(failure, letter) => {
+                    let Some(smaller) = letter.smaller().filter(|_| too_large(&error)) else {
+                        self.shared.fail(anyhow::anyhow!(
+                            "cannot write the dead letter for {}/{} offset {} ({}: {}) to {}: {error}",
+                            self.source.topic(),
+                            self.source.partition(),
+                            self.source.offset(),
+                            failure.kind,
+                            failure.message(),
+                            self.shared.dlq_topic,
+                        ));
+                        break Outcome::Abandoned;
+                    };
                     tracing::warn!(
                         worker = self.worker_id,
                         topic = self.source.topic(),
@@ -301,24 +318,12 @@ impl<P: Processor> Delivery<P> {
                         kind = failure.kind,
                         headers = self.source.headers().map_or(0, rdkafka::message::Headers::count),
                         %error,
-                        "the dead letter is too large even without the payload; writing a reference to the event only"
+                        "the dead letter is too large; writing it {}",
+                        smaller.written_as(),
                     );
                     let failure = failure.clone();
-                    self.sent =
-                        dead_letter(&self.shared, &self.source, &failure, self.worker_id, Letter::Reference).await;
-                    self.kind = Kind::DeadLetter(failure, Letter::Reference);
-                }
-                Kind::DeadLetter(failure, _) => {
-                    self.shared.fail(anyhow::anyhow!(
-                        "cannot write the dead letter for {}/{} offset {} ({}: {}) to {}: {error}",
-                        self.source.topic(),
-                        self.source.partition(),
-                        self.source.offset(),
-                        failure.kind,
-                        failure.message(),
-                        self.shared.dlq_topic,
-                    ));
-                    break Outcome::Abandoned;
+                    self.sent = dead_letter(&self.shared, &self.source, &failure, self.worker_id, smaller).await;
+                    self.kind = Kind::DeadLetter(failure, smaller);
                 }
             }
         };
