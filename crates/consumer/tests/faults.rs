@@ -82,25 +82,13 @@ async fn a_result_the_broker_refuses_for_good_dead_letters_its_event() {
 /// one such event cannot stop the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_too_large_for_the_broker_goes_without_the_payload() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let args = mock_topics(&cluster);
-    let poison = publish_poison(&args).await;
-    let dead = Collector::start(&args, &args.topics.dlq).await;
-
     // The whole dead letter is refused for its size, once.
-    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
-    let mut config = Config::for_tests(args.clone(), 1);
-    config.create_topics = false;
-    let running = Running::start(config);
-    let letter =
-        eventually(DEADLINE, "the dead letter", || async { dead.records.lock().unwrap().first().cloned() }).await;
-    running.stop().await.expect("the run goes on, and stops cleanly");
+    let (poison, letter) = dead_letter_refused_for_size(1).await;
     assert!(rdkafka::Message::payload(&letter).unwrap_or_default().is_empty(), "written without the payload");
     assert_eq!(header(&letter, consumer::dlq::header::PAYLOAD_DROPPED).as_deref(), Some("8"), "b\"not json\"");
     assert_eq!(header(&letter, "ce_id"), Some(poison.id.clone()));
     assert_eq!(header(&letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("invalid_json"));
     assert_eq!(header(&letter, consumer::dlq::header::SOURCE_OFFSET).as_deref(), Some("0"));
-    assert_eq!(dead.records.lock().unwrap().len(), 1);
 }
 
 /// A dead letter too large even without the payload (an event whose
@@ -109,19 +97,8 @@ async fn a_dead_letter_too_large_for_the_broker_goes_without_the_payload() {
 /// the event is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_too_large_without_the_payload_goes_as_a_reference() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let args = mock_topics(&cluster);
-    let poison = publish_poison(&args).await;
-    let dead = Collector::start(&args, &args.topics.dlq).await;
-
     // The whole letter and the one without the payload are both refused.
-    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 2]);
-    let mut config = Config::for_tests(args.clone(), 1);
-    config.create_topics = false;
-    let running = Running::start(config);
-    let letter =
-        eventually(DEADLINE, "the dead letter", || async { dead.records.lock().unwrap().first().cloned() }).await;
-    running.stop().await.expect("the run goes on, and stops cleanly");
+    let (poison, letter) = dead_letter_refused_for_size(2).await;
     assert!(rdkafka::Message::payload(&letter).is_none(), "no payload");
     assert!(rdkafka::Message::key(&letter).is_none(), "no key");
     assert_eq!(header(&letter, "ce_id"), None, "none of the event's headers");
@@ -130,7 +107,28 @@ async fn a_dead_letter_too_large_without_the_payload_goes_as_a_reference() {
     assert_eq!(header(&letter, consumer::dlq::header::PAYLOAD_DROPPED).as_deref(), Some("8"));
     assert_eq!(header(&letter, consumer::dlq::header::ERROR_KIND).as_deref(), Some("invalid_json"));
     assert_eq!(header(&letter, consumer::dlq::header::SOURCE_OFFSET).as_deref(), Some("0"));
+}
+
+/// Publishes one poison event to a mock cluster whose next `refusals`
+/// produce requests are refused for their size, runs the consumer until the
+/// event's dead letter is written, and returns the event and its letter,
+/// checking that the run went on, stopped cleanly and wrote one letter.
+async fn dead_letter_refused_for_size(refusals: usize) -> (stream_core::Event, rdkafka::message::OwnedMessage) {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let args = mock_topics(&cluster);
+    let poison = publish_poison(&args).await;
+    let dead = Collector::start(&args, &args.topics.dlq).await;
+
+    let refused = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; refusals];
+    cluster.request_errors(RDKafkaApiKey::Produce, &refused);
+    let mut config = Config::for_tests(args.clone(), 1);
+    config.create_topics = false;
+    let running = Running::start(config);
+    let letter =
+        eventually(DEADLINE, "the dead letter", || async { dead.records.lock().unwrap().first().cloned() }).await;
+    running.stop().await.expect("the run goes on, and stops cleanly");
     assert_eq!(dead.records.lock().unwrap().len(), 1);
+    (poison, letter)
 }
 
 /// An error that is neither a timeout, a leader move nor a broker outage is
