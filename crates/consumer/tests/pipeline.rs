@@ -146,7 +146,7 @@ async fn an_event_whose_key_is_not_utf8_is_dead_lettered_with_the_key_as_it_was(
     let key = [0xffu8, 0xfe];
     let headers = OwnedHeaders::new().insert(Header { key: "ce_id", value: Some("bad-key-1") });
     let record = FutureRecord::to(&args.topics.events).key(&key[..]).payload(&b"{}"[..]).headers(headers);
-    stream_core::kafka::delivered(producer.send_result(record).map_err(|(e, _)| e).unwrap()).await.unwrap();
+    write_record(&producer, record).await;
     let fine = Event::json("/test", Some("s".into()), &json!({"ok": true}));
     publish(&args, std::slice::from_ref(&fine)).await;
 
@@ -171,7 +171,7 @@ async fn an_event_without_a_value_is_dead_lettered_without_one() {
     let producer = stream_core::kafka::producer(&args, &stream_core::kafka::ProducerOptions::default()).unwrap();
     let headers = OwnedHeaders::new().insert(Header { key: "ce_id", value: Some("no-value-1") });
     let record = FutureRecord::<str, [u8]>::to(&args.topics.events).key("s").headers(headers);
-    stream_core::kafka::delivered(producer.send_result(record).map_err(|(e, _)| e).unwrap()).await.unwrap();
+    write_record(&producer, record).await;
 
     let running = Running::start(Config::for_tests(args.clone(), 1));
     dead.wait_for_len(1, "the dead letter").await;
@@ -198,7 +198,7 @@ async fn a_header_name_that_is_not_utf8_is_no_attribute_and_is_kept_in_dead_lett
         let headers = stream_core::kafka::add_raw_header(OwnedHeaders::new(), &name, Some(b"\xfe\x00"));
         let headers = headers.insert(Header { key: "ce_id", value: Some(id) });
         let record = FutureRecord::to(&args.topics.events).key("s").payload(payload).headers(headers);
-        stream_core::kafka::delivered(producer.send_result(record).map_err(|(e, _)| e).unwrap()).await.unwrap();
+        write_record(&producer, record).await;
     }
     let after = Event::json("/test", Some("s".into()), &json!({"after": true}));
     publish(&args, std::slice::from_ref(&after)).await;
@@ -239,7 +239,7 @@ async fn headers_that_make_a_dead_letter_too_large_cannot_stop_the_consumer() {
         });
     for (headers, payload) in [(headers, "{}"), (many, "not json")] {
         let record = FutureRecord::to(&args.topics.events).key("s").payload(payload).headers(headers);
-        stream_core::kafka::delivered(producer.send_result(record).map_err(|(e, _)| e).unwrap()).await.unwrap();
+        write_record(&producer, record).await;
     }
     let after = Event::json("/test", Some("s".into()), &json!({"after": true}));
     publish(&args, std::slice::from_ref(&after)).await;

@@ -50,6 +50,17 @@ pub async fn publish(args: &KafkaArgs, events: &[Event]) {
     }
 }
 
+/// Writes one record as any producer may (raw key, value and headers) and
+/// waits for its ack.
+pub async fn write_record<K, V>(producer: &kafka::Producer, record: rdkafka::producer::FutureRecord<'_, K, V>)
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    V: rdkafka::message::ToBytes + ?Sized,
+{
+    let delivery = producer.send_result(record).map_err(|(e, _)| e).expect("record enqueued");
+    kafka::delivered(delivery).await.map_err(|(e, _)| e).expect("record written");
+}
+
 /// JSON events `{"seq": i}` spread over `keys` stream ids.
 pub fn json_events(count: usize, keys: usize) -> Vec<Event> {
     (0..count)
