@@ -82,11 +82,10 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
     type Rejection = AppError;
 
     async fn from_request(mut req: Request, state: &S) -> Result<Self, AppError> {
-        let (json, media) = (is_json(req.headers()), media_type(req.headers()));
         // Reading the body needs none of them (the declared length was
         // checked by the body-limit layer before any extractor ran).
         let headers = std::mem::take(req.headers_mut());
-        if json {
+        if is_json(&headers) {
             let body = Bytes::from_request(req, state).await?;
             let value = match serde_json::from_slice(&body) {
                 Ok(value) => value,
@@ -97,7 +96,7 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
             };
             return payload_of(value).map(|data| Self { data, headers });
         }
-        if media != "application/x-www-form-urlencoded" {
+        if media_type(&headers) != "application/x-www-form-urlencoded" {
             // Neither JSON nor a URL-encoded form (text, multipart, none):
             // the hint names both bodies this route takes.
             return Err(AppError::UnsupportedMediaType(
