@@ -258,9 +258,6 @@ pub async fn publish_batch(
 
     let mut pending = Vec::with_capacity(requests.len());
     let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(requests.len());
-    // Records refused for now (a full queue, an unreachable broker), at
-    // enqueue or while awaiting their ack.
-    let mut unavailable = 0usize;
     for (index, request) in requests.into_iter().enumerate() {
         let queued = request
             .and_then(|r| r.into_event(trace))
@@ -270,12 +267,7 @@ pub async fn publish_batch(
                 pending.push((index, state.publisher.acked(id, topic, future, deadline)));
                 results.push(None);
             }
-            Err(error) => {
-                if error.status() == StatusCode::SERVICE_UNAVAILABLE {
-                    unavailable += 1;
-                }
-                results.push(Some(ItemResult::failed(index, &error)));
-            }
+            Err(error) => results.push(Some(ItemResult::failed(index, &error))),
         }
     }
     let (indexes, waits): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
@@ -288,22 +280,20 @@ pub async fn publish_batch(
                 succeeded += 1;
                 ItemResult::Ok { index, ack }
             }
-            Err(error) => {
-                if error.status() == StatusCode::SERVICE_UNAVAILABLE {
-                    unavailable += 1;
-                }
-                ItemResult::failed(index, &error)
-            }
+            Err(error) => ItemResult::failed(index, &error),
         });
     }
     let total = results.len();
     metrics::counter!("batch_records_total", "outcome" => "acked").increment(succeeded as u64);
     metrics::counter!("batch_records_total", "outcome" => "failed").increment((total - succeeded) as u64);
-    if succeeded == 0 && unavailable > 0 {
+    let results: Vec<ItemResult> = results.into_iter().map(|r| r.expect("every record has a result")).collect();
+    // Refused for now (a full queue, an unreachable broker), at enqueue or
+    // while awaiting its ack.
+    let unavailable = |r: &ItemResult| matches!(r, ItemResult::Failed { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE.as_u16());
+    if succeeded == 0 && results.iter().any(unavailable) {
         // Nothing was written: the client should retry the whole batch later.
         return Err(AppError::unavailable(format!("none of the {total} records was acknowledged")));
     }
-    let results: Vec<ItemResult> = results.into_iter().map(|r| r.expect("every record has a result")).collect();
     Ok(Json(BatchReply { results, succeeded, failed: total - succeeded }).into_response())
 }
 
