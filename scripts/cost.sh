@@ -62,7 +62,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fresh_broker() { scripts/broker.sh stop >/dev/null 2>&1 || true; scripts/broker.sh start >/dev/null; }
+die() { echo "cost.sh: $*" >&2; exit 1; }
+# A broker of this run's own on PORT: one left there by something else
+# would not be fresh, and its CPU would not be the one read.
+fresh_broker() {
+  scripts/broker.sh stop >/dev/null 2>&1 || true
+  if (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; then
+    die "port $PORT is in use by a process this script did not start; stop it or set PERF_PORT"
+  fi
+  scripts/broker.sh start >/dev/null
+}
 broker_pid() { cat "$BROKER_DIR/nisshi.pid"; }
 # CPU seconds (user + system, all threads) a live process has used so far.
 cpu() { awk -v t="$TICK" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat"; }
@@ -125,10 +134,14 @@ API_KEYS=cost-key,start-key LISTEN_ADDR="127.0.0.1:$API_PORT" $B/producer-api >"
 gateway=$!; pids+=("$gateway")
 RUST_LOG=info $B/consumer --workers 2 --create-topics >"$OUT/consumer.log" 2>&1 &
 consumer=$!; pids+=("$consumer")
+local ready=
 for _ in $(seq 1 600); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$API_PORT/readyz" 2>/dev/null && grep -q "partitions assigned" "$OUT/consumer.log" && break
+  kill -0 "$gateway" 2>/dev/null || { tail -n 5 "$OUT/producer-api.log" >&2; die "producer-api exited (log: $OUT/producer-api.log)"; }
+  kill -0 "$consumer" 2>/dev/null || { tail -n 5 "$OUT/consumer.log" >&2; die "consumer exited (log: $OUT/consumer.log)"; }
+  curl -fsS -o /dev/null "http://127.0.0.1:$API_PORT/readyz" 2>/dev/null && grep -q "partitions assigned" "$OUT/consumer.log" && { ready=1; break; }
   sleep 0.1
 done
+[[ -n $ready ]] || die "the gateway or the consumer was not ready within 60 s (logs: $OUT/producer-api.log, $OUT/consumer.log)"
 }
 stop_stack() {
 kill "$gateway" "$consumer" 2>/dev/null || true; wait "$gateway" "$consumer" 2>/dev/null || true
