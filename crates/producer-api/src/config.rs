@@ -130,8 +130,9 @@ pub struct Config {
     #[arg(long, env = "PRODUCER_QUEUE", default_value_t = DEFAULT_PRODUCER_QUEUE)]
     pub producer_queue: u32,
 
-    /// How long the producer waits to fill a batch. Each request waits for
-    /// its ack, so this adds directly to request latency.
+    /// How long the producer of events waits to fill a batch. Each request
+    /// waits for its ack, so this adds directly to request latency. Stream
+    /// starts and deletions are sent at once, without it.
     #[arg(long, env = "PRODUCER_LINGER", value_parser = parse_duration, default_value = DEFAULT_PRODUCER_LINGER)]
     pub linger: Duration,
 

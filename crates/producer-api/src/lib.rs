@@ -115,6 +115,11 @@ pub struct AppStateInner {
     /// a write that outlasts its request (503) still ends in a known
     /// outcome, which the key's retries get (see [`idempotency`]).
     pub idempotent: Arc<Publisher>,
+    /// Writes to the stream registry (claims and deletions), on a producer
+    /// of their own that sends each record at once (`linger.ms=0`): a
+    /// stream start waits for one produce round trip, not for the events'
+    /// linger too, nor behind their batches.
+    pub claims: Arc<Publisher>,
     pub registry: Arc<Registry>,
     pub hub: Arc<Hub>,
     /// The results topic, for subscribers that read from a cursor or fell
@@ -256,6 +261,8 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     // with its records, and a broker that answers late may still have
     // written them, so a retry of the key would write the event again.
     let patient = ProducerOptions { delivery_timeout: IDEMPOTENT_DELIVERY_TIMEOUT, ..options.clone() };
+    // Registry writes are few and each has a request waiting on it.
+    let at_once = ProducerOptions { linger: std::time::Duration::ZERO, ..options.clone() };
     let factory_args = args.clone();
     let factory: producer::Factory =
         Box::new(move || kafka::producer(&factory_args, &options).context("creating the producer"));
@@ -265,6 +272,27 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         kafka::producer(&factory_args, &patient).context("creating the producer for idempotent writes")
     });
     let idempotent = Arc::new(Publisher::new(factory, config.request_timeout)?);
+    let factory_args = args.clone();
+    let factory: producer::Factory = Box::new(move || {
+        kafka::producer(&factory_args, &at_once).context("creating the producer for the stream registry")
+    });
+    let claims = Arc::new(Publisher::new(factory, config.request_timeout)?);
+    // A producer looks up a topic's leader when it is first given a record
+    // for it: done now for the registry, not in the first stream start.
+    // Twice: librdkafka asks for its producer id (idempotence) after a
+    // metadata answer, from a broker it has learnt and is connected to;
+    // after the first answer, from the bootstrap address, there is none yet,
+    // and it would retry only 500 ms later.
+    let (warm, topic, timeout) = (claims.clone(), config.streams_topic.clone(), config.request_timeout);
+    let warmed = tokio::task::spawn_blocking(move || {
+        let client = warm.producer();
+        client.client().fetch_metadata(Some(&topic), timeout)?;
+        client.client().fetch_metadata(Some(&topic), timeout)
+    })
+    .await?;
+    if let Err(err) = warmed {
+        tracing::warn!(%err, "no metadata of the registry topic yet: the first stream start will look it up");
+    }
     let hub = Hub::new(config.ws_buffer, config.recent_results, config.dedup_window);
     let registry = Registry::start(args, &config.streams_topic, hub.clone()).context("reading the stream registry")?;
     let results_reader = ResultsReader::start(args).await.context("reading the results topic")?;
@@ -276,6 +304,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         config: Arc::new(config),
         publisher,
         idempotent,
+        claims,
         registry: registry.clone(),
         hub,
         log,
@@ -346,7 +375,7 @@ impl Application {
                 stopping.cancel();
             })
         };
-        let publishers = [state.publisher.clone(), state.idempotent.clone()];
+        let publishers = [state.publisher.clone(), state.idempotent.clone(), state.claims.clone()];
         let limits = serve::Limits {
             max_connections: serve::connection_limit(state.config.max_connections),
             header_read_timeout: state.config.header_read_timeout,

@@ -101,7 +101,7 @@ pub async fn start(
             validate_stream_id(&stream_id)?;
             let _slot = reserve_quota(&state, &caller, &stream_id)?;
             let outcome = state
-                .publisher
+                .claims
                 .with_producer(async |producer| {
                     state.registry.claim(producer, &stream_id, &caller.owner, deadline).await
                 })
@@ -112,7 +112,7 @@ pub async fn start(
             let stream_id = uuid::Uuid::new_v4().to_string();
             let _slot = reserve_quota(&state, &caller, &stream_id)?;
             let outcome = state
-                .publisher
+                .claims
                 .with_producer(async |producer| {
                     state.registry.claim_new(producer, &stream_id, &caller.owner, deadline).await
                 })
@@ -299,7 +299,7 @@ pub async fn delete(
     }
     let deadline = state.publisher.deadline();
     state
-        .publisher
+        .claims
         .with_producer(async |producer| state.registry.delete(producer, &stream_id, &caller.owner, deadline).await)
         .await?;
     metrics::counter!("streams_deleted_total").increment(1);

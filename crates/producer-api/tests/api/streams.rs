@@ -210,6 +210,39 @@ async fn start_validates_its_body_and_is_idempotent_for_the_owner() {
     app.stop().await;
 }
 
+/// Registry writes go through a producer that sends at once: with events
+/// lingering 25 s, a start or a delete still answers long before (it
+/// would have waited out the linger, and this client gives up after 10).
+#[tokio::test]
+async fn starts_and_deletes_do_not_wait_for_the_events_linger() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.linger = Duration::from_secs(25);
+    config.request_timeout = Duration::from_secs(30);
+    let app = common::start(config).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let start = |body: Option<Value>| {
+        let request = client.post(app.url("/stream/start")).header("X-API-Key", KEY_A);
+        match body {
+            Some(body) => request.json(&body),
+            None => request,
+        }
+        .send()
+    };
+    let response = start(None).await.expect("a start answers before the linger ends");
+    assert_eq!(response.status(), 201);
+    let response = start(Some(json!({"stream_id": "chosen"}))).await.expect("a start answers before the linger ends");
+    assert_eq!(response.status(), 201);
+    let response = client
+        .delete(app.url("/stream/chosen"))
+        .header("X-API-Key", KEY_A)
+        .send()
+        .await
+        .expect("a delete answers before the linger ends");
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn replicas_share_ownership_and_it_survives_a_restart() {
     let kafka = stream_core::testing::kafka_args();
