@@ -112,6 +112,11 @@ async fn broker_down_ten_seconds_loses_no_acknowledged_event_and_all_get_results
     broker.stop();
     let down = Instant::now();
     let before = (http.count.load(Ordering::Relaxed), direct.count.load(Ordering::Relaxed));
+    // A stream start while the broker is down (its claim goes through the
+    // registry's own producer): 503 with Retry-After, not a hang.
+    let response = common::client().post(app.url("/stream/start")).header("X-API-Key", KEY_A).send().await.unwrap();
+    assert_eq!(response.status(), 503, "a start with the broker down");
+    assert!(response.headers().contains_key("retry-after"), "503 without Retry-After");
     eventually(OUTAGE + Duration::from_secs(10), "a 503 while the broker is down, and the full outage", || async {
         (down.elapsed() >= OUTAGE && http.saw_503.load(Ordering::Relaxed)).then_some(())
     })
@@ -124,6 +129,10 @@ async fn broker_down_ten_seconds_loses_no_acknowledged_event_and_all_get_results
     })
     .await;
     let recovered_after = up.elapsed();
+    eventually(Duration::from_secs(45), "stream starts to work again", || async {
+        (common::start_stream(&app, KEY_A, None).await.0 == 201).then_some(())
+    })
+    .await;
     stop_load.cancel();
     for task in tasks {
         task.await.unwrap();
