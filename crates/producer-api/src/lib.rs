@@ -261,12 +261,8 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     // with its records, and a broker that answers late may still have
     // written them, so a retry of the key would write the event again.
     let patient = ProducerOptions { delivery_timeout: IDEMPOTENT_DELIVERY_TIMEOUT, ..options.clone() };
-    // Registry writes are few and each has a request waiting on it. A
-    // claim or a tombstone written twice changes nothing (the first claim
-    // of an id wins, and a copy of it is the same owner's), so they need
-    // no idempotence, whose producer spun on a burst of starts (see
-    // `ProducerOptions::idempotence`).
-    let at_once = ProducerOptions { linger: std::time::Duration::ZERO, idempotence: false, ..options.clone() };
+    // Registry writes are few and each has a request waiting on it.
+    let at_once = ProducerOptions { linger: std::time::Duration::ZERO, ..options.clone() };
     let factory_args = args.clone();
     let factory: producer::Factory =
         Box::new(move || kafka::producer(&factory_args, &options).context("creating the producer"));
@@ -283,9 +279,17 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     let claims = Arc::new(Publisher::new(factory, config.request_timeout)?);
     // A producer looks up a topic's leader when it is first given a record
     // for it: done now for the registry, not in the first stream start.
+    // Twice: librdkafka asks for its producer id (idempotence) after a
+    // metadata answer, from a broker it has learnt and is connected to;
+    // after the first answer, from the bootstrap address, there is none yet,
+    // and it would retry only 500 ms later.
     let (warm, topic, timeout) = (claims.clone(), config.streams_topic.clone(), config.request_timeout);
-    let warmed =
-        tokio::task::spawn_blocking(move || warm.producer().client().fetch_metadata(Some(&topic), timeout)).await?;
+    let warmed = tokio::task::spawn_blocking(move || {
+        let client = warm.producer();
+        client.client().fetch_metadata(Some(&topic), timeout)?;
+        client.client().fetch_metadata(Some(&topic), timeout)
+    })
+    .await?;
     if let Err(err) = warmed {
         tracing::warn!(%err, "no metadata of the registry topic yet: the first stream start will look it up");
     }

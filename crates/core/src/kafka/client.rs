@@ -101,15 +101,6 @@ pub struct ProducerOptions {
     /// per broker connection instead of one: for bulk senders, whose rate
     /// depends on it (see [`producer`] for why one is the default).
     pub pipelined: bool,
-    /// Idempotence, on by default with `acks=all`. Off, for records whose
-    /// second copy changes nothing (the gateway's stream registry): a
-    /// retry after a lost ack may write one twice, but with one request in
-    /// flight none overtakes another. Such a producer needs no producer id
-    /// before its first send, and its broker thread does not spin: an
-    /// idempotent one polls with a zero timeout while five or more of a
-    /// partition's records are in flight and more are due (librdkafka 2.12
-    /// counts its window of five requests in records).
-    pub idempotence: bool,
 }
 
 impl Default for ProducerOptions {
@@ -126,7 +117,6 @@ impl Default for ProducerOptions {
             delivery_timeout: Duration::from_secs(30),
             queue_capacity: 500_000,
             pipelined: false,
-            idempotence: true,
         }
     }
 }
@@ -171,7 +161,7 @@ where
 /// Every property of a producer, the user's `-X` overrides applied last.
 fn producer_config(args: &KafkaArgs, options: &ProducerOptions) -> ClientConfig {
     let mut config = base_config(args);
-    let idempotent = options.acks == Acks::All && options.idempotence;
+    let idempotent = options.acks == Acks::All;
     config
         // Idempotence: retries after a lost ack or a broker restart cannot
         // duplicate or reorder records within a partition. It needs acks=all.
@@ -193,9 +183,8 @@ fn producer_config(args: &KafkaArgs, options: &ProducerOptions) -> ClientConfig 
         // Same key -> same partition as the Java client and Redpanda's tools
         // (murmur2), so a stream keeps its partition whoever produces to it.
         .set("partitioner", "murmur2_random");
-    if options.acks == Acks::All && !options.pipelined {
-        // See `producer` for why; without idempotence, it also keeps a
-        // retried request from landing after a later one.
+    if idempotent && !options.pipelined {
+        // See `producer` for why.
         config.set("max.in.flight.requests.per.connection", "1");
     }
     finish(config, args)
@@ -397,17 +386,6 @@ mod tests {
         args.properties.push((key.into(), "5".into()));
         assert_eq!(producer_config(&args, &ProducerOptions::default()).get(key), Some("5"));
         let _accepted = producer(&args, &ProducerOptions::default()).expect("five is within idempotence's limit");
-    }
-
-    #[tokio::test]
-    async fn a_producer_without_idempotence_still_waits_for_all_and_keeps_its_order() {
-        let args = KafkaArgs::for_brokers("127.0.0.1:1");
-        let options = ProducerOptions { idempotence: false, ..ProducerOptions::default() };
-        let config = producer_config(&args, &options);
-        assert_eq!(config.get("enable.idempotence"), Some("false"));
-        assert_eq!(config.get("acks"), Some("all"));
-        assert_eq!(config.get("max.in.flight.requests.per.connection"), Some("1"));
-        let _accepted = producer(&args, &options).expect("librdkafka takes it");
     }
 
     #[test]
