@@ -54,7 +54,8 @@ async fn a_dead_producer_costs_one_503_and_is_replaced() {
     assert_eq!(app.state.publisher.replacements(), 1);
     assert!(app.state.publisher.producer().client().fatal_error().is_none());
 
-    // Sends, stream starts and the readiness probe work again at once.
+    // Sends and the readiness probe work again at once; stream starts, on
+    // the registry's own producer, were never held up.
     let (status, after) = publish(&app, 3).await;
     assert_eq!(status, 200, "{after}");
     let (status, started) = common::start_stream(&app, KEY_A, None).await;
@@ -72,5 +73,29 @@ async fn a_dead_producer_costs_one_503_and_is_replaced() {
     }
     let payloads: Vec<Value> = written.iter().map(|e| serde_json::from_slice(&e.data).unwrap()).collect();
     assert!(!payloads.contains(&json!({"n": 2})), "{payloads:?}");
+    app.stop().await;
+}
+
+/// The stream registry writes through a producer of its own: when that one
+/// dies, the start that meets it is refused and the producer replaced, and
+/// the events' producer is left alone.
+#[tokio::test]
+async fn a_dead_registry_producer_costs_one_start_and_is_replaced() {
+    let (_kafka, app) = common::spawn_app().await;
+    kill(&app.state.claims.producer());
+    let (status, refused) = common::start_stream(&app, KEY_A, None).await;
+    assert_eq!(status, 503, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("fatal error"), "{refused}");
+    assert_eq!(app.state.claims.replacements(), 1);
+    assert_eq!(app.state.publisher.replacements(), 0);
+
+    let (status, started) = common::start_stream(&app, KEY_A, None).await;
+    assert_eq!(status, 201, "{started}");
+    let stream = started["stream_id"].as_str().unwrap();
+    let response =
+        common::client().delete(app.url(&format!("/stream/{stream}"))).header("X-API-Key", KEY_A).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, sent) = publish(&app, 1).await;
+    assert_eq!(status, 200, "{sent}");
     app.stop().await;
 }
