@@ -263,20 +263,16 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     let patient = ProducerOptions { delivery_timeout: IDEMPOTENT_DELIVERY_TIMEOUT, ..options.clone() };
     // Registry writes are few and each has a request waiting on it.
     let at_once = ProducerOptions { linger: std::time::Duration::ZERO, ..options.clone() };
-    let factory_args = args.clone();
-    let factory: producer::Factory =
-        Box::new(move || kafka::producer(&factory_args, &options).context("creating the producer"));
-    let publisher = Arc::new(Publisher::new(factory, config.request_timeout)?);
-    let factory_args = args.clone();
-    let factory: producer::Factory = Box::new(move || {
-        kafka::producer(&factory_args, &patient).context("creating the producer for idempotent writes")
-    });
-    let idempotent = Arc::new(Publisher::new(factory, config.request_timeout)?);
-    let factory_args = args.clone();
-    let factory: producer::Factory = Box::new(move || {
-        kafka::producer(&factory_args, &at_once).context("creating the producer for the stream registry")
-    });
-    let claims = Arc::new(Publisher::new(factory, config.request_timeout)?);
+    // A publisher makes its producer from `options`, at once and again
+    // whenever librdkafka declares the one it has dead.
+    let publisher_of = |options: ProducerOptions, what: &'static str| -> anyhow::Result<Arc<Publisher>> {
+        let args = args.clone();
+        let factory: producer::Factory = Box::new(move || kafka::producer(&args, &options).context(what));
+        Ok(Arc::new(Publisher::new(factory, config.request_timeout)?))
+    };
+    let publisher = publisher_of(options, "creating the producer")?;
+    let idempotent = publisher_of(patient, "creating the producer for idempotent writes")?;
+    let claims = publisher_of(at_once, "creating the producer for the stream registry")?;
     // A producer looks up a topic's leader when it is first given a record
     // for it: done now for the registry, not in the first stream start.
     // Twice: librdkafka asks for its producer id (idempotence) after a
