@@ -72,6 +72,8 @@ fresh_broker() {
   fi
   scripts/broker.sh start >/dev/null
 }
+# Stops the run, with the end of NAME's log, if process PID has exited.
+still_running() { kill -0 "$1" 2>/dev/null || { tail -n 5 "$OUT/$2.log" >&2; die "$2 exited (log: $OUT/$2.log)"; }; }
 broker_pid() { cat "$BROKER_DIR/nisshi.pid"; }
 # CPU seconds (user + system, all threads) a live process has used so far.
 cpu() { awk -v t="$TICK" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat"; }
@@ -136,8 +138,7 @@ RUST_LOG=info $B/consumer --workers 2 --create-topics >"$OUT/consumer.log" 2>&1 
 consumer=$!; pids+=("$consumer")
 local ready=
 for _ in $(seq 1 600); do
-  kill -0 "$gateway" 2>/dev/null || { tail -n 5 "$OUT/producer-api.log" >&2; die "producer-api exited (log: $OUT/producer-api.log)"; }
-  kill -0 "$consumer" 2>/dev/null || { tail -n 5 "$OUT/consumer.log" >&2; die "consumer exited (log: $OUT/consumer.log)"; }
+  still_running "$gateway" producer-api; still_running "$consumer" consumer
   curl -fsS -o /dev/null "http://127.0.0.1:$API_PORT/readyz" 2>/dev/null && grep -q "partitions assigned" "$OUT/consumer.log" && { ready=1; break; }
   sleep 0.1
 done
