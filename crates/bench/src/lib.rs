@@ -154,11 +154,9 @@ pub struct KafkaBench {
 
     /// How long librdkafka waits to fill a batch (linger.ms): a floor under produce latency,
     /// but fewer, larger requests cost the broker less and shorten the tail under load.
-    // 10ms rather than librdkafka's 5: on the local broker `e2e` at 10,000/s
-    // measured p99 31 ms and 16 s of broker CPU with 10ms, against 57 ms and
-    // 25 s with 5ms (at 1,000/s: p99 24 against 29 ms, p50 +2 ms).
-    #[arg(long, env = "BENCH_LINGER", value_parser = parse_duration, default_value = "10ms")]
-    pub linger: Duration,
+    /// Default: 10ms; for `e2e`, per rate: 10ms below 2,500 msg/s, 20ms from 2,500 up.
+    #[arg(long, env = "BENCH_LINGER", value_parser = parse_duration)]
+    pub linger: Option<Duration>,
 
     /// Messages librdkafka may hold unacknowledged before sends wait for acks
     /// (see publisher --queue-capacity).
@@ -169,13 +167,20 @@ pub struct KafkaBench {
     pub kafka: KafkaArgs,
 }
 
+/// The bulk loads' linger when `--linger` is not given: 10ms rather than
+/// librdkafka's 5, as fewer produce requests cost the broker less.
+// On the local broker `e2e` at 10,000/s measured p99 31 ms and 16 s of
+// broker CPU with 10ms, against 57 ms and 25 s with 5ms (at 1,000/s: p99
+// 24 against 29 ms, p50 +2 ms).
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(10);
+
 impl KafkaBench {
     /// `pipelined` for the bulk loads (`produce`, `consume`'s fill), as the
     /// publisher; `e2e` keeps one request in flight, as the services.
-    fn producer_options(&self, pipelined: bool) -> ProducerOptions {
+    fn producer_options(&self, pipelined: bool, linger: Duration) -> ProducerOptions {
         ProducerOptions {
             acks: self.acks,
-            linger: self.linger,
+            linger,
             queue_capacity: self.queue_capacity,
             pipelined,
             ..ProducerOptions::default()

@@ -38,7 +38,8 @@ pub struct ProduceArgs {
 pub async fn run(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
     let load = &args.load;
     load.prepare().await?;
-    let producer = publisher::producer(&load.kafka, &load.producer_options(true))?;
+    let producer =
+        publisher::producer(&load.kafka, &load.producer_options(true, load.linger.unwrap_or(crate::DEFAULT_LINGER)))?;
     let mut payloads = Payloads::generated(load.size, load.keys);
     if args.no_headers {
         payloads = payloads.without_headers();

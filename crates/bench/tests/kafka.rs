@@ -111,10 +111,11 @@ async fn consume_fails_clearly_when_the_topic_runs_dry() {
 #[tokio::test]
 async fn e2e_records_the_window_at_each_rate() {
     let kafka = testing::kafka_args();
-    let flags = ["e2e", "--rates", "200,500", "--warmup", "500ms", "--duration", "1s", "--keys", "7"];
+    // The second rate gets a producer of its own, with a longer linger.
+    let flags = ["e2e", "--rates", "200,2500", "--warmup", "500ms", "--duration", "1s", "--keys", "7"];
     let report = bench::run(&cli(&kafka, &out_dir(), &flags), CancellationToken::new()).await.unwrap();
     assert_eq!(report.rows.len(), 2, "{report}");
-    for (row, rate) in report.rows.iter().zip([200.0, 500.0]) {
+    for (row, rate) in report.rows.iter().zip([200.0, 2500.0]) {
         assert_eq!(row.target_rate, Some(rate));
         assert_eq!(row.errors, 0, "{report}");
         // Exactly the messages due in the 1 s recording window are
