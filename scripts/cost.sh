@@ -37,7 +37,10 @@
 # the reports moved onto Tokio's workers), and gives both processes' peak
 # RSS.
 # Environment: PERF_PORT (19800) for the broker, COST_API_PORT (18283),
-# COST_BIN (target/release, built first) to measure other binaries.
+# COST_BIN (target/release, built first) to measure other binaries,
+# COST_GATEWAY_ENV and COST_CONSUMER_ENV: NAME=VALUE words for the gateway's
+# or the consumer's environment alone (api, api-per-request, go-client), e.g.
+# COST_GATEWAY_ENV="KAFKA_PROPERTIES=fetch.min.bytes=16384 PRODUCER_LINGER=5ms".
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -132,9 +135,9 @@ scripts/setup.sh >/dev/null
 # A fresh broker, the gateway and `consumer --workers 2`, ready.
 start_stack() {
 fresh_broker
-API_KEYS=cost-key,start-key LISTEN_ADDR="127.0.0.1:$API_PORT" $B/producer-api >"$OUT/producer-api.log" 2>&1 &
+API_KEYS=cost-key,start-key LISTEN_ADDR="127.0.0.1:$API_PORT" env ${COST_GATEWAY_ENV:-} $B/producer-api >"$OUT/producer-api.log" 2>&1 &
 gateway=$!; pids+=("$gateway")
-RUST_LOG=info $B/consumer --workers 2 --create-topics >"$OUT/consumer.log" 2>&1 &
+RUST_LOG=info env ${COST_CONSUMER_ENV:-} $B/consumer --workers 2 --create-topics >"$OUT/consumer.log" 2>&1 &
 consumer=$!; pids+=("$consumer")
 local ready=
 for _ in $(seq 1 600); do
