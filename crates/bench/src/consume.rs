@@ -49,10 +49,7 @@ pub async fn run(args: &ConsumeArgs, shutdown: CancellationToken) -> anyhow::Res
     let topic = &load.bench_topic;
     if !args.no_fill {
         tracing::info!(count = args.count, size = load.size, %topic, "filling the topic");
-        let producer = publisher::producer(
-            &load.kafka,
-            &load.producer_options(true, load.linger.unwrap_or(crate::DEFAULT_LINGER)),
-        )?;
+        let producer = publisher::producer(&load.kafka, &load.bulk_producer_options())?;
         let payloads = Payloads::generated(load.size, load.keys);
         let progress = publisher::progress_bar(args.count, false);
         let outcome = publisher::publish(

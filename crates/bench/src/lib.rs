@@ -187,6 +187,11 @@ impl KafkaBench {
         }
     }
 
+    /// A bulk load's producer: pipelined, with `--linger` or the default.
+    fn bulk_producer_options(&self) -> ProducerOptions {
+        self.producer_options(true, self.linger.unwrap_or(DEFAULT_LINGER))
+    }
+
     /// Validates the flags and creates the benchmark topic if missing.
     async fn prepare(&self) -> anyhow::Result<()> {
         self.kafka.validate()?;

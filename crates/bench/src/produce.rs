@@ -38,8 +38,7 @@ pub struct ProduceArgs {
 pub async fn run(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
     let load = &args.load;
     load.prepare().await?;
-    let producer =
-        publisher::producer(&load.kafka, &load.producer_options(true, load.linger.unwrap_or(crate::DEFAULT_LINGER)))?;
+    let producer = publisher::producer(&load.kafka, &load.bulk_producer_options())?;
     let mut payloads = Payloads::generated(load.size, load.keys);
     if args.no_headers {
         payloads = payloads.without_headers();
