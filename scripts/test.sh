@@ -35,4 +35,6 @@ awk -v extra="$schemathesis_failed" -v status="$status" '
      /^test result:/ { reported = 1; for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^error: test failed/ { if (!reported) f += 1 }
      END { f += extra; if (status != 0 && f == 0) f = 1; printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# The full output stays only when something failed.
+if [[ $status -eq 0 ]]; then rm -f "$log"; else echo "cargo test's output: $log"; fi
 exit "$status"

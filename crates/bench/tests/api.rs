@@ -29,8 +29,9 @@ async fn every_stream_gets_every_result() {
     let api = tokio::spawn(app.run_until_stopped(stop.clone()));
     let consumer = tokio::spawn(consumer::run(consumer::Config::for_tests(kafka.clone(), 2), stop.clone()));
 
-    let out = std::env::temp_dir().join(testing::unique_name("bench-api"));
-    let cli = api_cli(&url, "bench-key", &out, &["--streams", "5", "--messages", "53", "--result-timeout", "60s"]);
+    let out = testing::ScratchDir::new("bench-api");
+    let cli =
+        api_cli(&url, "bench-key", out.path(), &["--streams", "5", "--messages", "53", "--result-timeout", "60s"]);
     let report = bench::run(&cli, CancellationToken::new()).await.unwrap();
 
     let [request, e2e] = &report.rows[..] else { panic!("two rows expected: {report}") };
@@ -48,14 +49,14 @@ async fn every_stream_gets_every_result() {
     assert_eq!(registry.len(), 0, "bench api left streams open");
 
     // The same through the streams' own WebSockets instead of HTTP sends.
-    let cli = api_cli(&url, "bench-key", &out, &["--streams", "4", "--messages", "30", "--via", "ws"]);
+    let cli = api_cli(&url, "bench-key", out.path(), &["--streams", "4", "--messages", "30", "--via", "ws"]);
     let report = bench::run(&cli, CancellationToken::new()).await.unwrap();
     let [request, e2e] = &report.rows[..] else { panic!("two rows expected: {report}") };
     assert_eq!((request.latency.count, request.errors, e2e.latency.count, e2e.errors), (30, 0, 30, 0), "{report}");
 
     // Form bodies, as the seed's clients send them, each on a connection of its own.
     let flags = ["--streams", "3", "--messages", "21", "--body", "form", "--connections", "per-request"];
-    let report = bench::run(&api_cli(&url, "bench-key", &out, &flags), CancellationToken::new()).await.unwrap();
+    let report = bench::run(&api_cli(&url, "bench-key", out.path(), &flags), CancellationToken::new()).await.unwrap();
     let [request, e2e] = &report.rows[..] else { panic!("two rows expected: {report}") };
     assert_eq!((request.latency.count, request.errors, e2e.latency.count, e2e.errors), (21, 0, 21, 0), "{report}");
 
@@ -72,11 +73,13 @@ async fn a_wrong_key_is_reported_with_the_status() {
         producer_api::Application::build(producer_api::Config::for_tests(kafka, vec!["right".into()])).await.unwrap();
     let url = format!("http://{}", app.local_addr());
     let api = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let out = std::env::temp_dir().join(testing::unique_name("bench-api"));
-    let err =
-        bench::run(&api_cli(&url, "wrong", &out, &["--streams", "2", "--messages", "2"]), CancellationToken::new())
-            .await
-            .unwrap_err();
+    let out = testing::ScratchDir::new("bench-api");
+    let err = bench::run(
+        &api_cli(&url, "wrong", out.path(), &["--streams", "2", "--messages", "2"]),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     let err = format!("{err:#}");
     assert!(err.contains("/stream/start") && err.contains("401"), "{err}");
     stop.cancel();

@@ -3,17 +3,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use bench::hgrm;
 use bench::{BenchReport, Cli};
 use clap::Parser;
-use stream_core::{testing, KafkaArgs};
+use stream_core::testing::{self, ScratchDir};
+use stream_core::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
-fn out_dir() -> PathBuf {
-    std::env::temp_dir().join(testing::unique_name("bench-out"))
+fn out_dir() -> ScratchDir {
+    ScratchDir::new("bench-out")
 }
 
 /// Parses `flags` as a bench command line, pointed at the test broker and a
@@ -58,7 +59,7 @@ async fn produce_counts_every_ack() {
     let kafka = testing::kafka_args();
     let out = out_dir();
     let report =
-        bench::run(&cli(&kafka, &out, &["produce", "--count", "300", "--size", "50"]), CancellationToken::new())
+        bench::run(&cli(&kafka, out.path(), &["produce", "--count", "300", "--size", "50"]), CancellationToken::new())
             .await
             .unwrap();
     assert_eq!(report.command, "produce");
@@ -76,7 +77,7 @@ async fn refused_records_are_counted_once() {
     let kafka = testing::kafka_args();
     let out = out_dir();
     let report = bench::run(
-        &cli(&kafka, &out, &["produce", "--count", "5", "--size", "1100000", "--bench-topic", "bench-refused"]),
+        &cli(&kafka, out.path(), &["produce", "--count", "5", "--size", "1100000", "--bench-topic", "bench-refused"]),
         CancellationToken::new(),
     )
     .await
@@ -88,8 +89,9 @@ async fn refused_records_are_counted_once() {
 #[tokio::test]
 async fn consume_reads_what_it_filled() {
     let kafka = testing::kafka_args();
+    let out = out_dir();
     let report =
-        bench::run(&cli(&kafka, &out_dir(), &["consume", "--count", "400"]), CancellationToken::new()).await.unwrap();
+        bench::run(&cli(&kafka, out.path(), &["consume", "--count", "400"]), CancellationToken::new()).await.unwrap();
     let row = &report.rows[0];
     assert_eq!((row.latency.count, row.errors), (400, 0), "{report}");
     assert!((row.mb_per_sec.unwrap() - row.rate * 100.0 / 1e6).abs() < 1e-6, "100-byte records");
@@ -99,8 +101,9 @@ async fn consume_reads_what_it_filled() {
 #[tokio::test]
 async fn consume_fails_clearly_when_the_topic_runs_dry() {
     let kafka = testing::kafka_args();
+    let out = out_dir();
     let err = bench::run(
-        &cli(&kafka, &out_dir(), &["consume", "--count", "10", "--no-fill", "--idle-timeout", "2s"]),
+        &cli(&kafka, out.path(), &["consume", "--count", "10", "--no-fill", "--idle-timeout", "2s"]),
         CancellationToken::new(),
     )
     .await
@@ -113,7 +116,8 @@ async fn e2e_records_the_window_at_each_rate() {
     let kafka = testing::kafka_args();
     // The second rate gets a producer of its own, with a longer linger.
     let flags = ["e2e", "--rates", "200,2500", "--warmup", "500ms", "--duration", "1s", "--keys", "7"];
-    let report = bench::run(&cli(&kafka, &out_dir(), &flags), CancellationToken::new()).await.unwrap();
+    let out = out_dir();
+    let report = bench::run(&cli(&kafka, out.path(), &flags), CancellationToken::new()).await.unwrap();
     assert_eq!(report.rows.len(), 2, "{report}");
     for (row, rate) in report.rows.iter().zip([200.0, 2500.0]) {
         assert_eq!(row.target_rate, Some(rate));
@@ -135,7 +139,7 @@ async fn the_binary_prints_json_and_writes_files() {
     let out = out_dir();
     let output = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args(["produce", "--count", "100", "--json", "--brokers", &kafka.brokers])
-        .args(["--bench-topic", &kafka.topics.events, "--out-dir", out.to_str().unwrap()])
+        .args(["--bench-topic", &kafka.topics.events, "--out-dir", out.path().to_str().unwrap()])
         .env_remove("KAFKA_PROPERTIES")
         .output()
         .unwrap();

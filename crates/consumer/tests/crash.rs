@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::collections::{HashMap, HashSet};
 use stream_core::schema::Timestamp;
-use stream_core::testing::{create_project_topics, kafka_args, unique_name};
+use stream_core::testing::{create_project_topics, kafka_args, unique_name, ScratchDir};
 use tokio::process::Child;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,6 +19,8 @@ async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {
     let events = json_events(20_000, 50);
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let group = unique_name("crash-test");
+    // The two processes' logs, kept if the test fails.
+    let logs = ScratchDir::new("crash-test");
     // Events arrive over about four seconds instead of all before the start:
     // the kill below must land while there is work left, however quickly
     // the first process gets through what is there.
@@ -33,7 +35,7 @@ async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {
         })
     };
 
-    let mut first = start_binary(&args, &group, &format!("{group}-1.log"));
+    let mut first = start_binary(&args, &group, &logs.join("1.log"));
     results.wait_for_len(500, "the first process to produce some results").await;
     wait_for_commit_above(&args, &group, &args.topics.events, 0).await;
     first.kill().await.expect("SIGKILL");
@@ -44,7 +46,7 @@ async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {
     let at_kill = results.len();
     assert!(at_kill < ids.len(), "the kill must land mid-run ({at_kill} results already)");
 
-    let second = start_binary(&args, &group, &format!("{group}-2.log"));
+    let second = start_binary(&args, &group, &logs.join("2.log"));
     feeder.await.expect("every event published");
     let got = results.wait_for_ids(&ids).await;
 

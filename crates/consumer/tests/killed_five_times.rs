@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use common::*;
 use stream_core::schema::Timestamp;
-use stream_core::testing::{create_project_topics, kafka_args, unique_name};
+use stream_core::testing::{create_project_topics, kafka_args, unique_name, ScratchDir};
 
 const EVENTS: usize = 100_000;
 const KILLS: usize = 5;
@@ -42,6 +42,8 @@ async fn five_sigkills_in_one_run_lose_nothing_and_replay_only_uncommitted_work(
     publish(&args, &events).await;
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let group = unique_name("kill5");
+    // Each process's log, kept if the test fails.
+    let logs = ScratchDir::new("kill5");
     let started = Instant::now();
 
     // Kill points spread over the run: the i-th lands once the events with a
@@ -57,7 +59,7 @@ async fn five_sigkills_in_one_run_lose_nothing_and_replay_only_uncommitted_work(
     // The group's committed total right after each kill.
     let mut committed = Vec::new();
     for n in 0..KILLS {
-        let mut process = start_binary(&args, &group, &format!("{group}-{n}.log"));
+        let mut process = start_binary(&args, &group, &logs.join(format!("{n}.log")));
         // This process must have committed work of its own before it dies.
         // Waited for first, so that the kill follows the kill point within
         // a look of `wait_for_answered`.
@@ -70,7 +72,7 @@ async fn five_sigkills_in_one_run_lose_nothing_and_replay_only_uncommitted_work(
         kill_times.push(Timestamp::now());
         committed.push(committed_total(&args, &group, &args.topics.events).await);
     }
-    let last = start_binary(&args, &group, &format!("{group}-last.log"));
+    let last = start_binary(&args, &group, &logs.join("last.log"));
     let got = results.wait_for_ids(&ids).await;
     drop(last);
 

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -49,6 +49,44 @@ pub fn kafka_args() -> KafkaArgs {
 pub fn unique_name(prefix: &str) -> String {
     let n: u64 = rand::rng().random();
     format!("{prefix}-{n:016x}")
+}
+
+/// A test's own directory under the system's temp directory, for the files
+/// it writes (bench outputs, logs, a broker's database). Removed when it is
+/// dropped after a passing test; kept after a failing one, and its path
+/// printed, so that what is in it can be read.
+pub struct ScratchDir {
+    dir: tempfile::TempDir,
+}
+
+impl ScratchDir {
+    /// A new empty directory named `prefix-<random>`.
+    pub fn new(prefix: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("a scratch directory in {}: {e}", std::env::temp_dir().display()));
+        Self { dir }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("the failed test's files are kept in {}", self.dir.path().display());
+        }
+    }
 }
 
 /// Creates the events, results and DLQ topics of `args`.
@@ -106,11 +144,13 @@ impl LocalBroker {
         let log_file = std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
         // The broker runs under a small shell that kills it as soon as our
         // stdin pipe closes, i.e. when this test process exits for any
-        // reason, so no broker outlives its tests.
+        // reason, so no broker outlives its tests; its log goes with it (a
+        // start-up failure below quotes it).
         let child = Command::new("sh")
             .arg("-c")
-            .arg(r#""$@" & pid=$!; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"#)
+            .arg(r#"log=$1; shift; "$@" & pid=$!; cat >/dev/null; kill $pid 2>/dev/null; wait $pid; rm -f "$log""#)
             .arg("nisshi-guard")
+            .arg(&log)
             .arg(&binary)
             .args(["broker", "--listener-url"])
             .arg(format!("tcp://{address}"))
@@ -176,7 +216,8 @@ pub fn wait_until_answering(address: &str, deadline: Duration) -> Result<(), Str
 pub struct DurableBroker {
     /// `host:port` to bootstrap from; stays the same across restarts.
     pub address: String,
-    storage: PathBuf,
+    /// The database (with SQLite's journal files) and the broker's log.
+    dir: ScratchDir,
     child: Option<Child>,
 }
 
@@ -184,9 +225,8 @@ impl DurableBroker {
     /// Starts a broker with an empty database on a free port.
     pub fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let storage = std::env::temp_dir().join(format!("streamkit-durable-broker-{port}.db"));
-        let _ = std::fs::remove_file(&storage);
-        let mut broker = Self { address: format!("127.0.0.1:{port}"), storage, child: None };
+        let dir = ScratchDir::new(&format!("streamkit-durable-broker-{port}"));
+        let mut broker = Self { address: format!("127.0.0.1:{port}"), dir, child: None };
         broker.resume();
         broker
     }
@@ -199,14 +239,14 @@ impl DurableBroker {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(std::env::temp_dir().join(format!("{}.log", self.storage.display())))
+            .open(self.dir.join("nisshi.log"))
             .expect("broker log file");
         let child = Command::new(&binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--group-initial-rebalance-delay", "500ms", "--storage-engine"])
             // Nisshi resolves sqlite://PATH against its working directory.
-            .arg(format!("sqlite://{}", self.storage.file_name().unwrap().to_string_lossy()))
-            .current_dir(self.storage.parent().unwrap())
+            .arg("sqlite://nisshi.db")
+            .current_dir(self.dir.path())
             .env_remove("STORAGE_ENGINE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("broker log file"))
@@ -244,9 +284,9 @@ impl DurableBroker {
 }
 
 impl Drop for DurableBroker {
+    /// Stops the broker; its directory goes after it (kept if the test failed).
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_file(&self.storage);
     }
 }
 
@@ -263,4 +303,30 @@ pub fn consumed(event: &crate::schema::Event) -> rdkafka::message::OwnedMessage 
         42,
         Some(event.headers()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ScratchDir;
+
+    #[test]
+    fn a_scratch_dir_goes_after_a_passing_test_and_stays_after_a_failing_one() {
+        let dir = ScratchDir::new("scratch");
+        std::fs::write(dir.join("file"), "x").unwrap();
+        let path = dir.path().to_owned();
+        drop(dir);
+        assert!(!path.exists(), "{} is still there", path.display());
+
+        let kept = std::thread::spawn(|| {
+            let dir = ScratchDir::new("scratch");
+            std::fs::write(dir.join("log"), "why it failed").unwrap();
+            let path = dir.path().to_owned();
+            std::panic::panic_any(path);
+        })
+        .join()
+        .expect_err("the thread panics");
+        let path = kept.downcast::<std::path::PathBuf>().expect("the panic carries the path");
+        assert_eq!(std::fs::read_to_string(path.join("log")).unwrap(), "why it failed");
+        std::fs::remove_dir_all(*path).unwrap();
+    }
 }

@@ -130,14 +130,13 @@ mod tests {
     fn invalid_schemas_are_refused() {
         assert!(EventSchema::new(&json!({"type": "no-such-type"})).is_err());
         assert!(EventSchema::new(&json!({"$ref": "https://example.com/remote.json"})).is_err());
-        let dir = std::env::temp_dir();
-        let missing = dir.join(stream_core::testing::unique_name("no-schema"));
+        let dir = stream_core::testing::ScratchDir::new("schemas");
+        let missing = dir.join("no-schema.json");
         let err = format!("{:#}", EventSchema::load(&missing).unwrap_err());
         assert!(err.contains("reading the event schema"), "{err}");
-        let bad = dir.join(stream_core::testing::unique_name("bad-schema"));
+        let bad = dir.join("bad-schema.json");
         std::fs::write(&bad, "{\"type\": 5}").unwrap();
         let err = format!("{:#}", EventSchema::load(&bad).unwrap_err());
-        std::fs::remove_file(&bad).unwrap();
         assert!(err.contains("not a valid JSON Schema"), "{err}");
     }
 }

@@ -192,8 +192,7 @@ mod tests {
 
     #[test]
     fn files_are_read_as_ndjson() {
-        let dir = std::env::temp_dir().join(format!("publisher-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = stream_core::testing::ScratchDir::new("publisher-test");
         let good = dir.join("good.ndjson");
         std::fs::write(&good, "{\"a\":1}\n\n[2]\n").unwrap();
         let p = Payloads::from_file(&good, 0).unwrap();

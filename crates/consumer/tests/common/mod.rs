@@ -282,9 +282,9 @@ pub fn check_replays(kill: usize, before: usize, committed: i64, replayed: usize
 
 /// Starts the real `consumer` binary as a child process (two workers, a
 /// short session timeout so a killed process's partitions move on quickly),
-/// its stderr in `log` under the temp directory. Killed when dropped.
-pub fn start_binary(args: &KafkaArgs, group: &str, log: &str) -> tokio::process::Child {
-    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
+/// its stderr in the file `log`. Killed when dropped.
+pub fn start_binary(args: &KafkaArgs, group: &str, log: &std::path::Path) -> tokio::process::Child {
+    let log = std::fs::File::create(log).expect("log file");
     tokio::process::Command::new(env!("CARGO_BIN_EXE_consumer"))
         .env("KAFKA_BROKERS", &args.brokers)
         .env("EVENTS_TOPIC", &args.topics.events)

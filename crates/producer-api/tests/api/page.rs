@@ -20,9 +20,26 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A headless browser page controlled over the DevTools protocol.
 struct Browser {
-    _process: tokio::process::Child,
+    process: tokio::process::Child,
     socket: Socket,
     next_id: u64,
+    /// Chromium's profile, removed after the browser has exited.
+    _profile: stream_core::testing::ScratchDir,
+}
+
+impl Drop for Browser {
+    /// Kills Chromium and its helper processes (its process group) and
+    /// waits briefly for the main one to exit, so that the profile is no
+    /// longer written when it is removed.
+    fn drop(&mut self) {
+        if let Some(pid) = self.process.id() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.process.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Browser {
@@ -31,7 +48,7 @@ impl Browser {
             .into_iter()
             .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
             .expect("no Chromium found: install Debian's `chromium` package (scripts/setup.sh does)");
-        let profile = std::env::temp_dir().join(stream_core::testing::unique_name("chromium-profile"));
+        let profile = stream_core::testing::ScratchDir::new("chromium-profile");
         // The flags keep a headless Chromium from reaching out to the network
         // (this machine has none) and from needing a sandbox as root.
         let mut process = tokio::process::Command::new(binary)
@@ -47,7 +64,10 @@ impl Browser {
                 "--remote-debugging-port=0",
                 "about:blank",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            // Its own temporary files too (org.chromium.Chromium.*).
+            .env("TMPDIR", profile.path())
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -79,7 +99,7 @@ impl Browser {
             .expect("a page target")
             .to_owned();
         let (socket, _) = tokio_tungstenite::connect_async(page).await.expect("connect to the page");
-        Self { _process: process, socket, next_id: 0 }
+        Self { process, socket, next_id: 0, _profile: profile }
     }
 
     /// Sends one DevTools command and returns its result.
