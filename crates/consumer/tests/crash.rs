@@ -82,6 +82,10 @@ async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {
     }
     let replayed = per_id.values().filter(|n| **n > 1).count();
     check_replays(1, by_first.len(), committed_at_kill, replayed);
+    // A replayed event's result has the first one's id, so a reader that
+    // drops repeated ids sees each result once.
+    let repeated = results.assert_one_result_id_per_event();
+    eprintln!("{repeated} events with more than one result, each under one id");
     assert!(by_first.len() < ids.len(), "the first process finished everything: the kill landed too late");
 }
 

@@ -90,6 +90,9 @@ async fn five_sigkills_in_one_run_lose_nothing_and_replay_only_uncommitted_work(
         started.elapsed()
     );
     assert_eq!(lost, 0);
+    // A replayed event's result has the first one's id.
+    let repeated = results.assert_one_result_id_per_event();
+    eprintln!("{repeated} events with more than one result, each under one id");
     assert!(kills.windows(2).all(|w| w[0] < w[1]), "every kill landed mid-run: {kills:?}");
     // Counted in events, not results: the results seen include replays.
     let before_last: HashSet<&str> =

@@ -114,6 +114,24 @@ impl Collector {
         self.answered.lock().unwrap().len()
     }
 
+    /// Checks that every result of one event carries one `ce_id`, however
+    /// often the event was processed, and returns how many events had more
+    /// than one result.
+    pub fn assert_one_result_id_per_event(&self) -> usize {
+        let mut ids: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        let mut results: HashMap<String, usize> = HashMap::new();
+        for record in self.records.lock().unwrap().iter() {
+            let result: EventResult = serde_json::from_slice(record.payload().expect("result payload")).expect("JSON");
+            let id = header(record, "ce_id").expect("a result's ce_id");
+            *results.entry(result.event_id.clone()).or_default() += 1;
+            ids.entry(result.event_id).or_default().insert(id);
+        }
+        for (event, ids) in &ids {
+            assert_eq!(ids.len(), 1, "the results of event {event} carry different ids: {ids:?}");
+        }
+        results.values().filter(|n| **n > 1).count()
+    }
+
     pub fn results(&self) -> Vec<EventResult> {
         self.records
             .lock()

@@ -232,6 +232,26 @@ pub fn write_new_id(buffer: &mut IdBuffer) -> &str {
     uuid::Uuid::now_v7().hyphenated().encode_lower(buffer)
 }
 
+/// The id of the result that the processor `source` writes for the event
+/// `origin` (hyphenated into `buffer`): a UUID (version 8) made from a
+/// SHA-256 of the processor's source and the event's source and id. A
+/// replayed event's result (after a crash, a rebalance, a retry) carries
+/// the same id as the first, so deduplication by `ce_source` and `ce_id`
+/// downstream, as CloudEvents allows, sees one result per event.
+pub fn write_result_id<'b>(source: &str, origin: &Event, buffer: &'b mut IdBuffer) -> &'b str {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    // Each part length-prefixed, so no two different triples hash alike.
+    for part in [source, origin.source.as_str(), origin.id.as_str()] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::new_v8(bytes).hyphenated().encode_lower(buffer)
+}
+
 /// An event's CloudEvents attributes, borrowed: what [`Event::headers`]
 /// writes, for senders that hold them without an [`Event`] (the
 /// publisher writes each record's headers from stack buffers and
@@ -361,13 +381,15 @@ impl<O> EventResult<O> {
 
     /// The result as a CloudEvent for the results topic: JSON payload,
     /// keyed by the stream id, trace context carried over from the source,
-    /// timed when processing finished (`processed_at`).
+    /// timed when processing finished (`processed_at`), with the id
+    /// [`write_result_id`] gives it.
     pub fn to_event(&self, source: &str, origin: &Event) -> Event
     where
         O: WriteJson,
     {
         let data = self.to_json();
         let mut event = Event::with_bytes(source, self.stream_id.clone(), Some(JSON.into()), data);
+        event.id = write_result_id(source, origin, &mut id_buffer()).to_owned();
         event.event_type = RESULT_TYPE.into();
         event.time = self.processed_at;
         if let Some(trace) = origin.extension(header::TRACEPARENT) {
@@ -379,7 +401,7 @@ impl<O> EventResult<O> {
     /// The record [`to_event`](Self::to_event)'s event makes, written
     /// without one: `data` (this result's [`to_json`](Self::to_json))
     /// keyed by the stream id and, `with_headers`, the CloudEvents headers
-    /// of a result (a fresh id, `source`, `processed_at`) with the
+    /// of a result (its [id](write_result_id), `source`, `processed_at`) with the
     /// origin's trace context. The consumer writes one per event, and the
     /// event's seven owned strings were allocated only to be freed.
     pub fn record<'a>(
@@ -399,7 +421,7 @@ impl<O> EventResult<O> {
         }
         let mut id = id_buffer();
         let attributes = Attributes {
-            id: write_new_id(&mut id),
+            id: write_result_id(source, origin, &mut id),
             source,
             event_type: RESULT_TYPE,
             // The result came to be when processing finished.
@@ -580,11 +602,7 @@ mod tests {
             .push((header::TRACEPARENT.into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()));
         let mut result = result_of(&origin);
         let named = |headers: &OwnedHeaders| -> Vec<(String, String)> {
-            headers
-                .iter()
-                .map(|h| (h.key.to_owned(), String::from_utf8(h.value.unwrap().to_vec()).unwrap()))
-                .filter(|(k, _)| k != header::ID)
-                .collect()
+            headers.iter().map(|h| (h.key.to_owned(), String::from_utf8(h.value.unwrap().to_vec()).unwrap())).collect()
         };
         for with_trace in [true, false] {
             if !with_trace {
@@ -609,11 +627,50 @@ mod tests {
                 record.headers.clone(),
             );
             let back = Event::from_message(&consumed).unwrap();
-            assert_ne!(back.id, event.id, "a fresh id");
+            assert_eq!(back.id, event.id, "the same id either way");
+            assert_ne!(back.id, origin.id, "the result's own id, not its event's");
             assert_eq!(back.time.rfc3339().as_str(), result.processed_at.rfc3339().as_str(), "timed at processed_at");
             let bare = result.record(&data, "/consumer", &origin, "results", false);
             assert!(bare.headers.is_none());
         }
+    }
+
+    #[test]
+    fn a_result_id_is_the_same_each_time_its_event_is_processed() {
+        let origin = Event::json("/gateway", Some("s".into()), &json!("x"));
+        let id_of = |source: &str, origin: &Event| write_result_id(source, origin, &mut id_buffer()).to_owned();
+        let first = result_of(&origin).to_event("/consumer", &origin);
+        // Processed again later (a replay after a crash), by another worker.
+        let mut again = result_of(&origin);
+        again.processed_at = Timestamp::from_micros(again.processed_at.as_micros() + 1_000_000);
+        again.worker_id = Some(9);
+        let data = again.to_json();
+        let record = again.record(&data, "/consumer", &origin, "results", true);
+        let consumed = OwnedMessage::new(None, None, "r".into(), KafkaTimestamp::NotAvailable, 0, 0, record.headers);
+        let header_id = header_text(&consumed, header::ID);
+        assert_eq!(header_id, first.id);
+        assert_eq!(uuid::Uuid::parse_str(&first.id).unwrap().get_version_num(), 8);
+
+        // Another event, the same event id from another source, another
+        // processor: each its own id.
+        let other = Event::json("/gateway", Some("s".into()), &json!("x"));
+        let mut same_id_elsewhere = other.clone();
+        same_id_elsewhere.id = origin.id.clone();
+        same_id_elsewhere.source = "/elsewhere".into();
+        let ids = [
+            id_of("/consumer", &origin),
+            id_of("/consumer", &other),
+            id_of("/consumer", &same_id_elsewhere),
+            id_of("/other-processor", &origin),
+        ];
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+        assert_eq!(ids[0], first.id);
+    }
+
+    fn header_text(msg: &OwnedMessage, name: &str) -> String {
+        let value = crate::kafka::raw_header(msg, name).flatten().expect("the header");
+        String::from_utf8(value.to_vec()).unwrap()
     }
 
     #[test]
