@@ -169,7 +169,16 @@ impl<P: Processor> PartitionTask<P> {
                     }
                 }
                 let data = result.to_json();
-                let record = result.record(&data, RESULT_SOURCE, &event, &shared.results_topic, shared.result_headers);
+                // Scoped by the group: two groups processing one event write
+                // two results, each under an id of its own.
+                let record = result.record(
+                    &data,
+                    RESULT_SOURCE,
+                    &shared.group,
+                    &event,
+                    &shared.results_topic,
+                    shared.result_headers,
+                );
                 (send(&shared.producer, record).await, Kind::Result(event.time))
             }
             Err(failure) => (self.dead_letter(&record, &failure).await, Kind::DeadLetter(failure, Letter::Whole)),

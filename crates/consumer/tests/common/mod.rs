@@ -115,14 +115,17 @@ impl Collector {
     }
 
     /// Checks that every result of one event carries one `ce_id`, however
-    /// often the event was processed, and returns how many events had more
-    /// than one result.
+    /// often the event was processed, and that no two events' results share
+    /// one; returns how many events had more than one result.
     pub fn assert_one_result_id_per_event(&self) -> usize {
         let mut ids: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        let mut events: HashMap<String, String> = HashMap::new();
         let mut results: HashMap<String, usize> = HashMap::new();
         for record in self.records.lock().unwrap().iter() {
             let result: EventResult = serde_json::from_slice(record.payload().expect("result payload")).expect("JSON");
             let id = header(record, "ce_id").expect("a result's ce_id");
+            let event = events.entry(id.clone()).or_insert_with(|| result.event_id.clone());
+            assert_eq!(event, &result.event_id, "results of two events carry the id {id}");
             *results.entry(result.event_id.clone()).or_default() += 1;
             ids.entry(result.event_id).or_default().insert(id);
         }

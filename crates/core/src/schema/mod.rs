@@ -232,19 +232,35 @@ pub fn write_new_id(buffer: &mut IdBuffer) -> &str {
     uuid::Uuid::now_v7().hyphenated().encode_lower(buffer)
 }
 
-/// The id of the result that the processor `source` writes for the event
-/// `origin` (hyphenated into `buffer`): a UUID (version 8) made from a
-/// SHA-256 of the processor's source and the event's source and id. A
-/// replayed event's result (after a crash, a rebalance, a retry) carries
-/// the same id as the first, so deduplication by `ce_source` and `ce_id`
-/// downstream, as CloudEvents allows, sees one result per event.
-pub fn write_result_id<'b>(source: &str, origin: &Event, buffer: &'b mut IdBuffer) -> &'b str {
+/// The id of the result that the processor `source` writes for the record
+/// `origin` (hyphenated into `buffer`), `scope` telling apart processors
+/// that share a source (the consumer passes its group): a UUID (version 8)
+/// made from a SHA-256 of those two and the whole record (its source, id,
+/// time, key and payload). A replayed record's result (after a crash, a
+/// rebalance, a retry) carries the same id as the first, so deduplication
+/// by `ce_source` and `ce_id` downstream, as CloudEvents allows, sees one
+/// result per record; two records that share an id but not their time,
+/// key or payload (an idempotency key reused after its TTL, a producer
+/// that repeats ids) get results with ids of their own.
+pub fn write_result_id<'b>(source: &str, scope: &str, origin: &Event, buffer: &'b mut IdBuffer) -> &'b str {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    // Each part length-prefixed, so no two different triples hash alike.
-    for part in [source, origin.source.as_str(), origin.id.as_str()] {
+    let time = origin.time.as_micros().to_le_bytes();
+    let key = origin.key.as_deref().map(str::as_bytes);
+    let parts: [&[u8]; 7] = [
+        source.as_bytes(),
+        scope.as_bytes(),
+        origin.source.as_bytes(),
+        origin.id.as_bytes(),
+        &time,
+        // A missing key and an empty one are different records.
+        if key.is_some() { b"k" } else { b"-" },
+        key.unwrap_or_default(),
+    ];
+    // Each part length-prefixed, so no two different lists hash alike.
+    for part in parts.into_iter().chain([origin.data.as_slice()]) {
         hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
+        hasher.update(part);
     }
     let digest = hasher.finalize();
     let mut bytes = [0u8; 16];
@@ -382,14 +398,14 @@ impl<O> EventResult<O> {
     /// The result as a CloudEvent for the results topic: JSON payload,
     /// keyed by the stream id, trace context carried over from the source,
     /// timed when processing finished (`processed_at`), with the id
-    /// [`write_result_id`] gives it.
+    /// [`write_result_id`] gives it (no scope).
     pub fn to_event(&self, source: &str, origin: &Event) -> Event
     where
         O: WriteJson,
     {
         let data = self.to_json();
         let mut event = Event::with_bytes(source, self.stream_id.clone(), Some(JSON.into()), data);
-        event.id = write_result_id(source, origin, &mut id_buffer()).to_owned();
+        event.id = write_result_id(source, "", origin, &mut id_buffer()).to_owned();
         event.event_type = RESULT_TYPE.into();
         event.time = self.processed_at;
         if let Some(trace) = origin.extension(header::TRACEPARENT) {
@@ -401,13 +417,14 @@ impl<O> EventResult<O> {
     /// The record [`to_event`](Self::to_event)'s event makes, written
     /// without one: `data` (this result's [`to_json`](Self::to_json))
     /// keyed by the stream id and, `with_headers`, the CloudEvents headers
-    /// of a result (its [id](write_result_id), `source`, `processed_at`) with the
+    /// of a result (its [id](write_result_id) in `scope`, `source`, `processed_at`) with the
     /// origin's trace context. The consumer writes one per event, and the
     /// event's seven owned strings were allocated only to be freed.
     pub fn record<'a>(
         &'a self,
         data: &'a [u8],
         source: &str,
+        scope: &str,
         origin: &Event,
         topic: &'a str,
         with_headers: bool,
@@ -421,7 +438,7 @@ impl<O> EventResult<O> {
         }
         let mut id = id_buffer();
         let attributes = Attributes {
-            id: write_result_id(source, origin, &mut id),
+            id: write_result_id(source, scope, origin, &mut id),
             source,
             event_type: RESULT_TYPE,
             // The result came to be when processing finished.
@@ -611,7 +628,7 @@ mod tests {
             }
             let data = result.to_json();
             let event = result.to_event("/consumer", &origin);
-            let record = result.record(&data, "/consumer", &origin, "results", true);
+            let record = result.record(&data, "/consumer", "", &origin, "results", true);
             assert_eq!(record.payload, Some(event.data.as_slice()));
             assert_eq!(record.key, event.key.as_deref());
             let headers = record.headers.as_ref().unwrap();
@@ -630,7 +647,7 @@ mod tests {
             assert_eq!(back.id, event.id, "the same id either way");
             assert_ne!(back.id, origin.id, "the result's own id, not its event's");
             assert_eq!(back.time.rfc3339().as_str(), result.processed_at.rfc3339().as_str(), "timed at processed_at");
-            let bare = result.record(&data, "/consumer", &origin, "results", false);
+            let bare = result.record(&data, "/consumer", "", &origin, "results", false);
             assert!(bare.headers.is_none());
         }
     }
@@ -638,34 +655,46 @@ mod tests {
     #[test]
     fn a_result_id_is_the_same_each_time_its_event_is_processed() {
         let origin = Event::json("/gateway", Some("s".into()), &json!("x"));
-        let id_of = |source: &str, origin: &Event| write_result_id(source, origin, &mut id_buffer()).to_owned();
+        let id_of = |source: &str, scope: &str, origin: &Event| {
+            write_result_id(source, scope, origin, &mut id_buffer()).to_owned()
+        };
         let first = result_of(&origin).to_event("/consumer", &origin);
         // Processed again later (a replay after a crash), by another worker.
         let mut again = result_of(&origin);
         again.processed_at = Timestamp::from_micros(again.processed_at.as_micros() + 1_000_000);
         again.worker_id = Some(9);
         let data = again.to_json();
-        let record = again.record(&data, "/consumer", &origin, "results", true);
+        let record = again.record(&data, "/consumer", "", &origin, "results", true);
         let consumed = OwnedMessage::new(None, None, "r".into(), KafkaTimestamp::NotAvailable, 0, 0, record.headers);
         let header_id = header_text(&consumed, header::ID);
         assert_eq!(header_id, first.id);
         assert_eq!(uuid::Uuid::parse_str(&first.id).unwrap().get_version_num(), 8);
 
-        // Another event, the same event id from another source, another
-        // processor: each its own id.
+        // Another event; the same id from another source; the same id and
+        // source with another time, key (none, or empty), or payload (an
+        // idempotency key reused after its TTL); another processor or
+        // group: each its own id.
         let other = Event::json("/gateway", Some("s".into()), &json!("x"));
-        let mut same_id_elsewhere = other.clone();
-        same_id_elsewhere.id = origin.id.clone();
-        same_id_elsewhere.source = "/elsewhere".into();
-        let ids = [
-            id_of("/consumer", &origin),
-            id_of("/consumer", &other),
-            id_of("/consumer", &same_id_elsewhere),
-            id_of("/other-processor", &origin),
+        let with = |change: &dyn Fn(&mut Event)| {
+            let mut event = origin.clone();
+            change(&mut event);
+            event
+        };
+        let variants = [
+            other,
+            with(&|e| e.source = "/elsewhere".into()),
+            with(&|e| e.time = Timestamp::from_micros(e.time.as_micros() + 1)),
+            with(&|e| e.key = None),
+            with(&|e| e.key = Some(String::new())),
+            with(&|e| e.data = b"\"y\"".to_vec()),
         ];
+        let mut ids =
+            vec![id_of("/consumer", "", &origin), id_of("/other", "", &origin), id_of("/consumer", "g2", &origin)];
+        ids.extend(variants.iter().map(|event| id_of("/consumer", "", event)));
         let distinct: std::collections::HashSet<&String> = ids.iter().collect();
         assert_eq!(distinct.len(), ids.len(), "{ids:?}");
         assert_eq!(ids[0], first.id);
+        assert_eq!(id_of("/consumer", "", &origin.clone()), first.id, "a copy of the record is the same record");
     }
 
     fn header_text(msg: &OwnedMessage, name: &str) -> String {

@@ -24,20 +24,30 @@ struct Browser {
     socket: Socket,
     next_id: u64,
     /// Chromium's profile, removed after the browser has exited.
-    _profile: stream_core::testing::ScratchDir,
+    profile: stream_core::testing::ScratchDir,
 }
 
 impl Drop for Browser {
-    /// Kills Chromium and its helper processes (its process group) and
-    /// waits briefly for the main one to exit, so that the profile is no
-    /// longer written when it is removed.
+    /// Kills Chromium and waits briefly for it to exit. Its helper
+    /// processes follow it within moments and may still write into the
+    /// profile meanwhile, so after a passing test the profile is removed
+    /// until it stays gone (after a failing one it is kept).
     fn drop(&mut self) {
-        if let Some(pid) = self.process.id() {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-        }
+        let _ = self.process.start_kill();
         let deadline = Instant::now() + Duration::from_secs(5);
         while matches!(self.process.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        let profile = self.profile.path();
+        while Instant::now() < deadline {
+            let _ = std::fs::remove_dir_all(profile);
+            std::thread::sleep(Duration::from_millis(50));
+            if !profile.exists() {
+                break;
+            }
         }
     }
 }
@@ -61,13 +71,14 @@ impl Browser {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--disable-crash-reporter",
+                "--disable-breakpad",
                 "--remote-debugging-port=0",
                 "about:blank",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             // Its own temporary files too (org.chromium.Chromium.*).
             .env("TMPDIR", profile.path())
-            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -99,7 +110,7 @@ impl Browser {
             .expect("a page target")
             .to_owned();
         let (socket, _) = tokio_tungstenite::connect_async(page).await.expect("connect to the page");
-        Self { process, socket, next_id: 0, _profile: profile }
+        Self { process, socket, next_id: 0, profile }
     }
 
     /// Sends one DevTools command and returns its result.

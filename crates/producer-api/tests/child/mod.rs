@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use stream_core::testing::eventually;
+use stream_core::testing::{eventually, ScratchDir};
 use stream_core::KafkaArgs;
 
 /// A running `producer-api` process; killed when dropped.
@@ -17,6 +17,8 @@ pub struct Gateway {
     pub addr: String,
     /// Everything the process wrote to stdout and stderr.
     pub log: PathBuf,
+    /// Holds the log; kept if the test fails.
+    _dir: ScratchDir,
 }
 
 impl Gateway {
@@ -25,7 +27,8 @@ impl Gateway {
     pub async fn start(kafka: &KafkaArgs, keys: &str, env: &[(&str, &str)]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("producer-api-child-{port}.log"));
+        let dir = ScratchDir::new("producer-api-child");
+        let log = dir.join("producer-api.log");
         let file = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_producer-api"));
         command
@@ -44,7 +47,7 @@ impl Gateway {
             .stdout(file.try_clone().unwrap())
             .stderr(file);
         let child = command.spawn().expect("starting producer-api");
-        let gateway = Self { child, addr, log };
+        let gateway = Self { child, addr, log, _dir: dir };
         let url = gateway.url("/healthz");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
         eventually(Duration::from_secs(60), "producer-api to answer /healthz", || {
@@ -72,8 +75,8 @@ impl Gateway {
 }
 
 impl Drop for Gateway {
+    /// Kills the process; its log's directory goes after it.
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
