@@ -36,6 +36,22 @@ fn schema(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // A result's id, derived from its event, beside the fresh UUID v7 it
+    // replaced, in one run.
+    c.bench_function("result: id derived from the event (SHA-256, UUID v8)", |b| {
+        b.iter(|| {
+            stream_core::schema::write_result_id(
+                "/consumer",
+                "events-processor",
+                &event,
+                &mut stream_core::schema::id_buffer(),
+            )
+            .len()
+        })
+    });
+    c.bench_function("result: fresh id (UUID v7)", |b| {
+        b.iter(|| stream_core::schema::write_new_id(&mut stream_core::schema::id_buffer()).len())
+    });
     // The result's JSON alone, the derived `Serialize` beside the writer
     // that replaced it, in one run so the machine's drift hits both.
     let result = EventResult::answering(
