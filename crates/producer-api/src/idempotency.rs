@@ -85,9 +85,7 @@ impl Key {
     /// The event id of this key's event: a UUID (version 8) made of the
     /// key's digest, the same on every replica and every retry.
     pub fn event_id(&self) -> String {
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&self.digest[..16]);
-        uuid::Uuid::new_v8(bytes).to_string()
+        stream_core::schema::id_of_digest(&self.digest).to_string()
     }
 }
 
@@ -97,15 +95,9 @@ impl Key {
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
-    /// A digest of `parts` in order (each is length-prefixed, so no two
-    /// different lists give the same bytes).
+    /// A digest of `parts` in order ([`digest_of`](stream_core::schema::digest_of)).
     pub fn of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let mut hasher = Sha256::new();
-        for part in parts {
-            hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
-        Self(hasher.finalize().into())
+        Self(stream_core::schema::digest_of(parts))
     }
 }
 

@@ -246,11 +246,9 @@ pub fn write_new_id(buffer: &mut IdBuffer) -> &str {
 /// 102, `cargo bench -p stream-core`), and two records alike in all of the
 /// above, down to the microsecond, are one event sent twice.
 pub fn write_result_id<'b>(source: &str, scope: &str, origin: &Event, buffer: &'b mut IdBuffer) -> &'b str {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
     let time = origin.time.as_micros().to_le_bytes();
     let key = origin.key.as_deref().map(str::as_bytes);
-    let parts = [
+    let digest = digest_of([
         source.as_bytes(),
         scope.as_bytes(),
         origin.source.as_bytes(),
@@ -259,16 +257,28 @@ pub fn write_result_id<'b>(source: &str, scope: &str, origin: &Event, buffer: &'
         // A missing key and an empty one are different records.
         if key.is_some() { b"k" } else { b"-" },
         key.unwrap_or_default(),
-    ];
-    // Each part length-prefixed, so no two different lists hash alike.
+    ]);
+    id_of_digest(&digest).hyphenated().encode_lower(buffer)
+}
+
+/// A SHA-256 of `parts` in order, each length-prefixed, so that no two
+/// different lists give the same bytes.
+pub fn digest_of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    let digest = hasher.finalize();
+    hasher.finalize().into()
+}
+
+/// The UUID (version 8) made of a digest's first 16 bytes: an id derived
+/// from what the digest covers.
+pub fn id_of_digest(digest: &[u8; 32]) -> uuid::Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    uuid::Uuid::new_v8(bytes).hyphenated().encode_lower(buffer)
+    uuid::Uuid::new_v8(bytes)
 }
 
 /// An event's CloudEvents attributes, borrowed: what [`Event::headers`]
