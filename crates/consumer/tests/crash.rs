@@ -24,16 +24,7 @@ async fn sigkill_mid_run_loses_nothing_and_restart_finishes_the_work() {
     // Events arrive over about four seconds instead of all before the start:
     // the kill below must land while there is work left, however quickly
     // the first process gets through what is there.
-    let feeder = {
-        let args = args.clone();
-        tokio::spawn(async move {
-            let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
-            for chunk in events.chunks(500) {
-                pace.tick().await;
-                publish(&args, chunk).await;
-            }
-        })
-    };
+    let feeder = publish_paced(&args, events);
 
     let mut first = start_binary(&args, &group, &logs.join("1.log"));
     results.wait_for_len(500, "the first process to produce some results").await;

@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use common::*;
 use stream_core::testing::{create_project_topics, eventually, kafka_args, unique_name, ScratchDir};
@@ -25,16 +24,7 @@ async fn members_killed_and_restarted_during_rebalances_lose_nothing_and_keep_or
     let logs = ScratchDir::new("rebalance");
     // Events arrive over about six seconds, so that every kill and join
     // below lands while there is work left.
-    let feeder = {
-        let args = args.clone();
-        tokio::spawn(async move {
-            let mut pace = tokio::time::interval(Duration::from_millis(100));
-            for chunk in events.chunks(500) {
-                pace.tick().await;
-                publish(&args, chunk).await;
-            }
-        })
-    };
+    let feeder = publish_paced(&args, events);
 
     let a = start_binary(&args, &group, &logs.join("a.log"));
     let mut b = start_binary(&args, &group, &logs.join("b.log"));

@@ -20,6 +20,20 @@ use tokio_util::sync::CancellationToken;
 /// Generous: group joins take seconds on the test broker.
 pub const DEADLINE: Duration = Duration::from_secs(90);
 
+/// Publishes `events` in the background, 500 every 100 ms, so that a run
+/// has work left for a while: kills and joins timed by its results then
+/// land mid-run. Finishes once every event is acknowledged.
+pub fn publish_paced(args: &KafkaArgs, events: Vec<Event>) -> JoinHandle<()> {
+    let args = args.clone();
+    tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        for chunk in events.chunks(500) {
+            pace.tick().await;
+            publish(&args, chunk).await;
+        }
+    })
+}
+
 /// Publishes `events` to the events topic and waits for every ack.
 pub async fn publish(args: &KafkaArgs, events: &[Event]) {
     let producer = kafka::producer(args, &ProducerOptions::default()).expect("producer");
