@@ -70,10 +70,12 @@ impl EventSchema {
     }
 
     /// [`Self::check`] for an event given as JSON text (`/publish` keeps the
-    /// message as raw bytes).
+    /// message as raw bytes). Text that is well-formed but has no JSON value
+    /// to check (a number beyond f64's range, a lone UTF-16 surrogate) is
+    /// refused as malformed, as the routes that parse their events refuse it.
     pub fn check_raw(&self, event: &serde_json::value::RawValue) -> Result<(), AppError> {
-        let value: Value = serde_json::from_str(event.get())
-            .map_err(|e| AppError::Internal(format!("an event that parsed once did not parse again: {e}")))?;
+        let value: Value =
+            serde_json::from_str(event.get()).map_err(|e| AppError::MalformedJson(format!("message: {e}")))?;
         self.check(&value)
     }
 }
@@ -124,6 +126,20 @@ mod tests {
         let mut paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         paths.sort();
         assert_eq!(paths, ["/sensor", "/temperature"]);
+    }
+
+    #[test]
+    fn raw_text_without_a_json_value_is_malformed_not_an_internal_error() {
+        let schema = schema();
+        for text in [r#"{"sensor": "s1", "temperature": 1e400}"#, r#"{"sensor": "\ud800", "temperature": 1}"#, "1e400"]
+        {
+            let raw = serde_json::value::RawValue::from_string(text.into()).unwrap();
+            let error = schema.check_raw(&raw).unwrap_err();
+            assert!(
+                matches!(&error, AppError::MalformedJson(detail) if detail.starts_with("message: ")),
+                "{text}: {error:?}"
+            );
+        }
     }
 
     #[test]

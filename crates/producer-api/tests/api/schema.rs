@@ -23,6 +23,19 @@ async fn post(app: &common::TestApp, path: &str, body: &Value) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+async fn post_text(app: &common::TestApp, path: &str, body: &str) -> (u16, Value) {
+    let response = common::client()
+        .post(app.url(path))
+        .header("X-API-Key", KEY_A)
+        .header("Content-Type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 #[tokio::test]
 async fn publish_and_batch_events_are_validated_before_they_are_written() {
     let schema = SchemaFile::sensor_readings();
@@ -44,19 +57,30 @@ async fn publish_and_batch_events_are_validated_before_they_are_written() {
     assert_eq!(status, 422, "{reply}");
     assert_eq!(reply["detail"]["errors"][0]["path"], "");
 
+    // Well-formed text with no JSON value to check (a number beyond f64's
+    // range, a lone UTF-16 surrogate) is malformed, as on the other routes.
+    for message in [r#"{"sensor": "s1", "temperature": 1e400}"#, r#"{"sensor": "\ud800", "temperature": 1}"#] {
+        let (status, reply) = post_text(&app, "/publish", &format!(r#"{{"message": {message}}}"#)).await;
+        assert_eq!(status, 400, "{message}: {reply}");
+        assert_eq!(reply["error"], "malformed JSON", "{reply}");
+    }
+
     // In a batch, each record is judged on its own.
-    let batch = json!([
+    let batch = r#"[
         {"message": {"sensor": "s2", "temperature": 3}},
         {"message": {"sensor": "s2"}},
         {"message": {"sensor": "s3", "temperature": -4}},
-    ]);
-    let (status, reply) = post(&app, "/publish/batch", &batch).await;
+        {"message": {"sensor": "s4", "temperature": 1e400}}
+    ]"#;
+    let (status, reply) = post_text(&app, "/publish/batch", batch).await;
     assert_eq!(status, 200, "{reply}");
-    assert_eq!((reply["succeeded"].as_u64(), reply["failed"].as_u64()), (Some(2), Some(1)));
+    assert_eq!((reply["succeeded"].as_u64(), reply["failed"].as_u64()), (Some(2), Some(2)));
     let bad = &reply["results"][1];
     assert_eq!(bad["status"], 422);
     assert_eq!(bad["error"], "event does not match the schema");
     assert!(bad["detail"]["errors"][0]["message"].as_str().unwrap().contains("temperature"), "{bad}");
+    let malformed = &reply["results"][3];
+    assert_eq!((&malformed["status"], &malformed["error"]), (&json!(400), &json!("malformed JSON")), "{malformed}");
 
     let events = common::read_all(&kafka, &kafka.topics.events).await;
     let mut sensors: Vec<String> = events.iter().map(|e| e.json_data().unwrap()["sensor"].to_string()).collect();
