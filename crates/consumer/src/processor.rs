@@ -12,7 +12,7 @@ use std::future::Future;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
-use stream_core::json::{write_int, WriteJson};
+use stream_core::json::{reserved, write_int, Checked, CheckedVisitor, Key, WriteJson};
 use stream_core::schema::{SchemaError, Timestamp};
 use stream_core::Event;
 
@@ -246,15 +246,6 @@ enum Shape {
     Other,
 }
 
-/// A key serde_json gives a meaning of its own when it parses a `Value`
-/// with some of its features on (`raw_value`, on in this build through
-/// axum, turns `{"$serde_json::private::RawValue": "[1]"}` into `[1]`).
-/// An object that has one anywhere is left to `Value` parsing, so it is
-/// taken or refused exactly as before.
-fn reserved(key: &str) -> bool {
-    key.starts_with("$serde_json::private::")
-}
-
 impl<'de> Deserialize<'de> for Shape {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(ShapeVisitor)
@@ -313,93 +304,6 @@ impl<'de> Visitor<'de> for ShapeVisitor {
 
     fn visit_unit<E: de::Error>(self) -> Result<Shape, E> {
         Ok(Shape::Other)
-    }
-}
-
-/// An object key, borrowed from the payload unless it had escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(key)))
-            }
-            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(key.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-/// Any JSON value, checked and dropped: what `Value` parsing accepts and
-/// refuses, without allocating (strings are only looked at; a key with an
-/// escape is decoded), and whether it is free of [`reserved`] keys.
-struct Checked {
-    plain: bool,
-}
-
-const PLAIN: Checked = Checked { plain: true };
-
-impl<'de> Deserialize<'de> for Checked {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(CheckedVisitor)
-    }
-}
-
-struct CheckedVisitor;
-
-impl<'de> Visitor<'de> for CheckedVisitor {
-    type Value = Checked;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        let mut plain = true;
-        while let Some(Key(key)) = map.next_key()? {
-            plain &= map.next_value::<Checked>()?.plain && !reserved(&key);
-        }
-        Ok(Checked { plain })
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-        let mut plain = true;
-        while let Some(item) = seq.next_element::<Checked>()? {
-            plain &= item.plain;
-        }
-        Ok(Checked { plain })
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
-        Ok(PLAIN)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
-        Ok(PLAIN)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
-        Ok(PLAIN)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
-        Ok(PLAIN)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
-        Ok(PLAIN)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
-        Ok(PLAIN)
     }
 }
 

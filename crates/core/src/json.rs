@@ -1,5 +1,6 @@
 //! Compact JSON output, byte for byte what `serde_json::to_vec` writes, with
-//! a fast path for strings.
+//! a fast path for strings; and [`Checked`], JSON text checked as parsing
+//! it into a `serde_json::Value` would check it, without building one.
 //!
 //! Kept here rather than taken from a crate: serde_json escapes strings one
 //! byte at a time, which callgrind put at about 11 instructions per byte and
@@ -9,6 +10,10 @@
 //! does need escaping is handed to serde_json itself. The SIMD JSON crates
 //! that would do the same bring far larger dependency trees.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// Appends `text` as a JSON string.
@@ -95,6 +100,105 @@ fn needs_escape(bytes: &[u8]) -> bool {
         }
     }
     chunks.remainder().iter().any(|&b| special(b))
+}
+
+/// A key serde_json gives a meaning of its own when it parses a `Value`
+/// with some of its features on (`raw_value`, on in this build through
+/// axum, turns `{"$serde_json::private::RawValue": "[1]"}` into `[1]`).
+/// An object that has one anywhere is left to `Value` parsing, so it is
+/// taken or refused exactly as before.
+pub fn reserved(key: &str) -> bool {
+    key.starts_with("$serde_json::private::")
+}
+
+/// An object key, borrowed from the payload unless it had escapes.
+pub struct Key<'de>(pub Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Any JSON value, checked and dropped: what `Value` parsing accepts and
+/// refuses, without allocating (strings are only looked at; a key with an
+/// escape is decoded), and whether it is free of [`reserved`] keys.
+pub struct Checked {
+    /// Free of [`reserved`] keys.
+    pub plain: bool,
+}
+
+const PLAIN: Checked = Checked { plain: true };
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
+/// The visitor behind [`Checked`], for callers that check the parts of a
+/// value they take apart themselves.
+pub struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        let mut plain = true;
+        while let Some(Key(key)) = map.next_key()? {
+            plain &= map.next_value::<Checked>()?.plain && !reserved(&key);
+        }
+        Ok(Checked { plain })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        let mut plain = true;
+        while let Some(item) = seq.next_element::<Checked>()? {
+            plain &= item.plain;
+        }
+        Ok(Checked { plain })
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
+        Ok(PLAIN)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+        Ok(PLAIN)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+        Ok(PLAIN)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+        Ok(PLAIN)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
+        Ok(PLAIN)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+        Ok(PLAIN)
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::idempotency::{self, Fingerprint};
 use crate::once::{publish_once, replay_marked};
 use crate::producer::{Ack, SOURCE};
 use crate::trace::{add_traceparent, traceparent};
+use crate::validation;
 use crate::AppState;
 
 /// `POST /publish` body.
@@ -102,9 +103,7 @@ pub async fn publish(
     headers: HeaderMap,
     AppJson(request): AppJson<PublishRequest>,
 ) -> Result<Response, AppError> {
-    if let Some(schema) = &state.schema {
-        schema.check_raw(&request.message)?;
-    }
+    validation::check_message(state.schema.as_ref(), &request.message)?;
     let key = idempotency::Key::from_headers(&caller.owner, &headers)?;
     let fingerprint = key.as_ref().map(|_| request.fingerprint());
     let event = request.into_event(traceparent(&headers))?;
@@ -240,11 +239,11 @@ pub async fn publish_batch(
     if requests.is_empty() {
         return Err(AppError::Unprocessable("the batch has no records".into()));
     }
-    if let Some(schema) = &state.schema {
-        for request in requests.iter_mut() {
-            if let Err(error) = request.as_ref().map_or(Ok(()), |r| schema.check_raw(&r.message)) {
-                *request = Err(error);
-            }
+    for request in requests.iter_mut() {
+        if let Err(error) =
+            request.as_ref().map_or(Ok(()), |r| validation::check_message(state.schema.as_ref(), &r.message))
+        {
+            *request = Err(error);
         }
     }
     if state.rate_limits.is_some() {

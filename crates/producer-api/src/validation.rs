@@ -80,6 +80,21 @@ impl EventSchema {
     }
 }
 
+/// Checks a `/publish` message, kept as the client's JSON text: against
+/// `schema` if there is one, else only that it is a JSON value the rest of
+/// the system can read. Text serde_json skims as well-formed may still hold
+/// no value (a number beyond f64's range, a lone UTF-16 surrogate, nesting
+/// beyond serde_json's recursion limit of 128): the consumer would dead-letter it, and the routes that
+/// parse their events refuse it as malformed, so this does too.
+pub fn check_message(schema: Option<&EventSchema>, message: &serde_json::value::RawValue) -> Result<(), AppError> {
+    match schema {
+        Some(schema) => schema.check_raw(message),
+        None => serde_json::from_str::<stream_core::json::Checked>(message.get())
+            .map(drop)
+            .map_err(|e| AppError::MalformedJson(format!("message: {e}"))),
+    }
+}
+
 /// Checks `event` against `schema` if there is one.
 pub fn check(schema: Option<&EventSchema>, event: &Value) -> Result<(), AppError> {
     match schema {
@@ -126,6 +141,23 @@ mod tests {
         let mut paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         paths.sort();
         assert_eq!(paths, ["/sensor", "/temperature"]);
+    }
+
+    #[test]
+    fn without_a_schema_a_message_is_checked_to_hold_a_json_value() {
+        let check = |text: String| check_message(None, &serde_json::value::RawValue::from_string(text).unwrap());
+        for good in ["1", r#"{"a": [1, "\ud83d\ude00", null]}"#, &format!("{}{}", "[".repeat(100), "]".repeat(100))] {
+            check(good.to_owned()).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        }
+        for bad in
+            [r#"{"t": 1e400}"#, r#""\ud800""#, r#"{"\udc00": 1}"#, &format!("{}{}", "[".repeat(129), "]".repeat(129))]
+        {
+            let error = check(bad.to_owned()).unwrap_err();
+            assert!(
+                matches!(&error, AppError::MalformedJson(detail) if detail.starts_with("message: ")),
+                "{bad}: {error:?}"
+            );
+        }
     }
 
     #[test]

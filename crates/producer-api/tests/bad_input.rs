@@ -134,9 +134,25 @@ fn cases(owned: &str) -> Vec<Case> {
         case("publish plain text", "POST", "/publish", 400).json("hello"),
         case("publish invalid UTF-8", "POST", "/publish", 400)
             .body(Some(JSON), b"{\"message\": \"\xff\xfe\"}".to_vec()),
-        // The message's bytes are passed on as sent (the parser skips them
-        // iteratively, so depth cannot exhaust the stack): accepted.
-        case("publish a message nested 5,000 deep", "POST", "/publish", 200).json(&deep),
+        // The message's bytes are passed on as sent, once they are checked
+        // to hold a JSON value the consumer can read: nested within
+        // serde_json's recursion limit, no number beyond f64, no lone
+        // surrogate (as stream sends check).
+        case("publish a message nested 5,000 deep", "POST", "/publish", 400).json(&deep),
+        case("publish a message nested 129 deep", "POST", "/publish", 400).json(&format!(
+            "{{\"message\": {}{}}}",
+            "[".repeat(129),
+            "]".repeat(129)
+        )),
+        case("publish a message nested 100 deep", "POST", "/publish", 200).json(&format!(
+            "{{\"message\": {}{}}}",
+            "[".repeat(100),
+            "]".repeat(100)
+        )),
+        case("publish a number beyond f64", "POST", "/publish", 400).json(r#"{"message": {"t": 1e400}}"#),
+        case("publish a lone surrogate", "POST", "/publish", 400).json(r#"{"message": "\ud800"}"#),
+        case("publish a lone surrogate key", "POST", "/publish", 400).json(r#"{"message": {"\udc00": 1}}"#),
+        case("publish a surrogate pair", "POST", "/publish", 200).json(r#"{"message": "\ud83d\ude00"}"#),
         case("publish headers nested 5,000 deep", "POST", "/publish", 422).json(&format!(
             "{{\"message\": 1, \"headers\": {{\"a\": {}{}}}}}",
             "[".repeat(5_000),
