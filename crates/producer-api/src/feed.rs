@@ -40,7 +40,7 @@ use crate::cursor::{Cursor, CursorError, Pos};
 use crate::delivered::Delivered;
 use crate::error::AppError;
 use crate::hub::{Next, Seen, Subscription};
-use crate::results::ResultsLog;
+use crate::results::{answer, Pending, ResultsLog};
 
 /// Where a feed starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +108,16 @@ struct CatchUp {
     /// emptying the live buffer, whose contents the read covers).
     until: Option<i64>,
     reader: Option<StreamConsumer<TracingContext>>,
+    /// The watermark query or the reader being made, kept while a caller
+    /// is not waiting (see [`Feed::next`]).
+    asked_until: Option<Pending<(i64, i64)>>,
+    opening: Option<Pending<StreamConsumer<TracingContext>>>,
+}
+
+impl CatchUp {
+    fn new(partition: i32, next: i64, silent_before: i64) -> Box<Self> {
+        Box::new(Self { partition, next, silent_before, until: None, reader: None, asked_until: None, opening: None })
+    }
 }
 
 /// One subscriber's results (see the module docs).
@@ -155,21 +165,18 @@ impl Feed {
                     return Err(AppError::CursorExpired { earliest: earliest.encode(feed.subscription.stream()) });
                 }
                 feed.last = Some(Pos { partition: cursor.partition, offset: cursor.next - 1 });
-                feed.catch_up = Some(Box::new(CatchUp {
-                    partition: cursor.partition,
-                    next: cursor.next.saturating_sub(window as i64).max(low),
-                    silent_before: cursor.next,
-                    until: None,
-                    reader: None,
-                }));
+                feed.catch_up = Some(CatchUp::new(
+                    cursor.partition,
+                    cursor.next.saturating_sub(window as i64).max(low),
+                    cursor.next,
+                ));
             }
             Start::Beginning => {
                 // The oldest retained record: nothing before it counts as
                 // missed.
                 let partition = feed.log.partition_of(feed.subscription.stream());
                 let (low, _) = feed.log.watermarks(partition).await?;
-                feed.catch_up =
-                    Some(Box::new(CatchUp { partition, next: low, silent_before: low, until: None, reader: None }));
+                feed.catch_up = Some(CatchUp::new(partition, low, low));
             }
         }
         Ok(feed)
@@ -197,7 +204,11 @@ impl Feed {
 
     /// The stream's next result for this subscriber. Cancel-safe: the
     /// feed's state is only changed between awaits, so a connection may
-    /// drop this future to do something else and call again.
+    /// drop this future to do something else and call again. A query of
+    /// the broker in flight (they run on the blocking pool, and a dropped
+    /// wait does not stop them) is kept and waited on again, never asked
+    /// twice: a socket whose `select!` drops this future on every ack once
+    /// started a blocking task per turn, hundreds at once.
     pub async fn next(&mut self) -> Item {
         loop {
             if let Some(notice) = self.notice.take() {
@@ -222,13 +233,11 @@ impl Feed {
                             count,
                             "live buffer overflowed; reading from the log"
                         );
-                        self.catch_up = Some(Box::new(CatchUp {
-                            partition: from.partition,
-                            next: from.offset.saturating_sub(self.window as i64).max(0),
-                            silent_before: from.offset,
-                            until: None,
-                            reader: None,
-                        }));
+                        self.catch_up = Some(CatchUp::new(
+                            from.partition,
+                            from.offset.saturating_sub(self.window as i64).max(0),
+                            from.offset,
+                        ));
                     }
                     Next::Closed(reason) => return Item::Closed(reason),
                 }
@@ -239,12 +248,17 @@ impl Feed {
             }
             let partition = catch_up.partition;
             let Some(until) = catch_up.until else {
-                // What the live buffer holds was written before the
-                // watermark asked next, so the log read covers it.
-                self.subscription.reset();
-                match self.log.watermarks(partition).await {
+                if catch_up.asked_until.is_none() {
+                    // What the live buffer holds was written before the
+                    // watermark asked next, so the log read covers it.
+                    self.subscription.reset();
+                    catch_up.asked_until = Some(self.log.ask_watermarks(partition));
+                }
+                let answered = answer(catch_up.asked_until.as_mut().expect("asked")).await;
+                let catch_up = self.catch_up.as_deref_mut().expect("catching up");
+                catch_up.asked_until = None;
+                match answered {
                     Ok((low, high)) => {
-                        let catch_up = self.catch_up.as_deref_mut().expect("catching up");
                         if catch_up.next < low {
                             // Only records this feed was to deliver count as
                             // missed; the look-back before them may be gone.
@@ -256,6 +270,7 @@ impl Feed {
                             }
                             catch_up.next = low;
                             catch_up.reader = None;
+                            catch_up.opening = None;
                         }
                         catch_up.until = Some(high);
                     }
@@ -282,8 +297,12 @@ impl Feed {
             }
             let Some(reader) = catch_up.reader.as_ref() else {
                 let from = catch_up.next;
-                match self.log.open(partition, from).await {
-                    Ok(reader) => self.catch_up.as_deref_mut().expect("catching up").reader = Some(reader),
+                let log = &self.log;
+                let answered = answer(catch_up.opening.get_or_insert_with(|| log.ask_reader(partition, from))).await;
+                let catch_up = self.catch_up.as_deref_mut().expect("catching up");
+                catch_up.opening = None;
+                match answered {
+                    Ok(reader) => catch_up.reader = Some(reader),
                     Err(err) => {
                         tracing::debug!(error = %err, "cannot open a reader of the results topic; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;

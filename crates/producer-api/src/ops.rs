@@ -70,6 +70,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ("results_dropped_total", "Results dropped from a slow subscriber's live buffer; it then reads them from the results topic."),
     ("results_catch_ups_total", "Times a subscriber's live buffer overflowed and it switched to reading the results topic."),
     ("results_from_log_total", "Results delivered from the results topic (resumes, from=beginning, slow subscribers)."),
+    ("results_log_queries_total", "Queries of the results topic for reading it from a position (watermarks, catch-up readers), each on a blocking thread."),
     ("results_duplicates_skipped_total", "Results not delivered because their event's result already was (a consumer's replay)."),
     ("results_of_earlier_streams_skipped_total", "Results not routed because their event came before their stream was started: an earlier stream's of the same id, deleted since."),
     ("results_expired_total", "Results a subscriber was behind on that had left the topic before it read them."),

@@ -1,6 +1,7 @@
 //! The results topic: the process's one live reader, routing each result
 //! into the [`Hub`], and the topic as a log read from a position.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ impl ResultsReader {
             consumer: self.follower.consumer.clone(),
             partitions: self.follower.partitions.clone(),
             timeout,
+            asked: AtomicU64::new(0),
         })
     }
 
@@ -119,9 +121,24 @@ pub struct ResultsLog {
     consumer: Arc<StreamConsumer<TracingContext>>,
     partitions: Arc<PartitionWatch>,
     timeout: Duration,
+    /// Queries started (watermarks, readers): see [`Self::queries`].
+    asked: AtomicU64,
 }
 
 impl ResultsLog {
+    /// How many queries of the broker this log has started (watermark
+    /// reads and catch-up readers), also counted in
+    /// `results_log_queries_total`: each takes a thread of the blocking
+    /// pool while it runs.
+    pub fn queries(&self) -> u64 {
+        self.asked.load(Ordering::Relaxed)
+    }
+
+    fn count_query(&self) {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("results_log_queries_total").increment(1);
+    }
+
     /// The partition holding `stream`'s results.
     pub fn partition_of(&self, stream: &str) -> i32 {
         partition_of(stream.as_bytes(), self.partitions.known())
@@ -135,20 +152,42 @@ impl ResultsLog {
     /// The oldest retained offset and the next offset to be written of
     /// `partition`.
     pub async fn watermarks(&self, partition: i32) -> Result<(i64, i64), AppError> {
+        answer(&mut self.ask_watermarks(partition)).await
+    }
+
+    /// [`Self::watermarks`], asked on the blocking pool: the handle is the
+    /// answer to come.
+    pub fn ask_watermarks(&self, partition: i32) -> Pending<(i64, i64)> {
+        self.count_query();
         let (consumer, topic, timeout) = (self.consumer.clone(), self.topic.clone(), self.timeout);
-        tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, timeout))
-            .await
-            .map_err(|e| AppError::Internal(format!("watermark task: {e}")))?
-            .map_err(|e| AppError::unavailable(format!("cannot read the results topic's position: {e}")))
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_watermarks(&topic, partition, timeout)
+                .map_err(|e| AppError::unavailable(format!("cannot read the results topic's position: {e}")))
+        })
     }
 
     /// A reader of `partition` from `offset`, for one connection while it
-    /// catches up.
-    pub async fn open(&self, partition: i32, offset: i64) -> Result<StreamConsumer<TracingContext>, AppError> {
+    /// catches up, made on the blocking pool: the handle is the reader to
+    /// come.
+    pub fn ask_reader(&self, partition: i32, offset: i64) -> Pending<StreamConsumer<TracingContext>> {
+        self.count_query();
         let (args, topic) = (self.args.clone(), self.topic.clone());
-        tokio::task::spawn_blocking(move || kafka::partition_reader(&args, &topic, partition, offset))
-            .await
-            .map_err(|e| AppError::Internal(format!("reader task: {e}")))?
-            .map_err(|e| AppError::unavailable(format!("cannot read the results topic: {e}")))
+        tokio::task::spawn_blocking(move || {
+            kafka::partition_reader(&args, &topic, partition, offset)
+                .map_err(|e| AppError::unavailable(format!("cannot read the results topic: {e}")))
+        })
     }
+}
+
+/// A question to the broker running on the blocking pool. Dropping the
+/// handle does not stop the task; whoever may stop waiting and ask again
+/// (a feed, see [`crate::feed`]) keeps the handle and waits on it again, so
+/// a socket's `select!` does not start one blocking task per turn.
+pub type Pending<T> = tokio::task::JoinHandle<Result<T, AppError>>;
+
+/// The answer to `pending`; waiting on it again after a dropped wait is
+/// safe.
+pub async fn answer<T>(pending: &mut Pending<T>) -> Result<T, AppError> {
+    pending.await.map_err(|e| AppError::Internal(format!("results topic task: {e}")))?
 }

@@ -240,6 +240,69 @@ async fn the_json_long_poll_pages_through_a_stream() {
     app.stop().await;
 }
 
+/// A feed's caller may drop its wait to do something else (a socket's
+/// `select!` takes an ack or a client frame instead) and call again. The
+/// broker queries a catch-up makes (watermarks, a reader) run on the
+/// blocking pool and outlive a dropped wait: they are kept and waited on
+/// again, not asked anew. Asked anew, a socket sending while it caught up
+/// once held over 500 blocking threads and slowed every other client.
+#[tokio::test]
+async fn a_feed_whose_wait_is_dropped_while_it_asks_the_broker_asks_once() {
+    use futures::FutureExt;
+    use producer_api::feed::{Feed, Item, Start};
+
+    let (kafka, app) = common::spawn_app().await;
+    let processor = common::Processor::start(&kafka);
+    assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "asks"}))).await.0, 201);
+    send_n(&app, "asks", 0..20).await;
+    eventually(Duration::from_secs(60), "the 20 results routed", || async {
+        let (_, recent) = get_json(&app.url("/stream/asks/results")).await;
+        (recent["results"].as_array()?.len() == 20).then_some(())
+    })
+    .await;
+
+    let subscription = app.state.hub.subscribe("asks").expect("the stream is open");
+    let mut feed = Feed::open(app.state.log.clone(), subscription, Start::Beginning, 100).await.unwrap();
+    let asked_before = app.state.log.queries();
+    let mut got = Vec::new();
+    // Polled once and dropped, over and over, while the catch-up's
+    // queries run.
+    for _ in 0..200 {
+        if let Some(item) = feed.next().now_or_never() {
+            got.push(item);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let asked = app.state.log.queries() - asked_before;
+    // A watermark read and a reader; one more of each would be a re-ask
+    // after an overflow, which nothing here causes.
+    assert!(asked <= 2, "{asked} queries of the broker for one catch-up polled 200 times");
+    let mut ns = Vec::new();
+    let mut got = got.into_iter();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let item = match got.next() {
+                Some(item) => item,
+                None if ns.len() < 20 => feed.next().await,
+                None => break,
+            };
+            match item {
+                Item::Result(delivered) => {
+                    ns.push(n_of(&serde_json::from_str::<Value>(delivered.frame.as_str()).unwrap()))
+                }
+                Item::Live | Item::Notice(_) => {}
+                Item::Closed(reason) => panic!("closed: {reason}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {ns:?} of 20 results within 60 s"));
+    assert_eq!(ns, (0..20).collect::<Vec<_>>(), "every result once, in order, however often the wait was dropped");
+
+    processor.stop().await;
+    app.stop().await;
+}
+
 /// A stream deleted and started again under its id, here by another key,
 /// is a new stream: the earlier one's results are in neither its replay
 /// from the beginning nor its live feed, not even one that comes late.
