@@ -233,13 +233,13 @@ async fn run_socket(
                     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
                     break;
                 }
-                Message::Ping(Default::default())
+                Some(Message::Ping(Default::default()))
             }
-            Some(outcome) = acks.next(), if !acks.is_empty() => Message::Text(match outcome {
+            Some(outcome) = acks.next(), if !acks.is_empty() => Some(Message::Text(match outcome {
                 Ok(ack) => ack_frame(&ack),
                 Err(error) => error_frame(&error),
-            }),
-            item = feed.next(), if closing.is_none() => Message::Text(match item {
+            })),
+            item = feed.next(), if closing.is_none() => Some(Message::Text(match item {
                 Item::Result(delivered) => delivered.frame.clone(),
                 Item::Notice(notice) => notice,
                 Item::Live => continue,
@@ -247,8 +247,9 @@ async fn run_socket(
                     closing = Some(CloseFrame { code: 1000, reason: reason.into() });
                     continue;
                 }
-            }),
-            // Every arm ends in `continue` or `break`: a frame's answer is queued above.
+            })),
+            // Every arm but a ping's ends in `continue` or `break`: a
+            // frame's answer is queued above.
             message = incoming.next(), if closing.is_none() && acks.len() < MAX_PENDING_ACKS => match message {
                 Some(Ok(Message::Text(text))) => {
                     last_heard = tokio::time::Instant::now();
@@ -283,9 +284,19 @@ async fn run_socket(
                     acks.push_back(Either::Right(std::future::ready(Err(error))));
                     continue;
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                Some(Ok(Message::Pong(_))) => {
                     last_heard = tokio::time::Instant::now();
                     continue;
+                }
+                // tungstenite answers a ping by itself, buffering the pong
+                // ahead of the next read; it is flushed below before the
+                // socket is read again. A client that sends pings and never
+                // reads its pongs is then held back by TCP's flow control,
+                // instead of each ping adding a pong to an unbounded write
+                // buffer (one such client once took the gateway past 1 GB).
+                Some(Ok(Message::Ping(_))) => {
+                    last_heard = tokio::time::Instant::now();
+                    None
                 }
                 // A message over the size limit, or a frame that breaks the
                 // protocol: say why in a close frame (best effort; the
@@ -313,7 +324,12 @@ async fn run_socket(
         };
         // A peer that stopped reading without closing (its buffers full)
         // would hold this send for ever; the idle timeout bounds it too.
-        match tokio::time::timeout(idle_timeout, sink.send(outgoing)).await {
+        // `None`: only the pong tungstenite queued goes out.
+        let written = match outgoing {
+            Some(message) => tokio::time::timeout(idle_timeout, sink.send(message)).await,
+            None => tokio::time::timeout(idle_timeout, sink.flush()).await,
+        };
+        match written {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 if crate::serve::timed_out(&error) {

@@ -321,6 +321,57 @@ async fn a_websocket_whose_peer_went_silent_is_closed_and_one_that_answers_pings
     app.stop().await;
 }
 
+/// A client that floods pings and never reads the pongs: tungstenite
+/// answers each ping by itself, and the gateway sends each pong before it
+/// reads on, so TCP's flow control stops the client once the buffers
+/// between them are full. Before, each ping read added a pong to an
+/// unbounded write buffer, and one such socket took the gateway past 1 GB
+/// in seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_flooding_pings_without_reading_is_held_back() {
+    use futures::SinkExt;
+
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    // Neither the server's pings nor the idle timeout end the socket first.
+    config.ws_ping_interval = Duration::from_secs(600);
+    config.ws_idle_timeout = Duration::from_secs(600);
+    let app = common::start(config).await;
+    let (_, body) = common::start_stream(&app, KEY_A, Some(json!({}))).await;
+    let stream = body["stream_id"].as_str().unwrap().to_owned();
+
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let tcp = tcp.connect(app.addr).await.unwrap();
+    let mut request = app.ws_url(&format!("/stream/{stream}/results")).into_client_request().unwrap();
+    request.headers_mut().insert("X-API-Key", KEY_A.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::client_async(request, tcp).await.expect("WebSocket upgrade");
+
+    // The largest ping (125 bytes), 131 bytes on the wire from a client.
+    let ping = Message::Ping(vec![7u8; 125].into());
+    let cap: usize = 64 << 20;
+    let mut sent: usize = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), socket.send(ping.clone())).await {
+            Ok(Ok(())) => sent += 131,
+            Ok(Err(error)) => panic!("the ping flood ended with {error} after {} KiB", sent >> 10),
+            // Nothing moved for 5 s: the gateway stopped reading.
+            Err(_) => break,
+        }
+        assert!(sent < cap, "the gateway read {} MiB of pings whose pongs nobody read", sent >> 20);
+    }
+    eprintln!("the ping flood was held back after {} KiB", sent >> 10);
+    // The gateway serves other clients meanwhile.
+    assert!(healthz_ok(&app).await);
+    // The flooding client goes; its socket's task ends with it.
+    drop(socket);
+    stream_core::testing::eventually(Duration::from_secs(30), "the flooding socket let go", || async {
+        (app.state.hub.subscribers() == 0).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
 /// An SSE subscriber that stops reading: once its socket's buffers are full
 /// and the gateway's writes make no progress for `--write-timeout`, the
 /// connection is closed and counted, while a subscriber that reads keeps
