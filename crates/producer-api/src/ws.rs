@@ -15,6 +15,9 @@
 //!
 //! When the stream is deleted the socket closes with code 1000 (SSE ends);
 //! at server shutdown it closes with 1001 after the pending acks are sent.
+//! A client's Close is answered at once: tungstenite writes nothing after
+//! a peer's Close but its reply, so acks still pending are not sent (their
+//! events are published all the same).
 //! A peer silent past the idle timeout gets 1001 too; a message over the
 //! size limit 1009, text that is not UTF-8 1007, any other broken frame
 //! 1002, and a panic in the socket's task 1011.
