@@ -77,7 +77,9 @@ pub struct Caller {
 }
 
 /// The key a request presents: `X-API-Key`, `Authorization: Bearer`, or,
-/// for browser WebSocket clients that cannot set headers, `?api_key=`.
+/// on a GET only (a browser's WebSocket or EventSource, which cannot set
+/// headers), `?api_key=`: a write never takes its key from a URL, which
+/// proxies and access logs keep.
 /// An `Authorization` header that is not a Bearer token presents no key,
 /// even beside a good `X-API-Key`: a malformed credential is refused, not
 /// ignored.
@@ -98,6 +100,9 @@ fn presented_key(parts: &Parts) -> Option<Cow<'_, str>> {
     }
     if let Some(token) = bearer {
         return Some(Cow::Borrowed(token));
+    }
+    if parts.method != axum::http::Method::GET {
+        return None;
     }
     // Percent-decoded, as a page's encodeURIComponent wrote it; a '+' stays
     // a '+' (not a form's space), so a key sent unencoded still matches.
@@ -159,5 +164,9 @@ mod tests {
         let p = parts(Request::builder().uri("/stream/s/results?api_key=a+b/c"));
         assert_eq!(presented_key(&p).as_deref(), Some("a+b/c"), "an unencoded '+' is a '+'");
         assert_eq!(presented_key(&parts(Request::builder())), None);
+        for method in ["POST", "DELETE", "PUT", "HEAD"] {
+            let p = parts(Request::builder().method(method).uri("/stream/s/send?api_key=k3"));
+            assert_eq!(presented_key(&p), None, "{method} takes no key from the URL");
+        }
     }
 }

@@ -241,6 +241,14 @@ fn cases(owned: &str) -> Vec<Case> {
         case("delete without a key", "DELETE", format!("/stream/{owned}"), 401).key(None),
         case("results with a wrong key in the query", "GET", format!("/stream/{owned}/results?api_key=nope"), 401)
             .key(None),
+        // A write never takes its key from the URL, even a good one.
+        case("send with the key in the query", "POST", format!("/stream/{owned}/send?api_key={KEY_A}"), 401)
+            .key(None)
+            .json(r#"{"data": 1}"#),
+        case("delete with the key in the query", "DELETE", format!("/stream/{owned}?api_key={KEY_A}"), 401).key(None),
+        case("publish with the key in the query", "POST", format!("/publish?api_key={KEY_A}"), 401)
+            .key(None)
+            .json(r#"{"message": 1}"#),
         // Paths and methods that do not exist.
         case("an extra path segment", "POST", "/stream/a/b/send", 404).json(r#"{"data": 1}"#),
         case("results with an extra segment", "GET", "/stream/a/b/results", 404),
