@@ -113,14 +113,28 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
                 "the body looks like JSON but is labelled a form: send it with Content-Type: application/json".into(),
             ));
         }
-        let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
-            .map_err(|err| AppError::MalformedJson(format!("malformed form body: {err}")))?;
+        let fields = form_fields(&body)?;
         let field = |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
         field("data")
             .or_else(|| field("message"))
             .map(|text| Self { data: serde_json::Value::String(text), headers })
             .ok_or_else(|| AppError::Unprocessable("expected a form field data (or message)".into()))
     }
+}
+
+/// The fields of a URL-encoded form body, refused (400) when a name or
+/// value is not UTF-8 once percent-decoded: decoding them lossily, as
+/// `serde_urlencoded` does, would publish U+FFFD in place of the client's
+/// bytes, where the same bytes in JSON are refused.
+pub fn form_fields(body: &[u8]) -> Result<Vec<(String, String)>, AppError> {
+    let not_utf8 = body
+        .split(|b| *b == b'&')
+        .flat_map(|pair| pair.splitn(2, |b| *b == b'='))
+        .any(|part| percent_encoding::percent_decode(part).decode_utf8().is_err());
+    if not_utf8 {
+        return Err(AppError::MalformedJson("malformed form body: a field is not UTF-8 once percent-decoded".into()));
+    }
+    serde_urlencoded::from_bytes(body).map_err(|err| AppError::MalformedJson(format!("malformed form body: {err}")))
 }
 
 /// The `{id}` of a stream route. A segment that cannot be decoded (say,
@@ -216,6 +230,16 @@ mod tests {
                 }
                 other => panic!("{content_type:?}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn form_fields_are_utf8_or_refused() {
+        let fields = form_fields(b"data=caf%C3%A9+au+lait&message=%E2%9C%93").unwrap();
+        assert_eq!(fields, [("data".into(), "café au lait".into()), ("message".into(), "✓".into())]);
+        for bad in [&b"data=ok%FF%FEend"[..], b"data=%C3", b"d%FFta=1", b"data=\xff"] {
+            let error = form_fields(bad).unwrap_err();
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

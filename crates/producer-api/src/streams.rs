@@ -134,8 +134,7 @@ pub async fn start(
 /// A form-encoded start (`stream_id=abc`): the same one optional field as
 /// the JSON body; any other field is refused as in JSON.
 fn start_form(body: &[u8]) -> Result<StartRequest, AppError> {
-    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|err| AppError::MalformedJson(format!("malformed form body: {err}")))?;
+    let fields = crate::extract::form_fields(body)?;
     let mut request = StartRequest::default();
     let mut seen = false;
     for (name, value) in fields {

@@ -225,6 +225,10 @@ fn cases(owned: &str) -> Vec<Case> {
             .body(Some("application/x-www-form-urlencoded"), r#"{"data": 1}"#),
         case("send a form without data or message", "POST", format!("/stream/{owned}/send"), 422)
             .body(Some("application/x-www-form-urlencoded"), "x=1"),
+        case("send a form value that is not UTF-8", "POST", format!("/stream/{owned}/send"), 400)
+            .body(Some("application/x-www-form-urlencoded"), "data=ok%FF%FEend"),
+        case("start with a form id that is not UTF-8", "POST", "/stream/start", 400)
+            .body(Some("application/x-www-form-urlencoded"), "stream_id=a%C3"),
         case("send an oversized form", "POST", format!("/stream/{owned}/send"), 413)
             .body(Some("application/x-www-form-urlencoded"), format!("message={}", "x".repeat(MAX_BODY))),
         case("send oversized", "POST", format!("/stream/{owned}/send"), 413).json(&big),
