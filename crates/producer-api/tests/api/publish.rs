@@ -180,3 +180,28 @@ async fn requests_beyond_the_in_flight_limit_get_429() {
     assert!(refused.iter().all(|(_, retry)| retry.is_some()), "429 without Retry-After");
     app.stop().await;
 }
+
+/// The health probes and the metrics are not shed by the in-flight limit:
+/// a gateway whose every slot is held (here by an upload that never ends)
+/// is alive, and an orchestrator must not restart it for being busy.
+#[tokio::test]
+async fn probes_and_metrics_answer_while_every_in_flight_slot_is_held() {
+    let kafka = stream_core::testing::kafka_args();
+    let mut config = common::config(kafka);
+    config.max_in_flight = 1;
+    let app = common::start(config).await;
+    let router = producer_api::app(app.state.clone());
+    let stalled = Body::from_stream(futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>());
+    // Polled once, it takes the only slot and waits for its body.
+    let mut holder = Box::pin(router.clone().oneshot(post("/publish", Some(KEY_A), JSON, stalled)));
+    assert!(futures::poll!(holder.as_mut()).is_pending(), "the stalled upload waits for its body");
+    let response = router.clone().oneshot(post("/publish", Some(KEY_A), JSON, r#"{"message": 1}"#)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "the only slot is held");
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path} while every slot is held");
+    }
+    drop(holder);
+    app.stop().await;
+}
