@@ -84,14 +84,21 @@ impl EventSchema {
 /// `schema` if there is one, else only that it is a JSON value the rest of
 /// the system can read. Text serde_json skims as well-formed may still hold
 /// no value (a number beyond f64's range, a lone UTF-16 surrogate, nesting
-/// beyond serde_json's recursion limit of 128): the consumer would dead-letter it, and the routes that
+/// of 128 levels or more, serde_json's recursion limit): the consumer would dead-letter it, and the routes that
 /// parse their events refuse it as malformed, so this does too.
 pub fn check_message(schema: Option<&EventSchema>, message: &serde_json::value::RawValue) -> Result<(), AppError> {
     match schema {
         Some(schema) => schema.check_raw(message),
-        None => serde_json::from_str::<stream_core::json::Checked>(message.get())
-            .map(drop)
-            .map_err(|e| AppError::MalformedJson(format!("message: {e}"))),
+        None => {
+            let malformed = |e: serde_json::Error| AppError::MalformedJson(format!("message: {e}"));
+            let checked = serde_json::from_str::<stream_core::json::Checked>(message.get()).map_err(malformed)?;
+            if !checked.plain {
+                // A serde_json key of its own: what it means is up to
+                // `Value` parsing, as in the consumer.
+                serde_json::from_str::<Value>(message.get()).map_err(malformed)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -146,12 +153,17 @@ mod tests {
     #[test]
     fn without_a_schema_a_message_is_checked_to_hold_a_json_value() {
         let check = |text: String| check_message(None, &serde_json::value::RawValue::from_string(text).unwrap());
-        for good in ["1", r#"{"a": [1, "\ud83d\ude00", null]}"#, &format!("{}{}", "[".repeat(100), "]".repeat(100))] {
+        for good in ["1", r#"{"a": [1, "\ud83d\ude00", null]}"#, &format!("{}{}", "[".repeat(127), "]".repeat(127))] {
             check(good.to_owned()).unwrap_or_else(|e| panic!("{good}: {e:?}"));
         }
-        for bad in
-            [r#"{"t": 1e400}"#, r#""\ud800""#, r#"{"\udc00": 1}"#, &format!("{}{}", "[".repeat(129), "]".repeat(129))]
-        {
+        let reserved = r#"{"$serde_json::private::RawValue": 1}"#;
+        for bad in [
+            r#"{"t": 1e400}"#,
+            r#""\ud800""#,
+            r#"{"\udc00": 1}"#,
+            &format!("{}{}", "[".repeat(128), "]".repeat(128)),
+            reserved,
+        ] {
             let error = check(bad.to_owned()).unwrap_err();
             assert!(
                 matches!(&error, AppError::MalformedJson(detail) if detail.starts_with("message: ")),

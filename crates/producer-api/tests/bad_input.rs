@@ -139,12 +139,12 @@ fn cases(owned: &str) -> Vec<Case> {
         // serde_json's recursion limit, no number beyond f64, no lone
         // surrogate (as stream sends check).
         case("publish a message nested 5,000 deep", "POST", "/publish", 400).json(&deep),
-        case("publish a message nested 129 deep", "POST", "/publish", 400).json(&format!(
+        case("publish a message nested 128 deep", "POST", "/publish", 400).json(&format!(
             "{{\"message\": {}{}}}",
             "[".repeat(129),
             "]".repeat(129)
         )),
-        case("publish a message nested 100 deep", "POST", "/publish", 200).json(&format!(
+        case("publish a message nested 127 deep", "POST", "/publish", 200).json(&format!(
             "{{\"message\": {}{}}}",
             "[".repeat(100),
             "]".repeat(100)
