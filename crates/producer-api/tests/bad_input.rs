@@ -141,13 +141,13 @@ fn cases(owned: &str) -> Vec<Case> {
         case("publish a message nested 5,000 deep", "POST", "/publish", 400).json(&deep),
         case("publish a message nested 128 deep", "POST", "/publish", 400).json(&format!(
             "{{\"message\": {}{}}}",
-            "[".repeat(129),
-            "]".repeat(129)
+            "[".repeat(128),
+            "]".repeat(128)
         )),
         case("publish a message nested 127 deep", "POST", "/publish", 200).json(&format!(
             "{{\"message\": {}{}}}",
-            "[".repeat(100),
-            "]".repeat(100)
+            "[".repeat(127),
+            "]".repeat(127)
         )),
         case("publish a number beyond f64", "POST", "/publish", 400).json(r#"{"message": {"t": 1e400}}"#),
         case("publish a lone surrogate", "POST", "/publish", 400).json(r#"{"message": "\ud800"}"#),
