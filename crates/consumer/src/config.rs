@@ -199,6 +199,13 @@ impl Config {
                 t.events
             ));
         }
+        if t.results == t.dlq {
+            return invalid(format!(
+                "the results topic {:?} is also the DLQ topic; a reader of results would take dead letters for \
+                 results (set --results-topic and --dlq-topic to different names)",
+                t.results
+            ));
+        }
         Ok(())
     }
 }
@@ -255,6 +262,9 @@ mod tests {
         let cli = parse_flags::<Config>(&["consumer", "--topic", "x", "--results-topic", "x"]).unwrap();
         let err = cli.validate().unwrap_err().to_string();
         assert!(err.contains("--results-topic"), "{err}");
+        let cli = parse_flags::<Config>(&["consumer", "--results-topic", "x", "--dlq-topic", "x"]).unwrap();
+        let err = cli.validate().unwrap_err().to_string();
+        assert!(err.contains("invalid configuration") && err.contains("--dlq-topic"), "{err}");
     }
 
     #[test]
