@@ -114,6 +114,10 @@ pub async fn run_observed<P: Processor>(
     options.start_from = config.start_from;
     options.statistics_interval = Some(config.stats_interval);
 
+    /// How long a stopping consumer waits for its workers to leave the
+    /// group once their work is committed.
+    const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
+
     let mut finished = Vec::with_capacity(config.workers);
     for id in 0..config.workers as u32 {
         let context = worker::WorkerContext::new(id, config.drain_timeout, stats.clone());
@@ -129,16 +133,21 @@ pub async fn run_observed<P: Processor>(
             break;
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let shared_for_thread = shared.clone();
         let spawned = std::thread::Builder::new().name(format!("consumer-worker-{id}")).spawn(move || {
-            worker::poll_loop(shared_for_thread, member, id);
+            worker::poll_loop(shared_for_thread, member.clone(), id);
             let _ = done_tx.send(());
+            // Dropping the last handle closes the member: librdkafka leaves
+            // the group, and waits for its coordinator as long as it takes.
+            drop(member);
+            let _ = closed_tx.send(());
         });
         if let Err(error) = spawned {
             shared.fail(anyhow::Error::new(error).context("spawning a worker thread"));
             break;
         }
-        finished.push((id, done_rx));
+        finished.push((id, done_rx, closed_rx));
     }
     tracing::info!(
         workers = config.workers,
@@ -149,9 +158,26 @@ pub async fn run_observed<P: Processor>(
         dlq = %config.kafka.topics.dlq,
         "consumer running"
     );
-    for (id, done) in finished {
+    let mut closing = Vec::with_capacity(finished.len());
+    for (id, done, closed) in finished {
         if done.await.is_err() {
             shared.fail(anyhow::anyhow!("worker {id} panicked"));
+        }
+        closing.push((id, closed));
+    }
+    // Each worker has committed its work; what is left is leaving the
+    // group, which librdkafka waits for without end while the group's
+    // coordinator is unreachable. Past `CLOSE_PATIENCE` the run ends
+    // without it: the group moves the partitions once the member's session
+    // times out.
+    let closed_by = tokio::time::Instant::now() + CLOSE_PATIENCE;
+    for (id, closed) in closing {
+        if tokio::time::timeout_at(closed_by, closed).await.is_err() {
+            tracing::warn!(
+                worker = id,
+                "leaving the consumer group did not finish within {CLOSE_PATIENCE:?} (is the broker reachable?); \
+                 stopping without it: its partitions move to other members when its session times out"
+            );
         }
     }
     stop.cancel();
