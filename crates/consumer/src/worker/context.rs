@@ -124,12 +124,13 @@ impl ConsumerContext for WorkerContext {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 self.revoked.lock().unwrap().extend_from_slice(&partitions);
                 let finished = self.finish_partitions(Some(&partitions));
-                commit_stored(consumer, self.worker_id, "revoke");
+                let committed = commit_stored(consumer, self.worker_id, "revoke");
                 tracing::info!(
                     worker = self.worker_id,
                     partitions = %kafka::describe(tpl),
                     tasks = finished,
-                    "partitions revoked; finished work committed"
+                    committed,
+                    "partitions revoked; finished work handed back"
                 );
             }
             Rebalance::Assign(_) => {}
@@ -150,12 +151,21 @@ impl ConsumerContext for WorkerContext {
 
 /// Commits the stored offsets now, so that what is finished is not
 /// processed again by the next owner of a partition.
-pub(super) fn commit_stored<C: ConsumerContext, K: Consumer<C> + ?Sized>(consumer: &K, worker_id: u32, when: &str) {
+/// Whether the stored offsets are committed (or there were none to commit).
+pub(super) fn commit_stored<C: ConsumerContext, K: Consumer<C> + ?Sized>(
+    consumer: &K,
+    worker_id: u32,
+    when: &str,
+) -> bool {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::debug!(worker = worker_id, "offsets committed on {when}"),
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(worker = worker_id, %error, "committing offsets on {when} failed"),
+        Err(error) => {
+            tracing::warn!(worker = worker_id, %error, "committing offsets on {when} failed");
+            return false;
+        }
     }
+    true
 }
 
 /// A member of the group, ready to poll.

@@ -109,8 +109,15 @@ pub(crate) fn poll_loop<P: Processor>(shared: Arc<Shared<P>>, consumer: Arc<Memb
         }
     });
     let finished = context.finish_partitions(None);
-    commit_stored(consumer.as_ref(), worker_id, "shutdown");
-    tracing::info!(worker = worker_id, tasks = finished, "worker stopped; finished work committed");
+    if commit_stored(consumer.as_ref(), worker_id, "shutdown") {
+        tracing::info!(worker = worker_id, tasks = finished, "worker stopped; finished work committed");
+    } else {
+        tracing::warn!(
+            worker = worker_id,
+            tasks = finished,
+            "worker stopped; its finished work is not committed, so the group processes it again after its last commit"
+        );
+    }
 }
 
 pub(super) fn spawn_partition<P: Processor>(
