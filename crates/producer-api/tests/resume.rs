@@ -493,12 +493,7 @@ async fn a_slow_subscriber_is_served_from_the_log_not_dropped() {
     assert_eq!(start_stream(&app, KEY_A, Some(json!({"stream_id": "slow"}))).await.0, 201);
 
     // A socket with a tiny receive buffer that is not read for now.
-    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
-    tcp.set_recv_buffer_size(4096).unwrap();
-    let tcp = tcp.connect(app.addr).await.unwrap();
-    let mut request = app.ws_url("/stream/slow/results").into_client_request().unwrap();
-    request.headers_mut().insert("X-API-Key", KEY_A.parse().unwrap());
-    let (mut socket, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let mut socket = common::connect_tight(&app, KEY_A, "slow").await;
 
     // Batches of results until the live buffer has overflowed (the socket
     // buffers in between take a few MB first), then one more batch.

@@ -12,21 +12,15 @@ use common::KEY_A;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use stream_core::testing::eventually;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+type Socket = common::TightSocket;
 
 /// A WebSocket on `stream` over a socket with a tiny receive buffer, so a
 /// client that stops reading pushes back on the server quickly.
 async fn connect(app: &common::TestApp, stream: &str) -> Socket {
-    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
-    tcp.set_recv_buffer_size(4096).unwrap();
-    let tcp = tcp.connect(app.addr).await.unwrap();
-    let mut request = app.ws_url(&format!("/stream/{stream}/results")).into_client_request().unwrap();
-    request.headers_mut().insert("X-API-Key", KEY_A.parse().unwrap());
-    tokio_tungstenite::client_async(request, tcp).await.expect("WebSocket upgrade").0
+    common::connect_tight(app, KEY_A, stream).await
 }
 
 async fn start(app: &common::TestApp, stream: &str) {

@@ -340,12 +340,7 @@ async fn a_websocket_client_flooding_pings_without_reading_is_held_back() {
     let (_, body) = common::start_stream(&app, KEY_A, Some(json!({}))).await;
     let stream = body["stream_id"].as_str().unwrap().to_owned();
 
-    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
-    tcp.set_recv_buffer_size(4096).unwrap();
-    let tcp = tcp.connect(app.addr).await.unwrap();
-    let mut request = app.ws_url(&format!("/stream/{stream}/results")).into_client_request().unwrap();
-    request.headers_mut().insert("X-API-Key", KEY_A.parse().unwrap());
-    let (mut socket, _) = tokio_tungstenite::client_async(request, tcp).await.expect("WebSocket upgrade");
+    let mut socket = common::connect_tight(&app, KEY_A, &stream).await;
 
     // The largest ping (125 bytes), 131 bytes on the wire from a client.
     let ping = Message::Ping(vec![7u8; 125].into());

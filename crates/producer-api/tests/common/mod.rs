@@ -236,6 +236,21 @@ pub async fn connect(app: &TestApp, key: &str, stream: &str) -> Socket {
     tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade").0
 }
 
+/// A WebSocket over a plain TCP socket, as [`connect_tight`] opens it.
+pub type TightSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket on `stream`'s results as `key`, over a socket with a tiny
+/// (4 KiB) receive buffer: a client that stops reading pushes back on the
+/// server after a few frames instead of megabytes.
+pub async fn connect_tight(app: &TestApp, key: &str, stream: &str) -> TightSocket {
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let tcp = tcp.connect(app.addr).await.unwrap();
+    let mut request = app.ws_url(&format!("/stream/{stream}/results")).into_client_request().unwrap();
+    request.headers_mut().insert("X-API-Key", key.parse().unwrap());
+    tokio_tungstenite::client_async(request, tcp).await.expect("WebSocket upgrade").0
+}
+
 /// The close frame the server sends next, skipping other frames; panics
 /// (naming `what`) if the socket ends without one or none comes `within`.
 pub async fn next_close(socket: &mut Socket, within: Duration, what: &str) -> Option<CloseFrame> {
