@@ -96,9 +96,9 @@ impl Processed {
     /// (whitespace around it is dropped).
     pub fn json(text: impl Into<Vec<u8>>) -> Result<Self, serde_json::Error> {
         let mut text = text.into();
-        if !serde_json::from_slice::<Checked>(&text)?.plain {
+        if let Some(value) = stream_core::json::check(&text)? {
             // serde_json's own keys: what they mean is up to `Value`.
-            return serde_json::from_slice::<Value>(&text).map(Self::from);
+            return Ok(Self::from(value));
         }
         let start = text.len() - text.trim_ascii_start().len();
         text.truncate(text.trim_ascii_end().len());

@@ -102,6 +102,18 @@ fn needs_escape(bytes: &[u8]) -> bool {
     chunks.remainder().iter().any(|&b| special(b))
 }
 
+/// Checks that `text` is one JSON document that parsing it into a `Value`
+/// accepts, in one pass that builds nothing. `Some` holds the `Value` when
+/// it had to be built to tell: an object with a [`reserved`] key, whose
+/// meaning is up to `Value` parsing.
+pub fn check(text: &[u8]) -> Result<Option<Value>, serde_json::Error> {
+    if serde_json::from_slice::<Checked>(text)?.plain {
+        Ok(None)
+    } else {
+        serde_json::from_slice::<Value>(text).map(Some)
+    }
+}
+
 /// A key serde_json gives a meaning of its own when it parses a `Value`
 /// with some of its features on (`raw_value`, on in this build through
 /// axum, turns `{"$serde_json::private::RawValue": "[1]"}` into `[1]`).

@@ -82,23 +82,18 @@ impl EventSchema {
 
 /// Checks a `/publish` message, kept as the client's JSON text: against
 /// `schema` if there is one, else only that it is a JSON value the rest of
-/// the system can read. Text serde_json skims as well-formed may still hold
-/// no value (a number beyond f64's range, a lone UTF-16 surrogate, nesting
-/// of 128 levels or more, serde_json's recursion limit): the consumer would dead-letter it, and the routes that
-/// parse their events refuse it as malformed, so this does too.
+/// the system can read ([`stream_core::json::check`], as the consumer
+/// checks it). Text serde_json skims as well-formed may still hold no
+/// value (a number beyond f64's range, a lone UTF-16 surrogate, nesting of
+/// 128 levels or more, serde_json's recursion limit): the consumer would
+/// dead-letter it, and the routes that parse their events refuse it as
+/// malformed, so this does too.
 pub fn check_message(schema: Option<&EventSchema>, message: &serde_json::value::RawValue) -> Result<(), AppError> {
     match schema {
         Some(schema) => schema.check_raw(message),
-        None => {
-            let malformed = |e: serde_json::Error| AppError::MalformedJson(format!("message: {e}"));
-            let checked = serde_json::from_str::<stream_core::json::Checked>(message.get()).map_err(malformed)?;
-            if !checked.plain {
-                // A serde_json key of its own: what it means is up to
-                // `Value` parsing, as in the consumer.
-                serde_json::from_str::<Value>(message.get()).map_err(malformed)?;
-            }
-            Ok(())
-        }
+        None => stream_core::json::check(message.get().as_bytes())
+            .map(drop)
+            .map_err(|e| AppError::MalformedJson(format!("message: {e}"))),
     }
 }
 
