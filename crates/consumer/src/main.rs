@@ -20,17 +20,21 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() {
     consumer::memory::prefer_small_pages();
     stream_core::config::load_dotenv();
     let cli = Cli::parse();
     stream_core::telemetry::init(cli.config.log.log_format);
     let shutdown = stream_core::shutdown::on_signal();
-    match consumer::run(cli.config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let code = match consumer::run(cli.config, shutdown).await {
+        Ok(()) => 0,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit now rather than when the runtime is dropped: that waits for every
+    // blocking thread, including a start-up connection attempt that a signal
+    // cut short and that only gives up at `--connect-timeout`.
+    std::process::exit(code)
 }

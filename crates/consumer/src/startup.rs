@@ -57,8 +57,19 @@ pub(crate) async fn event_partitions(config: &Config) -> Option<usize> {
 async fn connect(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Option<ClusterInfo>> {
     let attempts = config.connect_attempts.max(1);
     let mut pause = Duration::from_secs(1);
+    tracing::info!(
+        "connecting to {} (up to {attempts} attempt(s) of {:?} each)",
+        config.kafka.brokers,
+        config.kafka.connect_timeout
+    );
     for attempt in 1.. {
-        match kafka::check_cluster(&config.kafka).await {
+        // An attempt waits up to `--connect-timeout` on a blocking thread; a
+        // signal does not wait for it (`main` exits without joining it).
+        let answer = tokio::select! {
+            answer = kafka::check_cluster(&config.kafka) => answer,
+            _ = shutdown.cancelled() => return Ok(None),
+        };
+        match answer {
             Ok(cluster) => {
                 tracing::info!(brokers = cluster.brokers, address = %config.kafka.brokers, "connected");
                 return Ok(Some(cluster));

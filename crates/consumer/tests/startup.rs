@@ -61,6 +61,30 @@ async fn shutdown_during_connection_retries_ends_quietly() {
     assert!(result.is_ok(), "{result:?}");
 }
 
+/// SIGTERM in the middle of a connection attempt ends the process cleanly
+/// without waiting for the attempt's `--connect-timeout` (two minutes here).
+#[test]
+fn sigterm_during_a_connection_attempt_exits_at_once() {
+    let args = KafkaArgs::for_brokers("127.0.0.1:1");
+    let (mut child, seen) =
+        logging_consumer(&args, "sigterm", &["--connect-timeout", "120s", "--connect-attempts", "3"], Some("info"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !next_line(&seen, deadline, "the connecting line").contains("connecting to 127.0.0.1:1") {}
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("the consumer still runs 30 s after SIGTERM, inside a 120 s connection attempt");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "a requested stop exits 0, got {status}");
+}
+
 #[tokio::test]
 async fn invalid_configuration_is_rejected_before_connecting() {
     let mut config = Config::for_tests(KafkaArgs::for_brokers("127.0.0.1:1"), 0);

@@ -11,11 +11,15 @@ use tokio_util::sync::CancellationToken;
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
+    // Listening starts here, not when the task first runs: a signal that
+    // comes just after start-up must not meet the default action (an
+    // abrupt exit).
+    let mut signals = Signals::listen();
     tokio::spawn(async move {
-        let first = signal().await;
+        let first = signals.next().await;
         tracing::info!("{first} received: finishing in-flight work (send it again to exit at once)");
         cancel.cancel();
-        let second = signal().await;
+        let second = signals.next().await;
         tracing::warn!("{second} received again: exiting without finishing");
         std::process::exit(130);
     });
@@ -24,22 +28,44 @@ pub fn on_signal() -> CancellationToken {
 
 /// Waits for SIGINT or SIGTERM and names the one that came.
 pub async fn signal() -> &'static str {
-    let ctrl_c = async {
-        tokio::signal::ctrl_c().await.expect("cannot listen for SIGINT");
-        "SIGINT"
-    };
+    Signals::listen().next().await
+}
+
+/// SIGINT and SIGTERM, listened for from creation on.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("cannot listen for SIGTERM")
-            .recv()
-            .await;
-        "SIGTERM"
-    };
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn listen() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            interrupt: signal(SignalKind::interrupt()).expect("cannot listen for SIGINT"),
+            terminate: signal(SignalKind::terminate()).expect("cannot listen for SIGTERM"),
+        }
+    }
+
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<&'static str>();
-    tokio::select! {
-        name = ctrl_c => name,
-        name = terminate => name,
+    fn listen() -> Self {
+        Self {}
+    }
+
+    /// The name of the next signal.
+    #[cfg(unix)]
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> &'static str {
+        tokio::signal::ctrl_c().await.expect("cannot listen for Ctrl-C");
+        "SIGINT"
     }
 }
