@@ -1,7 +1,7 @@
 //! The group member's context: the rebalance callback that finishes
 //! revoked partitions and commits their work, and lag reporting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ pub(crate) struct WorkerContext {
     /// The topic of each partition whose `consumer_lag` this member set,
     /// so the gauge can be zeroed when the partition goes elsewhere.
     lag_topics: Mutex<HashMap<i32, String>>,
+    /// The partitions assigned to this member. Statistics are sampled on
+    /// librdkafka's own thread and can arrive after a revoke; a lag for a
+    /// partition no longer here would stay in the sum until it came back.
+    assigned: Mutex<HashSet<i32>>,
 }
 
 impl WorkerContext {
@@ -52,6 +56,7 @@ impl WorkerContext {
             drain_timeout,
             stats,
             lag_topics: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(HashSet::new()),
         }
     }
 
@@ -70,6 +75,15 @@ impl WorkerContext {
         for (_, handle) in &handles {
             handle.stop.cancel();
         }
+        {
+            let mut assigned = self.assigned.lock().unwrap();
+            match partitions {
+                Some(list) => list.iter().for_each(|p| {
+                    assigned.remove(p);
+                }),
+                None => assigned.clear(),
+            }
+        }
         // The tasks bound their own drain by `drain_timeout`; the margin only
         // covers scheduling.
         let deadline = Instant::now() + self.drain_timeout + Duration::from_secs(2);
@@ -78,24 +92,51 @@ impl WorkerContext {
             if let Err(std_mpsc::RecvTimeoutError::Timeout) = handle.done.recv_timeout(left) {
                 tracing::warn!(worker = self.worker_id, partition, "partition task did not finish in time");
             }
-            self.stats.forget_lag(self.worker_id, *partition);
-            // Its lag is its next owner's to report; a gauge left at this
-            // member's last figure would count it twice in a sum over members.
-            if let Some(topic) = self.lag_topics.lock().unwrap().remove(partition) {
-                metrics::gauge!("consumer_lag", "topic" => topic, "partition" => partition.to_string()).set(0.0);
-            }
+        }
+        // Every revoked partition, with a task or not (one that never had
+        // records has none).
+        let forget: Vec<i32> = match partitions {
+            Some(list) => list.to_vec(),
+            None => self.lag_topics.lock().unwrap().keys().copied().collect(),
+        };
+        for partition in forget {
+            self.forget_lag(partition);
         }
         handles.len()
+    }
+
+    /// Its lag is its next owner's to report; a gauge left at this member's
+    /// last figure would count it twice in a sum over members.
+    fn forget_lag(&self, partition: i32) {
+        self.stats.forget_lag(self.worker_id, partition);
+        if let Some(topic) = self.lag_topics.lock().unwrap().remove(&partition) {
+            metrics::gauge!("consumer_lag", "topic" => topic, "partition" => partition.to_string()).set(0.0);
+        }
+    }
+
+    /// Records a partition's lag from statistics, if it is still assigned here.
+    fn record_lag(&self, topic: &str, partition: i32, lag: i64) {
+        // Held while recording, so a revoke (which removes the partition
+        // first) cannot slip between the check and the update.
+        let assigned = self.assigned.lock().unwrap();
+        if !assigned.contains(&partition) {
+            return;
+        }
+        metrics::gauge!("consumer_lag", "topic" => topic.to_owned(), "partition" => partition.to_string())
+            .set(lag as f64);
+        self.lag_topics.lock().unwrap().entry(partition).or_insert_with(|| topic.to_owned());
+        self.stats.set_lag(self.worker_id, partition, lag);
     }
 }
 
 impl ClientContext for WorkerContext {
+    // Each worker is a client of its own: the span says whose line it is.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        GroupContext.log(level, facility, message);
+        tracing::info_span!("worker", id = self.worker_id).in_scope(|| GroupContext.log(level, facility, message));
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        GroupContext.error(error, reason);
+        tracing::info_span!("worker", id = self.worker_id).in_scope(|| GroupContext.error(error, reason));
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -107,10 +148,7 @@ impl ClientContext for WorkerContext {
                     Some(lag) if *partition >= 0 && p.fetch_state == "active" => lag,
                     _ => continue,
                 };
-                metrics::gauge!("consumer_lag", "topic" => topic.topic.clone(), "partition" => partition.to_string())
-                    .set(lag as f64);
-                self.lag_topics.lock().unwrap().entry(*partition).or_insert_with(|| topic.topic.clone());
-                self.stats.set_lag(self.worker_id, *partition, lag);
+                self.record_lag(&topic.topic, *partition, lag);
             }
         }
     }
@@ -140,6 +178,7 @@ impl ConsumerContext for WorkerContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.assigned.lock().unwrap().extend(tpl.elements().iter().map(|e| e.partition()));
             tracing::info!(worker = self.worker_id, partitions = %kafka::describe(tpl), "partitions assigned");
         }
     }
@@ -204,6 +243,26 @@ mod tests {
 
         assert_eq!(context.finish_partitions(Some(&[3])), 1);
         assert!(line(&metrics.render()).is_some_and(|l| l.ends_with(" 0")), "{:?}", line(&metrics.render()));
+        assert!(context.lag_topics.lock().unwrap().is_empty());
+    }
+
+    /// Statistics sampled before a revoke and delivered after it do not put
+    /// the partition back into this member's lag.
+    #[test]
+    fn a_late_lag_for_a_revoked_partition_is_dropped() {
+        let stats = Arc::new(Stats::default());
+        let context = WorkerContext::new(0, Duration::from_secs(1), stats.clone());
+        context.record_lag("late-lag", 5, 70);
+        assert_eq!(stats.snapshot().lag, None, "not assigned yet: nothing recorded");
+
+        context.assigned.lock().unwrap().insert(5);
+        context.record_lag("late-lag", 5, 70);
+        assert_eq!(stats.snapshot().lag, Some(70));
+
+        assert_eq!(context.finish_partitions(Some(&[5])), 0, "no task ran for it");
+        assert_eq!(stats.snapshot().lag, None, "revoked: its lag is forgotten");
+        context.record_lag("late-lag", 5, 70);
+        assert_eq!(stats.snapshot().lag, None, "a late sample does not bring it back");
         assert!(context.lag_topics.lock().unwrap().is_empty());
     }
 
