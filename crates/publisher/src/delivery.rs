@@ -146,7 +146,7 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        TracingContext.error(error, reason);
+        kafka::log_producer_error(error, reason);
     }
 }
 

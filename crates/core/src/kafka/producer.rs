@@ -26,7 +26,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, FutureRecord, 
 use rdkafka::ClientContext;
 use tokio::sync::{oneshot, Notify};
 
-use super::context::{log_client_error, log_to_tracing};
+use super::context::{log_producer_error, log_to_tracing};
 use crate::error::{Error, Result};
 
 /// How often the reports are looked at even without a signal: a safety
@@ -137,7 +137,7 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        log_client_error(error, reason);
+        log_producer_error(error, reason);
     }
 }
 
