@@ -128,7 +128,8 @@ pub async fn run(args: &E2eArgs, shutdown: CancellationToken) -> anyhow::Result<
         let linger = load.linger.unwrap_or_else(|| step_linger(rate));
         if producer.as_ref().is_none_or(|(current, _)| *current != linger) {
             // The step's warm-up covers the new producer's first requests.
-            producer = Some((linger, publisher::producer(&load.kafka, &load.producer_options(false, linger))?));
+            let options = load.producer_options(false, linger);
+            producer = Some((linger, publisher::ready_producer(&load.kafka, &options, &shutdown).await?));
         }
         let (_, producer) = producer.as_ref().expect("created above");
         tracing::info!(rate, count, warmup = ?args.warmup, duration = ?args.duration, ?linger, "e2e step");

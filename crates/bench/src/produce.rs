@@ -38,7 +38,7 @@ pub struct ProduceArgs {
 pub async fn run(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Result<BenchReport> {
     let load = &args.load;
     load.prepare().await?;
-    let producer = publisher::producer(&load.kafka, &load.bulk_producer_options())?;
+    let producer = publisher::ready_producer(&load.kafka, &load.bulk_producer_options(), &shutdown).await?;
     let mut payloads = Payloads::generated(load.size, load.keys);
     if args.no_headers {
         payloads = payloads.without_headers();

@@ -15,6 +15,7 @@
 //! the report is served: within [`REPORT_SLICE`] of its arrival while the
 //! sender waits, within 64 sends while it sends flat out.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,10 +60,76 @@ pub fn serve_reports(producer: &BulkProducer) -> u64 {
     }
 }
 
+/// How often the producer's statistics say whether it can send yet
+/// ([`until_ready`]). Once it can, each is dropped unread.
+const READY_LOOK: Duration = Duration::from_millis(20);
+
 /// A producer with the project's settings whose delivery reports feed a
 /// [`Tally`].
 pub fn producer(args: &KafkaArgs, options: &ProducerOptions) -> stream_core::Result<BulkProducer> {
-    kafka::producer_with_context(args, options, DeliveryContext::default())
+    let options = ProducerOptions { statistics_interval: Some(READY_LOOK), ..options.clone() };
+    kafka::producer_with_context(args, &options, DeliveryContext::default())
+}
+
+/// Waits, serving the producer's events, until it can send at once or
+/// `timeout` has passed (then `false`: records sent now wait in its queue).
+///
+/// An idempotent producer sends nothing before it holds a producer id, and
+/// librdkafka asks for one only once a broker connection is up, retrying
+/// every 500 ms until then: about half a second after it is created. A run
+/// that started its clock earlier would count that start-up in every
+/// latency of its first half second, and in its rate.
+pub async fn until_ready(
+    producer: &BulkProducer,
+    timeout: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        serve_reports(producer);
+        if producer.context().shared.ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        if Instant::now() >= deadline || shutdown.is_cancelled() {
+            return false;
+        }
+        tokio::time::sleep(REPORT_SLICE).await;
+    }
+}
+
+/// [`producer`], once [`until_ready`] (a warning if it is not within the
+/// connection timeout: the run then goes on, its first records waiting).
+pub async fn ready_producer(
+    args: &KafkaArgs,
+    options: &ProducerOptions,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> stream_core::Result<BulkProducer> {
+    let producer = producer(args, options)?;
+    if !until_ready(&producer, args.connect_timeout, shutdown).await && !shutdown.is_cancelled() {
+        tracing::warn!(
+            "the producer has no producer id after {:?}: sending anyway, the first records wait for it",
+            args.connect_timeout
+        );
+    }
+    Ok(producer)
+}
+
+/// Whether librdkafka's statistics say the producer can send at once: it is
+/// not idempotent (no `eos` section), or its producer id is assigned.
+fn can_send(statistics: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Statistics {
+        eos: Option<Eos>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Eos {
+        idemp_state: String,
+    }
+    match serde_json::from_slice::<Statistics>(statistics) {
+        Ok(Statistics { eos: None }) => true,
+        Ok(Statistics { eos: Some(eos) }) => eos.idemp_state == "Assigned",
+        Err(_) => false,
+    }
 }
 
 /// What the delivery reports said since the last reset.
@@ -119,11 +186,15 @@ pub struct DeliveryContext {
 
 struct Shared {
     tally: Mutex<Tally>,
+    /// Set by the first statistics that say the producer can send at once.
+    ready: AtomicBool,
 }
 
 impl Default for DeliveryContext {
     fn default() -> Self {
-        Self { shared: Arc::new(Shared { tally: Mutex::new(Tally::new(Instant::now())) }) }
+        Self {
+            shared: Arc::new(Shared { tally: Mutex::new(Tally::new(Instant::now())), ready: AtomicBool::new(false) }),
+        }
     }
 }
 
@@ -147,6 +218,12 @@ impl ClientContext for DeliveryContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         kafka::log_producer_error(error, reason);
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        if !self.shared.ready.load(Ordering::Relaxed) && can_send(statistics) {
+            self.shared.ready.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -174,5 +251,24 @@ impl ProducerContext for DeliveryContext {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idempotent_producer_can_send_once_its_id_is_assigned() {
+        let stats = |state: &str| {
+            format!(
+                r#"{{"name": "p#producer-1", "type": "producer", "brokers": {{}}, "eos": {{ "idemp_state": "{state}", "idemp_stateage": 3, "txn_state": "Init", "producer_id": -1 }} }}"#
+            )
+        };
+        assert!(!can_send(stats("Init").as_bytes()));
+        assert!(!can_send(stats("WaitPID").as_bytes()));
+        assert!(can_send(stats("Assigned").as_bytes()));
+        assert!(can_send(br#"{"name": "p#producer-1", "type": "producer", "brokers": {}}"#), "not idempotent");
+        assert!(!can_send(b"{\"eos\": "), "unreadable statistics say nothing");
     }
 }

@@ -45,7 +45,7 @@ use stream_core::schema::{self, Attributes, Timestamp, EVENT_TYPE, JSON};
 use stream_core::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
-pub use delivery::{producer, serve_reports, BulkProducer, REPORT_SLICE};
+pub use delivery::{producer, ready_producer, serve_reports, until_ready, BulkProducer, REPORT_SLICE};
 pub use pacer::Pacer;
 pub use payload::Payloads;
 pub use report::{Percentiles, Report};
@@ -161,7 +161,10 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Rep
             .await
             .with_context(|| format!("creating topic {topic}"))?;
     }
-    let producer = producer(&args.kafka, &args.producer_options()).context("creating the producer")?;
+    // The clock starts once the producer can send: its start-up is not
+    // the broker's latency.
+    let producer =
+        ready_producer(&args.kafka, &args.producer_options(), &shutdown).await.context("creating the producer")?;
     let show = !args.json && std::io::stderr().is_terminal();
     let progress = progress_bar(count, show);
     let outcome =

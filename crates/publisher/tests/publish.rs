@@ -360,3 +360,27 @@ async fn a_closed_stdout_does_not_panic() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// An idempotent producer cannot send before it holds a producer id;
+/// `until_ready` waits for that, so a run's clock leaves its start-up out.
+#[tokio::test]
+async fn a_producer_is_ready_once_it_holds_a_producer_id() {
+    let kafka = testing::kafka_args();
+    let never = CancellationToken::new();
+    let options = args(&kafka, &[]).producer_options();
+    let producer = publisher::producer(&kafka, &options).unwrap();
+    assert!(!publisher::until_ready(&producer, Duration::ZERO, &never).await, "not at creation");
+    assert!(publisher::until_ready(&producer, Duration::from_secs(30), &never).await, "ready with a broker up");
+
+    let unreachable = KafkaArgs::for_brokers("127.0.0.1:1");
+    let producer = publisher::producer(&unreachable, &options).unwrap();
+    assert!(!publisher::until_ready(&producer, Duration::from_millis(300), &never).await, "no broker, no id");
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    assert!(!publisher::until_ready(&producer, Duration::from_secs(60), &cancelled).await, "a shutdown ends the wait");
+
+    // Without idempotence there is no id to wait for.
+    let leader = args(&unreachable, &["--acks", "leader"]).producer_options();
+    let producer = publisher::producer(&unreachable, &leader).unwrap();
+    assert!(publisher::until_ready(&producer, Duration::from_secs(30), &never).await);
+}

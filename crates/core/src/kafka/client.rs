@@ -101,6 +101,8 @@ pub struct ProducerOptions {
     /// per broker connection instead of one: for bulk senders, whose rate
     /// depends on it (see [`producer`] for why one is the default).
     pub pipelined: bool,
+    /// How often librdkafka emits statistics to the context (`None`: off).
+    pub statistics_interval: Option<Duration>,
 }
 
 impl Default for ProducerOptions {
@@ -117,6 +119,7 @@ impl Default for ProducerOptions {
             delivery_timeout: Duration::from_secs(30),
             queue_capacity: 500_000,
             pipelined: false,
+            statistics_interval: None,
         }
     }
 }
@@ -186,6 +189,9 @@ fn producer_config(args: &KafkaArgs, options: &ProducerOptions) -> ClientConfig 
     if idempotent && !options.pipelined {
         // See `producer` for why.
         config.set("max.in.flight.requests.per.connection", "1");
+    }
+    if let Some(interval) = options.statistics_interval {
+        config.set("statistics.interval.ms", interval.as_millis().max(1).to_string());
     }
     finish(config, args)
 }
