@@ -31,7 +31,7 @@ use futures::{SinkExt, StreamExt};
 use publisher::report::{count_error, latency_histogram, record, ErrorCount};
 use publisher::{Pacer, Payloads};
 use serde::Deserialize;
-use stream_core::config::parse_duration;
+use stream_core::config::parse_positive_duration;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -68,7 +68,7 @@ pub struct ApiArgs {
 
     /// Total offered rate in messages per second over all streams (open loop);
     /// unset: each stream sends as soon as its previous request returned.
-    #[arg(short = 'r', long, env = "BENCH_RATE")]
+    #[arg(short = 'r', long, env = "BENCH_RATE", value_parser = stream_core::config::parse_rate)]
     pub rate: Option<f64>,
 
     /// How each stream sends: `http` (POST /stream/{id}/send, as the seed did)
@@ -93,7 +93,7 @@ pub struct ApiArgs {
     pub connections: Connections,
 
     /// After the last send, how long to wait for the remaining results.
-    #[arg(long, env = "BENCH_RESULT_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    #[arg(long, env = "BENCH_RESULT_TIMEOUT", value_parser = parse_positive_duration, default_value = "60s")]
     pub result_timeout: Duration,
 
     #[command(flatten)]

@@ -13,7 +13,7 @@ use clap::Args;
 use publisher::report::{latency_histogram, record};
 use publisher::{Pacer, Payloads};
 use rdkafka::Offset;
-use stream_core::config::parse_duration;
+use stream_core::config::parse_positive_duration;
 use stream_core::kafka::{self, StartFrom};
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ use crate::{Common, KafkaBench};
 #[derive(Debug, Clone, Args)]
 pub struct ConsumeArgs {
     /// Records to read (and, unless --no-fill, to write first).
-    #[arg(short = 'n', long, env = "BENCH_COUNT", default_value_t = 1_000_000)]
+    #[arg(short = 'n', long, env = "BENCH_COUNT", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
 
     /// Read what the topic already holds instead of writing --count records first.
@@ -32,7 +32,7 @@ pub struct ConsumeArgs {
     pub no_fill: bool,
 
     /// Give up when no record arrives for this long.
-    #[arg(long, env = "BENCH_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, env = "BENCH_IDLE_TIMEOUT", value_parser = parse_positive_duration, default_value = "10s")]
     pub idle_timeout: Duration,
 
     #[command(flatten)]

@@ -27,7 +27,7 @@ use publisher::report::latency_histogram;
 use publisher::{Pacer, Payloads};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use stream_core::config::parse_duration;
+use stream_core::config::{parse_duration, parse_positive_duration, parse_positive_rate};
 use stream_core::kafka::{self, raw_headers, StartFrom, TracingContext};
 use stream_core::schema::{header, Timestamp};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ use crate::{Common, KafkaBench};
 #[derive(Debug, Clone, Args)]
 pub struct E2eArgs {
     /// Offered rates in messages per second, run one after another.
-    #[arg(long, env = "BENCH_RATES", value_delimiter = ',', default_value = "1000,10000,50000")]
+    #[arg(long, env = "BENCH_RATES", value_delimiter = ',', default_value = "1000,10000,50000", value_parser = parse_positive_rate)]
     pub rates: Vec<f64>,
 
     /// Warm-up at each rate: sent and received, not recorded.
@@ -48,7 +48,7 @@ pub struct E2eArgs {
     pub warmup: Duration,
 
     /// Recording window at each rate.
-    #[arg(long, env = "BENCH_DURATION", value_parser = parse_duration, default_value = "20s")]
+    #[arg(long, env = "BENCH_DURATION", value_parser = parse_positive_duration, default_value = "20s")]
     pub duration: Duration,
 
     /// After the last send of a rate, how long to wait for the remaining messages.

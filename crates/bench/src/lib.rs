@@ -242,6 +242,29 @@ mod tests {
         assert_eq!(wrong.kind(), clap::error::ErrorKind::InvalidSubcommand);
     }
 
+    /// A run that could measure nothing is refused by the flag that says so.
+    #[test]
+    fn empty_or_meaningless_runs_are_refused() {
+        for argv in [
+            &["bench", "e2e", "--duration", "0s"][..],
+            &["bench", "e2e", "--rates", "1000,0"],
+            &["bench", "e2e", "--rates", "NaN"],
+            &["bench", "produce", "--count", "0"],
+            &["bench", "produce", "--rate", "NaN"],
+            &["bench", "produce", "--rate", "inf"],
+            &["bench", "consume", "--count", "0"],
+            &["bench", "consume", "--idle-timeout", "0s"],
+            &["bench", "api", "--rate=-1"],
+            &["bench", "api", "--result-timeout", "0s"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{argv:?}: {err}");
+        }
+        // A warm-up may be left out, and rate 0 means no limit.
+        Cli::try_parse_from(["bench", "e2e", "--warmup", "0s"]).unwrap();
+        Cli::try_parse_from(["bench", "produce", "--rate", "0"]).unwrap();
+    }
+
     #[tokio::test]
     async fn e2e_refuses_a_rate_listed_twice_before_connecting() {
         let cli = Cli::try_parse_from(["bench", "e2e", "--rates", "500,2000,500", "--brokers", "127.0.0.1:1"]).unwrap();

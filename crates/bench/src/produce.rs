@@ -16,11 +16,11 @@ use crate::{Common, KafkaBench};
 #[derive(Debug, Clone, Args)]
 pub struct ProduceArgs {
     /// Messages to send.
-    #[arg(short = 'n', long, env = "BENCH_COUNT", default_value_t = 1_000_000)]
+    #[arg(short = 'n', long, env = "BENCH_COUNT", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
 
     /// Offered rate in messages per second (open loop); unset: as fast as possible.
-    #[arg(short = 'r', long, env = "BENCH_RATE")]
+    #[arg(short = 'r', long, env = "BENCH_RATE", value_parser = stream_core::config::parse_rate)]
     pub rate: Option<f64>,
 
     /// Send bare records (no CloudEvents headers), as rdkafka_performance does.

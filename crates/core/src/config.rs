@@ -314,6 +314,34 @@ pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|e| format!("{raw:?} is not a duration like 500ms, 10s or 1m: {e}"))
 }
 
+/// Parses a duration that must be longer than zero (a run's length, a
+/// timeout).
+pub fn parse_positive_duration(raw: &str) -> std::result::Result<Duration, String> {
+    let duration = parse_duration(raw)?;
+    if duration.is_zero() {
+        return Err(format!("{raw:?} is zero; give a duration longer than 0, like 500ms or 10s"));
+    }
+    Ok(duration)
+}
+
+/// Parses a rate in messages per second: a finite number, 0 or more (0
+/// means no limit where a flag says so).
+pub fn parse_rate(raw: &str) -> std::result::Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        Ok(_) => Err(format!("{raw:?} is not a rate: give a number of messages per second, 0 or more")),
+        Err(_) => Err(format!("{raw:?} is not a number of messages per second")),
+    }
+}
+
+/// Parses a rate in messages per second that must be above 0.
+pub fn parse_positive_rate(raw: &str) -> std::result::Result<f64, String> {
+    match parse_rate(raw)? {
+        0.0 => Err(format!("{raw:?}: a rate must be above 0 messages per second")),
+        rate => Ok(rate),
+    }
+}
+
 /// Parses `argv` (program name first) into `T` as a binary that flattens
 /// `T` into its command line would; for tests of each crate's flags.
 #[cfg(any(test, feature = "testing"))]
@@ -325,6 +353,22 @@ pub fn parse_flags<T: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_and_lengths_are_numbers_a_run_can_use() {
+        assert_eq!(parse_rate("2500"), Ok(2500.0));
+        assert_eq!(parse_rate("0"), Ok(0.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["NaN", "inf", "-1", "-inf", "fast", ""] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_positive_rate("10"), Ok(10.0));
+        assert!(parse_positive_rate("0").unwrap_err().contains("above 0"));
+        assert!(parse_positive_rate("NaN").is_err());
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert!(parse_positive_duration("0s").unwrap_err().contains("zero"));
+        assert!(parse_positive_duration("soon").is_err());
+    }
 
     #[test]
     fn defaults_match_the_documented_names() {

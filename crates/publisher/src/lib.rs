@@ -39,7 +39,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
-use stream_core::config::{parse_duration, LogArgs};
+use stream_core::config::{parse_duration, parse_rate, LogArgs};
 use stream_core::kafka::{self, Acks, ProducerOptions, TopicSpec};
 use stream_core::schema::{self, Attributes, Timestamp, EVENT_TYPE, JSON};
 use stream_core::KafkaArgs;
@@ -68,12 +68,12 @@ The exit code is 1 if any message failed, else 0, also when interrupted
 pub struct Args {
     /// Messages to send. Defaults to 10000, or to the number of lines with --from-file
     /// (a larger count repeats the file).
-    #[arg(short = 'n', long, env = "PUBLISH_COUNT")]
+    #[arg(short = 'n', long, env = "PUBLISH_COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
     /// Target rate in messages per second, held by a fixed schedule (open loop).
     /// Unset or 0: as fast as the broker acknowledges.
-    #[arg(short = 'r', long, env = "PUBLISH_RATE")]
+    #[arg(short = 'r', long, env = "PUBLISH_RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
 
     /// Payload size in bytes of the generated JSON events.

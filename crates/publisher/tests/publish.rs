@@ -384,3 +384,15 @@ async fn a_producer_is_ready_once_it_holds_a_producer_id() {
     let producer = publisher::producer(&unreachable, &leader).unwrap();
     assert!(publisher::until_ready(&producer, Duration::from_secs(30), &never).await);
 }
+
+/// A run that could send nothing, or on no schedule, is refused by the
+/// flag that says so, before anything connects.
+#[test]
+fn a_zero_count_or_a_rate_that_is_not_a_number_is_refused() {
+    for flags in [&["--count", "0"][..], &["--rate", "NaN"], &["--rate", "inf"], &["--rate=-5"], &["--rate", "fast"]] {
+        let argv = std::iter::once("publisher").chain(flags.iter().copied());
+        let err = Args::try_parse_from(argv).err().unwrap_or_else(|| panic!("{flags:?} accepted"));
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{flags:?}: {err}");
+    }
+    assert_eq!(Args::try_parse_from(["publisher", "--rate", "0"]).unwrap().rate, Some(0.0), "0: no limit");
+}
