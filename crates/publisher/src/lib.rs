@@ -39,7 +39,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
-use stream_core::config::{parse_duration, parse_rate, LogArgs};
+use stream_core::config::{parse_duration, parse_positive_duration, parse_rate, LogArgs};
 use stream_core::kafka::{self, Acks, ProducerOptions, TopicSpec};
 use stream_core::schema::{self, Attributes, Timestamp, EVENT_TYPE, JSON};
 use stream_core::KafkaArgs;
@@ -121,6 +121,11 @@ pub struct Args {
     #[arg(long, env = "PUBLISH_JSON")]
     pub json: bool,
 
+    /// When stderr is not a terminal (a log file, CI) or with --json, a
+    /// progress line is logged this often instead of the bar.
+    #[arg(long, env = "PUBLISH_PROGRESS_INTERVAL", value_parser = parse_positive_duration, default_value = "5s")]
+    pub progress_interval: Duration,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -167,10 +172,30 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Rep
         ready_producer(&args.kafka, &args.producer_options(), &shutdown).await.context("creating the producer")?;
     let show = !args.json && std::io::stderr().is_terminal();
     let progress = progress_bar(count, show);
+    let lines = (!show).then(|| tokio::spawn(log_progress(progress.clone(), args.progress_interval)));
     let outcome =
         publish(&producer, topic, &payloads, count, Pacer::new(args.rate), &shutdown, &progress, payload::SOURCE).await;
+    if let Some(lines) = lines {
+        lines.abort();
+    }
     progress.finish_and_clear();
     Ok(outcome.report(topic, args.rate))
+}
+
+/// Logs how far `progress` (a hidden bar, still counting) has gone, every
+/// `every`, with the acknowledged rate since the line before. Runs until
+/// aborted.
+async fn log_progress(progress: ProgressBar, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let (mut before, mut then) = (progress.position(), Instant::now());
+    loop {
+        ticks.tick().await;
+        let (acked, now) = (progress.position(), Instant::now());
+        let total = progress.length().unwrap_or(0).max(1);
+        let rate = (acked - before.min(acked)) as f64 / now.duration_since(then).as_secs_f64().max(1e-9);
+        tracing::info!("acknowledged {acked}/{total} ({:.0} %), {rate:.0} msg/s", acked as f64 * 100.0 / total as f64);
+        (before, then) = (acked, now);
+    }
 }
 
 /// A progress bar on stderr with the live acknowledged rate, or a hidden one.

@@ -396,3 +396,22 @@ fn a_zero_count_or_a_rate_that_is_not_a_number_is_refused() {
     }
     assert_eq!(Args::try_parse_from(["publisher", "--rate", "0"]).unwrap().rate, Some(0.0), "0: no limit");
 }
+
+/// Without a terminal for the bar (here stderr is a pipe), a long run
+/// still says how far it is, on a line of its own.
+#[tokio::test]
+async fn without_a_terminal_progress_is_logged_as_lines() {
+    let kafka = testing::kafka_args();
+    let output = Command::new(env!("CARGO_BIN_EXE_publisher"))
+        .args(["--count", "1500", "--rate", "1000", "--progress-interval", "200ms"])
+        .args(["--brokers", &kafka.brokers, "--topic", &kafka.topics.events])
+        .env_remove("KAFKA_PROPERTIES")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("acknowledged ") && l.contains("/1500 (")).collect();
+    assert!(lines.len() >= 2, "a 1.5 s run logs progress every 200 ms: {stderr}");
+    assert!(lines.iter().any(|l| !l.contains("acknowledged 0/")), "the count moves: {lines:?}");
+}
