@@ -246,6 +246,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     let args = &config.kafka;
     let mut topics = kafka::project_topics(args);
     topics.push(registry::topic_spec(&config.streams_topic, args));
+    tracing::info!("connecting to {} (start-up waits up to {:?} for it)", args.brokers, args.connect_timeout);
     kafka::ensure_topics(args, &topics).await.context("creating the topics")?;
 
     let options = ProducerOptions {

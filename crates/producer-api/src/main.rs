@@ -38,7 +38,7 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() {
     stream_core::config::load_dotenv();
     let mut cli = Cli::parse();
     stream_core::telemetry::init(cli.log.log_format);
@@ -48,7 +48,15 @@ async fn main() -> std::process::ExitCode {
     }
     let shutdown = stream_core::shutdown::on_signal();
     let outcome = async {
-        let app = Application::build(cli.config).await?;
+        // A signal during start-up (a broker that does not answer can hold
+        // it for --connect-timeout) stops it at once.
+        let app = tokio::select! {
+            app = Application::build(cli.config) => app?,
+            _ = shutdown.cancelled() => {
+                tracing::info!("stopped during start-up");
+                return Ok(());
+            }
+        };
         // Keys never go to the log, not even a generated one: it goes to a
         // file only this user can read, removed again at a clean exit.
         let key_file = match &generated {
@@ -62,13 +70,17 @@ async fn main() -> std::process::ExitCode {
         outcome
     }
     .await;
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let code = match outcome {
+        Ok(()) => 0,
         Err(err) => {
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit now rather than when the runtime is dropped: that waits for every
+    // blocking thread, including a start-up metadata request that a signal
+    // cut short and that only gives up at --connect-timeout.
+    std::process::exit(code)
 }
 
 /// Writes the generated key to its private file and logs where it is.

@@ -26,6 +26,56 @@ async fn start_up_fails_fast_and_clearly_without_a_broker() {
     assert!(text.contains("127.0.0.1:1") || text.contains("topic"), "{text}");
 }
 
+/// SIGTERM while start-up waits for a broker that does not answer ends the
+/// process at once and cleanly, not after its --connect-timeout.
+#[test]
+fn sigterm_during_start_up_exits_at_once() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_producer-api"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("API_KEYS", "k")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("KAFKA_BROKERS", "127.0.0.1:1")
+        .env("KAFKA_CONNECT_TIMEOUT", "120s")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting producer-api");
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = seen.recv_timeout(left).expect("the 'connecting to' line before the deadline");
+        if line.contains("connecting to 127.0.0.1:1") {
+            break;
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("producer-api still runs 30 s after SIGTERM, inside a 120 s connection wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "a requested stop exits 0, got {status}");
+}
+
 #[tokio::test]
 async fn a_configuration_without_keys_is_refused() {
     let config = producer_api::Config::for_tests(KafkaArgs::for_brokers("127.0.0.1:1"), vec![]);
