@@ -185,8 +185,10 @@ pub struct Config {
     #[arg(long, env = "WS_IDLE_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_WS_IDLE_TIMEOUT)]
     pub ws_idle_timeout: Duration,
 
-    /// How long an `Idempotency-Key` is remembered per API key: a repeat
-    /// within it gets the first response back and writes nothing.
+    /// How long an `Idempotency-Key` is remembered per API key, from its
+    /// write's acknowledgement (a key whose write is still in flight does
+    /// not expire): a repeat within it gets the first response back and
+    /// writes nothing.
     #[arg(long, env = "IDEMPOTENCY_TTL", value_parser = parse_duration, default_value = DEFAULT_IDEMPOTENCY_TTL)]
     pub idempotency_ttl: Duration,
 

@@ -1,8 +1,10 @@
 //! Idempotent sends: `Idempotency-Key` on `POST /publish` and
 //! `POST /stream/{id}/send`.
 //!
-//! - A repeat of a key by the same API key within `--idempotency-ttl` gets
-//!   the first response (same id, partition, offset) and writes nothing.
+//! - A repeat of a key by the same API key within `--idempotency-ttl` of
+//!   the first request's outcome gets the first response (same id,
+//!   partition, offset) and writes nothing. A key whose write is still in
+//!   flight does not expire, however short the TTL.
 //! - A repeat with a different request is refused (422), never confused
 //!   with the first.
 //! - A repeat arriving while the first is still in flight waits for it.
@@ -23,7 +25,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so the tests can move it; the same clock otherwise.
+use tokio::time::Instant;
 
 use axum::http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
@@ -122,7 +127,8 @@ struct Entry {
 struct Store {
     entries: HashMap<[u8; 32], Entry>,
     /// Entries oldest first; every TTL is the same, so this is also the
-    /// order in which they expire.
+    /// order in which they expire. An entry gets a new mark (and its old
+    /// one goes stale) when its write is acknowledged.
     order: VecDeque<([u8; 32], Instant)>,
 }
 
@@ -136,9 +142,34 @@ impl Store {
     }
 
     fn expire(&mut self, now: Instant, ttl: Duration) {
-        while self.order.front().is_some_and(|(_, since)| now.duration_since(*since) >= ttl) {
+        while let Some(&(digest, since)) = self.order.front() {
+            if now.duration_since(since) < ttl {
+                break;
+            }
+            // A write still in flight may yet land: a retry must wait for
+            // it, not write again. Expiry resumes once it is done (within
+            // the producer's delivery timeout), from its new mark.
+            let in_flight = self.entries.get(&digest).is_some_and(|e| {
+                e.since == since && matches!(&e.state, State::InFlight(outcome) if !abandoned(outcome))
+            });
+            if in_flight {
+                break;
+            }
             self.forget_front();
         }
+    }
+}
+
+/// A first request whose task died (a panic) left no outcome and never will.
+fn abandoned(outcome: &Outcome) -> bool {
+    outcome.borrow().is_none() && outcome.has_changed().is_err()
+}
+
+impl Store {
+    /// Bound on marks: one per entry, one stale mark per acknowledged
+    /// entry, and those of failed first requests, already removed.
+    fn marks_full(&self, max: usize) -> bool {
+        self.order.len() >= 3 * max
     }
 }
 
@@ -155,7 +186,13 @@ fn finish(store: &Mutex<Store>, digest: &[u8; 32], since: Instant, written: Opti
     let mut store = store.lock().expect("idempotency lock");
     let ours = store.entries.get_mut(digest).filter(|e| e.since == since);
     match (ours, written) {
-        (Some(entry), Some(written)) => entry.state = State::Done(written),
+        (Some(entry), Some(written)) => {
+            // The TTL counts from here: a slow write does not shorten it.
+            let now = Instant::now();
+            entry.state = State::Done(written);
+            entry.since = now;
+            store.order.push_back((*digest, now));
+        }
         (Some(_), None) => {
             store.entries.remove(digest);
         }
@@ -191,10 +228,10 @@ impl Idempotency {
         let now = Instant::now();
         let mut store = self.store.lock().expect("idempotency lock");
         store.expire(now, self.ttl);
-        // A first request whose task died (a panic) left no outcome and
-        // never will: forget it rather than wait on it for ever.
+        // A first request whose task died left no outcome and never will:
+        // forget it rather than wait on it for ever.
         let abandoned = store.entries.get(&key.digest).is_some_and(|e| match &e.state {
-            State::InFlight(outcome) => outcome.borrow().is_none() && outcome.has_changed().is_err(),
+            State::InFlight(outcome) => abandoned(outcome),
             State::Done(_) => false,
         });
         if abandoned {
@@ -209,9 +246,8 @@ impl Idempotency {
                 State::InFlight(outcome) => Claim::Wait(outcome.clone()),
             });
         }
-        // The order also holds marks of entries already removed (failed
-        // first requests), so it is bounded too.
-        while store.entries.len() >= self.max || store.order.len() >= 2 * self.max {
+        // The order also holds stale marks, so it is bounded too.
+        while store.entries.len() >= self.max || store.marks_full(self.max) {
             metrics::counter!("idempotency_evictions_total").increment(1);
             store.forget_front();
         }
@@ -381,6 +417,36 @@ mod tests {
         ack.send(()).unwrap();
         let retry = memory.run(&key, body, deadline(), |_| async { Ok(Written { partition: 0, offset: 0 }) }).await;
         assert_eq!(retry.unwrap(), (Written { partition: 2, offset: 9 }, true), "the late write, replayed");
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
+    }
+
+    /// With a TTL shorter than the write, a retry after the TTL still waits
+    /// for the write in flight and then replays it: it writes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_does_not_expire_while_its_write_is_in_flight() {
+        let memory = Arc::new(Idempotency::new(Duration::from_secs(3), 10));
+        let key = Key::new("o", "k");
+        let body = Fingerprint::of([&b"body"[..]]);
+        let (ack, acked) = tokio::sync::oneshot::channel::<()>();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let counted = writes.clone();
+        let first = memory
+            .run(&key, body, deadline(), move |_| async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                acked.await.expect("acknowledged");
+                Ok(Written { partition: 2, offset: 9 })
+            })
+            .await;
+        assert_eq!(first.unwrap_err().status().as_u16(), 503, "past the 5 s deadline, beyond the 3 s TTL");
+        let write_again = |_| async { Ok(Written { partition: 0, offset: 0 }) };
+        let during = memory.run(&key, body, deadline(), write_again).await;
+        assert_eq!(during.unwrap_err().status().as_u16(), 503, "still in flight: waited, wrote nothing");
+        ack.send(()).unwrap();
+        tokio::task::yield_now().await;
+        // Acknowledged just now: the TTL counts from here.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let retry = memory.run(&key, body, deadline(), write_again).await;
+        assert_eq!(retry.unwrap(), (Written { partition: 2, offset: 9 }, true));
         assert_eq!(writes.load(Ordering::SeqCst), 1);
     }
 
