@@ -75,6 +75,10 @@ pub enum AppError {
     /// 429: the caller's key already owns as many streams as allowed.
     #[error("stream quota exceeded")]
     QuotaExceeded { detail: String, retry_after: Duration },
+    /// 429: the caller's key already has as many result connections
+    /// (WebSocket or SSE) open as allowed.
+    #[error("too many result connections for this key")]
+    ConnectionLimit { detail: String, retry_after: Duration },
     /// 503: the broker is unreachable, slow, or the producer queue is full.
     #[error("broker unavailable, retry later")]
     Unavailable { detail: String, retry_after: Duration },
@@ -104,9 +108,10 @@ impl AppError {
             Self::Unprocessable(_) | Self::SchemaMismatch(_) | Self::IdempotencyConflict => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::TooManyRequests | Self::QuotaExceeded { .. } | Self::RateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::TooManyRequests
+            | Self::QuotaExceeded { .. }
+            | Self::ConnectionLimit { .. }
+            | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -121,6 +126,7 @@ impl AppError {
             | Self::Unprocessable(d)
             | Self::BadParameter(d)
             | Self::QuotaExceeded { detail: d, .. }
+            | Self::ConnectionLimit { detail: d, .. }
             | Self::Unavailable { detail: d, .. } => Some(Value::String(d.clone())),
             Self::UnknownStream(id) => Some(json!({ "stream_id": id })),
             Self::CursorExpired { earliest } => Some(json!({ "earliest": earliest })),
@@ -154,9 +160,9 @@ impl IntoResponse for AppError {
         let status = self.status();
         let mut response = (status, Json(self.body())).into_response();
         let retry_after = match &self {
-            Self::Unavailable { retry_after, .. } | Self::QuotaExceeded { retry_after, .. } => {
-                Some(retry_after.as_secs().max(1))
-            }
+            Self::Unavailable { retry_after, .. }
+            | Self::QuotaExceeded { retry_after, .. }
+            | Self::ConnectionLimit { retry_after, .. } => Some(retry_after.as_secs().max(1)),
             Self::TooManyRequests => Some(1),
             Self::RateLimited { retry_after, .. } => Some(whole_seconds(*retry_after)),
             _ => None,

@@ -145,6 +145,7 @@ fn results_operation(security: &Value) -> Value {
             "400": error("Malformed cursor, a cursor of another stream, or limit/wait out of range"),
             "403": error("The stream belongs to another key"),
             "404": error("Unknown stream"),
+            "429": too_many("The key already has --max-websockets-per-key result connections (WebSocket or SSE) open, or too many requests in flight"),
             "410": {
                 "description": "The cursor's results are no longer retained; resume from detail.earliest",
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Expired" } } }

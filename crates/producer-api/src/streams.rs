@@ -179,6 +179,22 @@ pub const SUBSCRIPTION_RETRY_AFTER: std::time::Duration = std::time::Duration::f
 /// client does on its own schedule, so this is a polite pause, not a promise.
 pub const QUOTA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Whether an `Accept` header lists `text/event-stream`: media types are
+/// case-insensitive, and `;q=0` means "not this one". A few lines rather
+/// than a content-negotiation crate: this one type is all that is chosen on.
+fn accepts_event_stream(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim();
+        let refused = parts.any(|param| {
+            let param = param.trim();
+            param.get(..2).is_some_and(|name| name.eq_ignore_ascii_case("q="))
+                && param[2..].trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+        });
+        media.eq_ignore_ascii_case("text/event-stream") && !refused
+    })
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     let media_type = media_type(headers);
     media_type == "application/json" || media_type.ends_with("+json")
@@ -403,15 +419,12 @@ pub async fn results(
         }
     };
     let start = Start::from_request(&stream_id, last_event_id, query.after.as_deref(), query.from.as_deref())?;
-    let wants_sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let wants_sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(accepts_event_stream);
     if upgrade.is_ok() || wants_sse {
         let max = state.config.max_websockets_per_key;
         let key = state.subscriptions.reserve(&caller.owner, max).ok_or_else(|| {
             metrics::counter!("websocket_key_limit_refusals_total").increment(1);
-            AppError::QuotaExceeded {
+            AppError::ConnectionLimit {
                 detail: format!(
                     "this key already has {max} result connections (WebSocket or SSE) open, the limit; close some first"
                 ),
@@ -500,6 +513,24 @@ fn results_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_sent_events_are_chosen_by_the_accept_header_whatever_its_case() {
+        for yes in [
+            "text/event-stream",
+            "TEXT/EVENT-STREAM",
+            "application/json;q=0.5, Text/Event-Stream",
+            "text/event-stream; charset=utf-8",
+            "text/event-stream;q=0.1",
+        ] {
+            assert!(accepts_event_stream(yes), "{yes:?}");
+        }
+        for no in
+            ["application/json", "*/*", "", "text/event-stream;q=0", "text/event-streams", "text/event-stream; Q=0.0"]
+        {
+            assert!(!accepts_event_stream(no), "{no:?}");
+        }
+    }
 
     fn poll(limit: Option<&str>, wait: Option<&str>) -> Result<Poll, AppError> {
         let query = ResultsQuery { after: None, from: None, limit: limit.map(Into::into), wait: wait.map(Into::into) };

@@ -240,11 +240,13 @@ async fn a_key_over_its_websocket_limit_gets_429_while_other_keys_connect() {
     let sse = common::client()
         .get(app.url(&format!("/stream/{}/results", streams[2])))
         .header("X-API-Key", KEY_A)
-        .header("Accept", "text/event-stream")
+        .header("Accept", "Text/Event-Stream")
         .send()
         .await
         .unwrap();
     assert_eq!(sse.status(), 429);
+    let body: serde_json::Value = sse.json().await.unwrap();
+    assert_eq!(body["error"], "too many result connections for this key", "not the stream quota: {body}");
     // ... while key B connects.
     let other = common::connect(&app, KEY_B, &streams[3]).await;
 
