@@ -75,25 +75,53 @@ pub(crate) async fn log_throughput(stats: Arc<Stats>, interval: Duration, stop: 
             _ = ticker.tick() => {}
         }
         let now = stats.snapshot();
-        let elapsed = last_at.elapsed().as_secs_f64().max(1e-3);
-        let done = (now.processed + now.dead_lettered).saturating_sub(last.processed + last.dead_lettered);
-        let lag = now.lag.map_or_else(|| "?".to_string(), |l| l.to_string());
-        if done > 0 || now.in_flight > 0 || now != last {
-            tracing::info!(
-                "processed {} (+{}, {:.0}/s), dead-lettered {}, failed {}, retries {}, in flight {}, lag {}",
-                now.processed,
-                now.processed - last.processed,
-                done as f64 / elapsed,
-                now.dead_lettered,
-                now.failed,
-                now.retries,
-                now.in_flight,
-                lag
-            );
-        } else {
-            tracing::info!("idle: processed {}, lag {lag}", now.processed);
-        }
+        tracing::info!("{}", line(&now, &last, last_at.elapsed()));
         last = now;
         last_at = Instant::now();
+    }
+}
+
+/// The throughput line for `now`, `elapsed` after `last`.
+fn line(now: &Snapshot, last: &Snapshot, elapsed: Duration) -> String {
+    let lag = now.lag.map_or_else(|| "?".to_string(), |l| l.to_string());
+    let done = (now.processed + now.dead_lettered).saturating_sub(last.processed + last.dead_lettered);
+    if done == 0 && now.in_flight == 0 && now == last {
+        return format!("idle: processed {}, lag {lag}", now.processed);
+    }
+    // Each count with its own change: the rate is of results, as the
+    // change before it; dead letters have theirs.
+    let processed = now.processed.saturating_sub(last.processed);
+    format!(
+        "processed {} (+{processed}, {:.0}/s), dead-lettered {} (+{}), failed {}, retries {}, in flight {}, lag {lag}",
+        now.processed,
+        processed as f64 / elapsed.as_secs_f64().max(1e-3),
+        now.dead_lettered,
+        now.dead_lettered.saturating_sub(last.dead_lettered),
+        now.failed,
+        now.retries,
+        now.in_flight,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_gives_each_count_its_own_change_and_rate() {
+        let last = Snapshot { processed: 100, dead_lettered: 0, lag: Some(10), ..Snapshot::default() };
+        let poison = Snapshot { processed: 100, dead_lettered: 5000, lag: Some(0), ..Snapshot::default() };
+        assert_eq!(
+            line(&poison, &last, Duration::from_secs(1)),
+            "processed 100 (+0, 0/s), dead-lettered 5000 (+5000), failed 0, retries 0, in flight 0, lag 0"
+        );
+        let flowing = Snapshot { processed: 2100, in_flight: 7, ..last };
+        assert_eq!(
+            line(&flowing, &last, Duration::from_secs(2)),
+            "processed 2100 (+2000, 1000/s), dead-lettered 0 (+0), failed 0, retries 0, in flight 7, lag 10"
+        );
+        assert_eq!(line(&last, &last, Duration::from_secs(1)), "idle: processed 100, lag 10");
+        let unknown = Snapshot { lag: None, ..last };
+        assert_eq!(line(&unknown, &unknown, Duration::from_secs(1)), "idle: processed 100, lag ?");
     }
 }
