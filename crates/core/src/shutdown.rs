@@ -21,9 +21,18 @@ pub fn on_signal() -> CancellationToken {
         cancel.cancel();
         let second = signals.next().await;
         tracing::warn!("{second} received again: exiting without finishing");
-        std::process::exit(130);
+        std::process::exit(exit_code(second));
     });
     token
+}
+
+/// The shell's code for a process ended by the signal `name` (128 + its
+/// number): what a second signal, which ends the process at once, exits with.
+fn exit_code(name: &str) -> i32 {
+    match name {
+        "SIGTERM" => 143,
+        _ => 130,
+    }
 }
 
 /// Waits for SIGINT or SIGTERM and names the one that came.
@@ -67,5 +76,16 @@ impl Signals {
     async fn next(&mut self) -> &'static str {
         tokio::signal::ctrl_c().await.expect("cannot listen for Ctrl-C");
         "SIGINT"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_signal_exits_with_the_shells_code_for_it() {
+        assert_eq!(exit_code("SIGINT"), 130);
+        assert_eq!(exit_code("SIGTERM"), 143);
     }
 }
