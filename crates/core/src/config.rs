@@ -80,7 +80,7 @@ pub struct KafkaArgs {
     pub properties: Vec<(String, String)>,
 
     /// How long to wait for the cluster to answer a metadata request at start-up.
-    #[arg(long, env = "KAFKA_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_CONNECT_TIMEOUT)]
+    #[arg(long, env = "KAFKA_CONNECT_TIMEOUT", value_parser = parse_positive_duration, default_value = DEFAULT_CONNECT_TIMEOUT)]
     pub connect_timeout: Duration,
 
     #[command(flatten)]
@@ -110,6 +110,9 @@ impl KafkaArgs {
     pub fn validate(&self) -> Result<()> {
         if self.brokers.trim().is_empty() {
             return Err(Error::Config("--brokers (KAFKA_BROKERS) is empty".into()));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::Config("--connect-timeout (KAFKA_CONNECT_TIMEOUT) must be longer than 0".into()));
         }
         for broker in self.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
             if let Err(why) = check_broker(broker) {
@@ -353,6 +356,13 @@ pub fn parse_flags<T: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_connect_timeout_is_refused_by_its_flag() {
+        let err = parse_flags::<KafkaArgs>(&["x", "--connect-timeout", "0s"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+        assert!(err.to_string().contains("--connect-timeout"), "{err}");
+    }
 
     #[test]
     fn rates_and_lengths_are_numbers_a_run_can_use() {
