@@ -76,7 +76,8 @@ pub struct Args {
     #[arg(short = 'r', long, env = "PUBLISH_RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
 
-    /// Payload size in bytes of the generated JSON events.
+    /// Payload size in bytes of the generated JSON events (`{"seq":N,"pad":"…"}`;
+    /// below about 20 bytes, the smallest such object).
     #[arg(short = 's', long, env = "PUBLISH_SIZE", default_value_t = 100)]
     pub size: usize,
 
@@ -162,9 +163,15 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Rep
     let count = args.count.or(payloads.len()).unwrap_or(10_000);
     let topic = &args.kafka.topics.events;
     if !args.no_create_topic {
-        kafka::ensure_topics(&args.kafka, &[TopicSpec::new(topic, &args.kafka)])
-            .await
-            .with_context(|| format!("creating topic {topic}"))?;
+        // A signal while the broker does not answer ends the wait: the run
+        // then sends nothing and reports itself interrupted.
+        let specs = [TopicSpec::new(topic, &args.kafka)];
+        tokio::select! {
+            created = kafka::ensure_topics(&args.kafka, &specs) => {
+                created.with_context(|| format!("creating topic {topic}"))?;
+            }
+            _ = shutdown.cancelled() => {}
+        }
     }
     // The clock starts once the producer can send: its start-up is not
     // the broker's latency.

@@ -415,3 +415,25 @@ async fn without_a_terminal_progress_is_logged_as_lines() {
     assert!(lines.len() >= 2, "a 1.5 s run logs progress every 200 ms: {stderr}");
     assert!(lines.iter().any(|l| !l.contains("acknowledged 0/")), "the count moves: {lines:?}");
 }
+
+/// A signal while the broker does not answer ends the wait for it: the run
+/// sends nothing and reports itself interrupted, long before the
+/// two-minute connection timeout.
+#[tokio::test]
+async fn interrupted_while_waiting_for_the_broker_it_reports_at_once() {
+    let mut unreachable = KafkaArgs::for_brokers("127.0.0.1:1");
+    unreachable.connect_timeout = Duration::from_secs(120);
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (args, shutdown) = (args(&unreachable, &["--count", "10"]), shutdown.clone());
+        async move { publisher::run(&args, shutdown).await }
+    });
+    shutdown.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the run ends well before the connection timeout")
+        .unwrap()
+        .unwrap();
+    assert!(report.interrupted, "{report}");
+    assert_eq!((report.sent, report.acked, report.failed), (0, 0, 0), "{report}");
+}
