@@ -47,7 +47,8 @@ pub use output::BenchReport;
     name = "bench",
     version,
     about = "Throughput and latency benchmarks: produce, consume, end to end through Kafka, and through the HTTP API",
-    after_help = "With no command, bench runs e2e: latency histograms at the default rates.
+    after_help = "With no command, bench runs e2e: latency histograms at the default rates, and the options
+above are e2e's. With a command, its options go after it: bench produce --brokers HOST:PORT.
 
 Examples:
   bench                                           # = bench e2e
