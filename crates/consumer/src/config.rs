@@ -182,7 +182,26 @@ impl Config {
             .find(|(key, _)| key == "max.poll.interval.ms")
             .and_then(|(_, value)| value.parse::<u64>().ok())
             .unwrap_or(300_000);
+        let heartbeat_ms = self
+            .kafka
+            .properties
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "heartbeat.interval.ms")
+            .and_then(|(_, value)| value.parse::<u64>().ok())
+            .unwrap_or(3_000);
         let session_ms = self.session_timeout.as_millis();
+        // librdkafka takes a session shorter than its heartbeat, and the
+        // member then loses its partitions before it can say it is alive:
+        // it sits idle for ever, with no error.
+        if session_ms <= u128::from(heartbeat_ms) {
+            return invalid(format!(
+                "--session-timeout (SESSION_TIMEOUT) is {:?}, not longer than the heartbeat interval ({heartbeat_ms} ms; \
+                 -X heartbeat.interval.ms=N sets it): a member would lose its partitions between two heartbeats. \
+                 Use at least three heartbeats (Kafka and Redpanda brokers refuse sessions under 6 s by default)",
+                self.session_timeout
+            ));
+        }
         if !(1..=3_600_000).contains(&session_ms) || session_ms > u128::from(max_poll_ms) {
             return invalid(format!(
                 "--session-timeout (SESSION_TIMEOUT) is {:?}; use 1ms to {}s (the group's max.poll.interval.ms, \
@@ -233,6 +252,11 @@ mod tests {
             let err = check(&["consumer", "--session-timeout", bad]).unwrap_err().to_string();
             assert!(err.contains("--session-timeout (SESSION_TIMEOUT)"), "{bad}: {err}");
         }
+        for short in ["1ms", "3s"] {
+            let err = check(&["consumer", "--session-timeout", short]).unwrap_err().to_string();
+            assert!(err.contains("heartbeat interval (3000 ms"), "{short}: {err}");
+        }
+        check(&["consumer", "--session-timeout", "3s", "-X", "heartbeat.interval.ms=1000"]).unwrap();
         check(&["consumer", "--session-timeout", "45s"]).unwrap();
         check(&["consumer", "--session-timeout", "10m", "-X", "max.poll.interval.ms=900000"]).unwrap();
     }
