@@ -135,6 +135,20 @@ impl KafkaArgs {
                 self.security_protocol.as_str()
             )));
         }
+        // librdkafka checks each property's name and value as it is set,
+        // without a client: so a bad -X is named before anything connects.
+        let mut properties = rdkafka::ClientConfig::new();
+        for (key, value) in &self.properties {
+            properties.set(key, value);
+        }
+        if let Err(error) = properties.create_native_config() {
+            return Err(match error {
+                rdkafka::error::KafkaError::ClientConfig(_, description, key, value) => {
+                    Error::Config(format!("librdkafka property {key}={value:?}: {description}"))
+                }
+                other => Error::Kafka(other),
+            });
+        }
         self.topics.validate()
     }
 }
@@ -356,6 +370,19 @@ pub fn parse_flags<T: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_librdkafka_property_is_refused_without_a_client() {
+        let mut args = KafkaArgs::for_brokers("127.0.0.1:1");
+        args.properties.push(("linger.ms".into(), "20".into()));
+        args.validate().unwrap();
+        args.properties.push(("foo.bar".into(), "1".into()));
+        let err = args.validate().unwrap_err().to_string();
+        assert!(err.contains("librdkafka property foo.bar=\"1\"") && err.contains("No such configuration"), "{err}");
+        args.properties.pop();
+        args.properties.push(("fetch.wait.max.ms".into(), "soon".into()));
+        assert!(args.validate().unwrap_err().to_string().contains("fetch.wait.max.ms"));
+    }
 
     #[test]
     fn a_zero_connect_timeout_is_refused_by_its_flag() {
