@@ -57,7 +57,7 @@ Examples:
   bench e2e --rates 1000,10000,50000 --warmup 5s --duration 20s
   bench api --url http://127.0.0.1:8082 --api-key secret --streams 1000 --messages 100000
 
-Each run prints a table (count, rate, p50, p90, p99, p99.9, max), and writes
+Each run prints a table (count, rate, p50, p90, p99, p99.9, max, mean, errors), and writes
 <out-dir>/<command>.json, one .hgrm percentile distribution per row and an SVG plot.
 Use a release build (cargo run --release) for numbers worth quoting."
 )]

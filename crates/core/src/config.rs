@@ -34,7 +34,8 @@ pub struct KafkaArgs {
     #[arg(short = 'b', long, env = "KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
     pub brokers: String,
 
-    /// Client id reported to the broker (shows up in its logs and quotas).
+    /// Client id reported to the broker (shows up in its logs and quotas);
+    /// `streamkit` when unset.
     #[arg(long, env = "KAFKA_CLIENT_ID")]
     pub client_id: Option<String>,
 
