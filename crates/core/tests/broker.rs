@@ -166,3 +166,100 @@ async fn a_partition_watch_reads_partitions_added_after_the_reader_started() {
     }
     assert_eq!(per_partition, BTreeMap::from([(0, 1), (1, 1), (2, 1)]));
 }
+
+/// The producer writes with librdkafka's handle of each topic, taken on its
+/// first record, up to a number of topics, and by name past it: records to
+/// more topics than that each arrive in their own topic, with their key,
+/// timestamp, partition and headers, from handles and names alike.
+#[tokio::test]
+async fn records_to_many_topics_each_arrive_whole_in_their_own() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+
+    let args = testing::kafka_args();
+    let producer = kafka::producer(&args, &ProducerOptions::default()).unwrap();
+    let topics: Vec<String> = (0..20).map(|n| testing::unique_name(&format!("handles-{n}"))).collect();
+    for topic in &topics {
+        testing::create_topic(&args, topic, 2).await;
+    }
+    let timestamp = 1_700_000_000_123i64;
+    // Each topic twice: the second record of a topic finds its handle.
+    for round in 0..2 {
+        let mut sent = Vec::new();
+        for (n, topic) in topics.iter().enumerate() {
+            let key = format!("key-{n}");
+            let payload = format!("record {round} of topic {n}");
+            let headers = OwnedHeaders::new().insert(Header { key: "n", value: Some(key.as_bytes()) });
+            let record = FutureRecord::to(topic)
+                .key(key.as_str())
+                .payload(payload.as_str())
+                .partition(1)
+                .timestamp(timestamp + n as i64)
+                .headers(headers);
+            sent.push(producer.send_result(record).map_err(|(error, _)| error).expect("enqueued"));
+        }
+        for delivery in sent {
+            let delivery = kafka::delivered(delivery).await.map_err(|(error, _)| error).expect("acknowledged");
+            assert_eq!(delivery.partition, 1);
+        }
+    }
+    for (n, topic) in topics.iter().enumerate() {
+        let records = read_back(&args, topic, 2).await;
+        let key = format!("key-{n}");
+        for (round, record) in records.iter().enumerate() {
+            assert_eq!(record.topic(), topic.as_str());
+            assert_eq!(record.partition(), 1, "{topic}");
+            assert_eq!(record.key(), Some(key.as_bytes()), "{topic}");
+            assert_eq!(record.payload(), Some(format!("record {round} of topic {n}").as_bytes()), "{topic}");
+            assert_eq!(record.timestamp().to_millis(), Some(timestamp + n as i64), "{topic}");
+            let header = record.headers().expect("headers kept").get(0);
+            assert_eq!((header.key, header.value), ("n", Some(key.as_bytes())), "{topic}");
+        }
+    }
+}
+
+/// A record librdkafka refuses at once comes back whole, with the reason,
+/// whether its topic's handle was just taken or is already held; the
+/// producer then goes on writing.
+#[tokio::test]
+async fn a_refused_record_comes_back_whole_and_the_producer_goes_on() {
+    use rdkafka::error::KafkaError;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let mut args = testing::kafka_args();
+    args.properties.push(("message.max.bytes".into(), "2000".into()));
+    let producer = kafka::producer(&args, &ProducerOptions::default()).unwrap();
+    let topic = testing::unique_name("refused");
+    testing::create_topic(&args, &topic, 1).await;
+    let big = vec![b'x'; 3000];
+    for attempt in 0..2 {
+        let headers = OwnedHeaders::new().insert(Header { key: "attempt", value: Some(&[attempt as u8][..]) });
+        let record = FutureRecord::to(&topic).key("k").payload(&big[..]).headers(headers);
+        let (error, back) = producer.send_result(record).err().expect("a record over message.max.bytes is refused");
+        assert!(matches!(error, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)), "{error:?}");
+        assert_eq!((back.topic, back.key, back.payload.map(<[u8]>::len)), (topic.as_str(), Some("k"), Some(3000)));
+        let header = back.headers.as_ref().expect("headers given back").get(0);
+        assert_eq!((header.key, header.value), ("attempt", Some(&[attempt as u8][..])));
+    }
+    let record = FutureRecord::to(&topic).key("k").payload("small");
+    let sent = producer.send_result(record).map_err(|(error, _)| error).expect("enqueued");
+    kafka::delivered(sent).await.map_err(|(error, _)| error).expect("acknowledged");
+    let records = read_back(&args, &topic, 1).await;
+    assert_eq!(records[0].payload(), Some(&b"small"[..]));
+}
+
+/// A topic name librdkafka cannot take (a NUL in it) is refused with the
+/// reason, not a crash.
+#[tokio::test]
+async fn a_topic_name_with_a_nul_is_refused() {
+    use rdkafka::producer::FutureRecord;
+
+    let args = testing::kafka_args();
+    let producer = kafka::producer(&args, &ProducerOptions::default()).unwrap();
+    let record = FutureRecord::<str, str>::to("bad\0topic").payload("x");
+    let (error, back) = producer.send_result(record).err().expect("refused");
+    assert!(matches!(error, rdkafka::error::KafkaError::Nul(_)), "{error:?}");
+    assert_eq!(back.topic, "bad\0topic");
+}

@@ -12,6 +12,7 @@
 //! - `producer`: the producer whose delivery reports resolve futures,
 //!   served on the Tokio runtime;
 //! - `send`: enqueue an event, await its ack;
+//! - `topic`: librdkafka's handle of a topic, to produce without naming it;
 //! - `headers`: a record's headers read as bytes, whatever their names;
 //! - `admin`: topics and cluster metadata.
 
@@ -22,6 +23,7 @@ mod context;
 mod headers;
 mod producer;
 mod send;
+mod topic;
 
 pub use admin::*;
 pub use assign::*;
@@ -30,3 +32,4 @@ pub use context::*;
 pub use headers::*;
 pub use producer::*;
 pub use send::*;
+pub use topic::*;

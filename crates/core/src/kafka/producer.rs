@@ -8,11 +8,14 @@
 //! allocated it. Here librdkafka signals when its report queue stops being
 //! empty, and a task on the runtime empties it: one cross-thread wake-up
 //! per batch of reports instead of one per record.
+//!
+//! Records go to librdkafka with its handle of their topic, taken on the
+//! first record to that topic ([`super::TopicHandle`]), not by name.
 
 use std::ffi::c_void;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,10 +26,11 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, ToBytes};
 use rdkafka::producer::future_producer::{Delivery, OwnedDeliveryResult};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, FutureRecord, Producer as _, ProducerContext};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, IntoOpaque};
 use tokio::sync::{oneshot, Notify};
 
 use super::context::{log_producer_error, log_to_tracing};
+use super::topic::{Produce, TopicHandle};
 use crate::error::{Error, Result};
 
 /// How often the reports are looked at even without a signal: a safety
@@ -35,6 +39,10 @@ const IDLE_LOOK: Duration = Duration::from_millis(100);
 
 /// Reports served before the serving task lets others run.
 const SERVE_BATCH: usize = 32;
+
+/// Topics whose handles a producer keeps; records to any further topic are
+/// sent by name. The gateway and the consumer write to two or three.
+const MAX_TOPIC_HANDLES: usize = 16;
 
 /// A producer whose sends return a [`DeliveryFuture`]. Cheap to clone; the
 /// last clone dropped purges what is still queued (see `BaseProducer`).
@@ -53,8 +61,14 @@ struct Inner {
     /// Dropped before `base`: the signal is turned off and the queue
     /// handle released while the client is still alive.
     reports: ReportQueue,
+    /// librdkafka's handles of the topics written to, by name, each taken
+    /// on the first record to it; dropped before `base` too.
+    topics: RwLock<Handles>,
     base: BaseProducer<DeliveryContext>,
 }
+
+/// Topic names and librdkafka's handles of them.
+type Handles = Vec<(Box<str>, TopicHandle)>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -180,7 +194,7 @@ impl Producer {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let reports = ReportQueue::new(base.client());
         let wake = reports.wake.clone();
-        let inner = Arc::new(Inner { reports, base });
+        let inner = Arc::new(Inner { reports, topics: RwLock::new(Vec::new()), base });
         // Reports queued before the signal was on are served at once.
         wake.notify_one();
         runtime.spawn(serve(Arc::downgrade(&inner), wake));
@@ -200,6 +214,98 @@ impl Producer {
         P: ToBytes + ?Sized,
     {
         let (done, report) = oneshot::channel();
+        let sent = match self.send_with_handle(record, done) {
+            Ok(sent) => sent,
+            Err((back, done)) => self.send_by_name(back, done),
+        };
+        sent.map(|()| DeliveryFuture { report })
+    }
+
+    /// librdkafka's handle of `topic` (at its index in the list the guard
+    /// holds), taken now if this is the topic's first record; `None` past
+    /// [`MAX_TOPIC_HANDLES`] topics or if librdkafka makes no handle of it.
+    /// Handles are never removed, so an index stays valid.
+    fn topic_handle(&self, topic: &str) -> Option<(RwLockReadGuard<'_, Handles>, usize)> {
+        let find = |topics: &Handles| topics.iter().position(|(name, _)| **name == *topic);
+        let topics = self.inner.topics.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = find(&topics) {
+            return Some((topics, at));
+        }
+        drop(topics);
+        let mut topics = self.inner.topics.write().unwrap_or_else(PoisonError::into_inner);
+        if find(&topics).is_none() {
+            if topics.len() >= MAX_TOPIC_HANDLES {
+                return None;
+            }
+            // SAFETY: the handle is kept in `Inner::topics`, which is
+            // dropped before `Inner::base`, the client it is made on.
+            #[allow(unsafe_code)]
+            let handle = unsafe { TopicHandle::new(self.inner.base.client(), topic) }.ok()?;
+            topics.push((topic.into(), handle));
+        }
+        drop(topics);
+        let topics = self.inner.topics.read().unwrap_or_else(PoisonError::into_inner);
+        let at = find(&topics)?;
+        Some((topics, at))
+    }
+
+    /// Sends `record` with librdkafka's handle of its topic (taken now if
+    /// this is the topic's first record). Gives the record back, untouched,
+    /// if there is no handle for it: then it is sent by name, and a topic
+    /// librdkafka cannot make a handle of fails there with rdkafka's error.
+    #[allow(clippy::result_large_err, clippy::type_complexity)]
+    fn send_with_handle<'a, K, P>(
+        &self,
+        record: FutureRecord<'a, K, P>,
+        done: oneshot::Sender<OwnedDeliveryResult>,
+    ) -> std::result::Result<
+        std::result::Result<(), (KafkaError, FutureRecord<'a, K, P>)>,
+        (FutureRecord<'a, K, P>, oneshot::Sender<OwnedDeliveryResult>),
+    >
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let Some((topics, at)) = self.topic_handle(record.topic) else {
+            return Err((record, done));
+        };
+        let handle = &topics[at].1;
+        let opaque = Box::new(done).into_ptr();
+        let sent = handle.produce(Produce {
+            partition: record.partition,
+            key: record.key.map(ToBytes::to_bytes),
+            payload: record.payload.map(ToBytes::to_bytes),
+            timestamp: record.timestamp,
+            headers: record.headers.as_ref(),
+            opaque,
+        });
+        Ok(match sent {
+            Ok(()) => {
+                // librdkafka owns the headers now.
+                std::mem::forget(record.headers);
+                Ok(())
+            }
+            Err(code) => {
+                // SAFETY: librdkafka refused the record, so the opaque made
+                // above is still ours, and is taken back once.
+                #[allow(unsafe_code)]
+                drop(unsafe { <Box<oneshot::Sender<OwnedDeliveryResult>>>::from_ptr(opaque) });
+                Err((KafkaError::MessageProduction(code), record))
+            }
+        })
+    }
+
+    /// Sends `record` naming its topic, as rdkafka does.
+    #[allow(clippy::result_large_err)]
+    fn send_by_name<'a, K, P>(
+        &self,
+        record: FutureRecord<'a, K, P>,
+        done: oneshot::Sender<OwnedDeliveryResult>,
+    ) -> std::result::Result<(), (KafkaError, FutureRecord<'a, K, P>)>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
         let record = BaseRecord {
             topic: record.topic,
             partition: record.partition,
@@ -210,7 +316,7 @@ impl Producer {
             delivery_opaque: Box::new(done),
         };
         match self.inner.base.send(record) {
-            Ok(()) => Ok(DeliveryFuture { report }),
+            Ok(()) => Ok(()),
             Err((error, back)) => Err((
                 error,
                 FutureRecord {
