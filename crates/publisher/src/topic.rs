@@ -6,7 +6,6 @@
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
-use std::mem;
 
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::Producer as _;
@@ -41,21 +40,13 @@ impl<'p> Topic<'p> {
         headers: Option<OwnedHeaders>,
         opaque: usize,
     ) -> Result<(), (RDKafkaErrorCode, Option<OwnedHeaders>)> {
-        let sent = self.handle.produce(Produce {
+        self.handle.produce(Produce {
             partition: None,
             key,
             payload: Some(payload),
             timestamp: None,
-            headers: headers.as_ref(),
+            headers,
             opaque: opaque as *mut c_void,
-        });
-        match sent {
-            Ok(()) => {
-                // librdkafka owns the headers now.
-                mem::forget(headers);
-                Ok(())
-            }
-            Err(code) => Err((code, headers)),
-        }
+        })
     }
 }

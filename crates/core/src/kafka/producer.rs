@@ -214,9 +214,11 @@ impl Producer {
         P: ToBytes + ?Sized,
     {
         let (done, report) = oneshot::channel();
-        let sent = match self.send_with_handle(record, done) {
-            Ok(sent) => sent,
-            Err((back, done)) => self.send_by_name(back, done),
+        let sent = match self.topic_handle(record.topic) {
+            Some((topics, at)) => Self::send_with_handle(&topics[at].1, record, done),
+            // Past the handles kept, or a name librdkafka makes no handle
+            // of: that fails here with rdkafka's error.
+            None => self.send_by_name(record, done),
         };
         sent.map(|()| DeliveryFuture { report })
     }
@@ -249,49 +251,33 @@ impl Producer {
         Some((topics, at))
     }
 
-    /// Sends `record` with librdkafka's handle of its topic (taken now if
-    /// this is the topic's first record). Gives the record back, untouched,
-    /// if there is no handle for it: then it is sent by name, and a topic
-    /// librdkafka cannot make a handle of fails there with rdkafka's error.
-    #[allow(clippy::result_large_err, clippy::type_complexity)]
+    /// Sends `record` with `handle`, librdkafka's handle of its topic.
+    #[allow(clippy::result_large_err)]
     fn send_with_handle<'a, K, P>(
-        &self,
-        record: FutureRecord<'a, K, P>,
+        handle: &TopicHandle,
+        mut record: FutureRecord<'a, K, P>,
         done: oneshot::Sender<OwnedDeliveryResult>,
-    ) -> std::result::Result<
-        std::result::Result<(), (KafkaError, FutureRecord<'a, K, P>)>,
-        (FutureRecord<'a, K, P>, oneshot::Sender<OwnedDeliveryResult>),
-    >
+    ) -> std::result::Result<(), (KafkaError, FutureRecord<'a, K, P>)>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        let Some((topics, at)) = self.topic_handle(record.topic) else {
-            return Err((record, done));
-        };
-        let handle = &topics[at].1;
         let opaque = Box::new(done).into_ptr();
         let sent = handle.produce(Produce {
             partition: record.partition,
             key: record.key.map(ToBytes::to_bytes),
             payload: record.payload.map(ToBytes::to_bytes),
             timestamp: record.timestamp,
-            headers: record.headers.as_ref(),
+            headers: record.headers.take(),
             opaque,
         });
-        Ok(match sent {
-            Ok(()) => {
-                // librdkafka owns the headers now.
-                std::mem::forget(record.headers);
-                Ok(())
-            }
-            Err(code) => {
-                // SAFETY: librdkafka refused the record, so the opaque made
-                // above is still ours, and is taken back once.
-                #[allow(unsafe_code)]
-                drop(unsafe { <Box<oneshot::Sender<OwnedDeliveryResult>>>::from_ptr(opaque) });
-                Err((KafkaError::MessageProduction(code), record))
-            }
+        sent.map_err(|(code, headers)| {
+            // SAFETY: librdkafka refused the record, so the opaque made
+            // above is still ours, and is taken back once.
+            #[allow(unsafe_code)]
+            drop(unsafe { <Box<oneshot::Sender<OwnedDeliveryResult>>>::from_ptr(opaque) });
+            record.headers = headers;
+            (KafkaError::MessageProduction(code), record)
         })
     }
 

@@ -41,9 +41,9 @@ pub struct Produce<'a> {
     pub payload: Option<&'a [u8]>,
     /// Milliseconds since the epoch, or `None` for now.
     pub timestamp: Option<i64>,
-    /// Owned by librdkafka once the record is taken; still the caller's if
-    /// it is refused.
-    pub headers: Option<&'a OwnedHeaders>,
+    /// Owned by librdkafka once the record is taken; given back if it is
+    /// refused.
+    pub headers: Option<OwnedHeaders>,
     /// Handed back with the record's delivery report.
     pub opaque: *mut c_void,
 }
@@ -70,11 +70,10 @@ impl TopicHandle {
         }
     }
 
-    /// Hands one record to librdkafka. On success librdkafka owns the
-    /// record's headers (the caller must forget them) and will hand
-    /// `opaque` back in the delivery report; on failure both are still the
-    /// caller's.
-    pub fn produce(&self, record: Produce<'_>) -> Result<(), RDKafkaErrorCode> {
+    /// Hands one record to librdkafka, which will hand `opaque` back in
+    /// the delivery report. A refused record gives its headers back with
+    /// the reason, and `opaque` is still the caller's.
+    pub fn produce(&self, record: Produce<'_>) -> Result<(), (RDKafkaErrorCode, Option<OwnedHeaders>)> {
         use rdsys::rd_kafka_vtype_t::*;
         fn parts(bytes: Option<&[u8]>) -> (*mut c_void, usize) {
             bytes.map_or((ptr::null_mut(), 0), |b| (b.as_ptr() as *mut c_void, b.len()))
@@ -82,7 +81,7 @@ impl TopicHandle {
         let (payload_ptr, payload_len) = parts(record.payload);
         let (key_ptr, key_len) = parts(record.key);
         // `as_borrowed` is a view at the native list's own address.
-        let headers_ptr = record.headers.map_or(ptr::null_mut(), |headers| {
+        let headers_ptr = record.headers.as_ref().map_or(ptr::null_mut(), |headers| {
             headers.as_borrowed() as *const BorrowedHeaders as *mut rdsys::rd_kafka_headers_t
         });
         // SAFETY: the client outlives the handle (`new`'s contract); every
@@ -117,8 +116,12 @@ impl TopicHandle {
             )
         };
         match err {
-            rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
-            err => Err(err.into()),
+            rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => {
+                // librdkafka owns the headers now.
+                std::mem::forget(record.headers);
+                Ok(())
+            }
+            err => Err((err.into(), record.headers)),
         }
     }
 }
