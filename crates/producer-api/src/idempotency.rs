@@ -58,8 +58,8 @@ pub struct Key {
 
 impl Key {
     /// The `Idempotency-Key` of a request by `owner` (its key fingerprint),
-    /// if it has one; 422 for a value that is blank, too long or not
-    /// printable ASCII.
+    /// if it has one; 400 for a value that is blank, too long or not
+    /// printable ASCII (a header of the wrong form, as a malformed cursor).
     pub fn from_headers(owner: &str, headers: &HeaderMap) -> Result<Option<Self>, AppError> {
         // A prebuilt name: the lookup on every send, with or without the
         // header, does not parse the name again.
@@ -69,7 +69,7 @@ impl Key {
         };
         let key = value.to_str().map(str::trim).unwrap_or_default();
         if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(AppError::Unprocessable(format!(
+            return Err(AppError::BadParameter(format!(
                 "Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters (space to ~)"
             )));
         }
@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(Key::from_headers("o", &headers).unwrap().unwrap().digest, Key::new("o", "k1").digest);
         for bad in ["", &"x".repeat(MAX_KEY_LEN + 1)] {
             headers.insert(HEADER, bad.parse().unwrap());
-            assert_eq!(Key::from_headers("o", &headers).unwrap_err().status().as_u16(), 422, "{bad:?}");
+            assert_eq!(Key::from_headers("o", &headers).unwrap_err().status().as_u16(), 400, "{bad:?}");
         }
     }
 

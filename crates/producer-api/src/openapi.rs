@@ -184,10 +184,10 @@ fn paths() -> Value {
             "requestBody": json_body("PublishRequest"),
             "responses": authed(map(json!({
                 "200": ok_replayable("Written (or, with a repeated Idempotency-Key, written earlier)", "Ack"),
-                "400": error("Malformed JSON"),
+                "400": error("Malformed JSON, or a malformed Idempotency-Key (blank, over 255 characters or not printable ASCII)"),
                 "413": error("Body larger than --max-body-bytes"),
                 "415": error("Content-Type is not application/json"),
-                "422": error("Valid JSON of the wrong shape, or a reserved header; a message that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that is malformed or was used for a different request"),
+                "422": error("Valid JSON of the wrong shape, or a reserved header; a message that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that was used for a different request"),
                 "429": rate_limited("The key is over --rate-limit (see the RateLimit headers), or too many requests in flight"),
                 "503": unavailable()
             })))
@@ -246,12 +246,12 @@ fn paths() -> Value {
             },
             "responses": authed(map(json!({
                 "200": ok_replayable("Written (or, with a repeated Idempotency-Key, written earlier)", "SendAck"),
-                "400": error("Malformed JSON or form"),
+                "400": error("Malformed JSON or form, or a malformed Idempotency-Key (blank, over 255 characters or not printable ASCII)"),
                 "403": error("The stream belongs to another key"),
                 "404": error("Unknown stream"),
                 "413": error("Body too large"),
                 "415": error("Content-Type is neither application/json nor a form"),
-                "422": error("Neither data nor message given; data that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that is malformed or was used for a different request"),
+                "422": error("Neither data nor message given; data that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that was used for a different request"),
                 "429": rate_limited("The key is over --rate-limit (see the RateLimit headers), or too many requests in flight"),
                 "503": unavailable()
             })))

@@ -33,6 +33,22 @@ async fn post(app: &common::TestApp, path: &str, key: &str, idem: &str, body: &V
     (status, replayed, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `POST path` with `Idempotency-Key` set to raw bytes (not necessarily
+/// text): status, whether it was marked replayed, and the JSON reply.
+async fn post_raw(app: &common::TestApp, path: &str, key: &str, idem: &[u8], body: &Value) -> (u16, bool, Value) {
+    let response = common::client()
+        .post(app.url(path))
+        .header("X-API-Key", key)
+        .header("Idempotency-Key", reqwest::header::HeaderValue::from_bytes(idem).unwrap())
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    (status, replayed, response.json().await.unwrap_or(Value::Null))
+}
+
 fn expected_id(api_key: &str, idem: &str) -> String {
     Key::new(&producer_api::auth::fingerprint(api_key), idem).event_id()
 }
@@ -134,9 +150,15 @@ async fn the_same_key_with_a_different_body_is_refused() {
     assert_eq!((status, replayed), (200, false), "{theirs}");
     assert_ne!(theirs["id"], first["id"]);
 
-    // Bad keys are refused before anything is written.
-    let (status, _, reply) = post(&app, "/publish", KEY_A, &"x".repeat(300), &json!({"message": 3})).await;
-    assert_eq!(status, 422, "{reply}");
+    // Malformed keys are refused (400, a header of the wrong form) before
+    // anything is written, on both routes.
+    for bad in ["x".repeat(300), " ".to_string(), "caf\u{e9}".to_string()] {
+        for path in ["/publish".to_string(), format!("/stream/{stream}/send")] {
+            let (status, _, reply) = post_raw(&app, &path, KEY_A, bad.as_bytes(), &json!({"message": 3})).await;
+            assert_eq!(status, 400, "{path} {bad:?}: {reply}");
+            assert!(reply["detail"].as_str().unwrap_or_default().contains("Idempotency-Key"), "{reply}");
+        }
+    }
 
     let events = common::read_all(&kafka, &kafka.topics.events).await;
     let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
