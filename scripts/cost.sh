@@ -44,8 +44,17 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+ALL_SERIES="api api-per-request go-client consume publish e2e"
+# The header above, without its comment marks.
+usage() { sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+case "${1:-}" in -h | --help | help) usage; exit 0 ;; esac
 SCALE=1; [[ "${1:-}" == quick ]] && { SCALE=10; shift; }
-SERIES="${*:-api api-per-request go-client consume publish e2e}"
+# Every name checked before anything is built or started: a misspelt
+# series would otherwise measure nothing, silently.
+for s in "$@"; do
+  [[ " $ALL_SERIES " == *" $s "* ]] || { echo "cost.sh: unknown series '$s' (choose from: quick, $ALL_SERIES; --help)" >&2; exit 2; }
+done
+SERIES="${*:-$ALL_SERIES}"
 want() { [[ " $SERIES " == *" $1 "* ]]; }
 API_MSGS=$((100000 / SCALE)); CONSUME=$((300000 / SCALE)); PUBLISH=$((1000000 / SCALE))
 PORT="${PERF_PORT:-19800}"

@@ -3,6 +3,7 @@
 # series, release builds, and every measurement with the exact command.
 #
 #   scripts/perf.sh [quick]      quick: 10x smaller counts, for a smoke run
+#   scripts/perf.sh cost [...]   the cost report instead: scripts/cost.sh [...]
 #
 # Output: the log on stdout and in bench-results/perf/perf.log, plus each
 # bench's JSON, .hgrm and SVG files in bench-results/perf/.
@@ -10,6 +11,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+[[ "${1:-}" == cost ]] && { shift; exec scripts/cost.sh "$@"; }
 SCALE=1; [[ "${1:-}" == quick ]] && SCALE=10
 N=$((1000000 / SCALE)); N1K=$((300000 / SCALE)); API_MSGS=$((100000 / SCALE))
 PORT="${PERF_PORT:-19800}"

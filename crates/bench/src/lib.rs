@@ -7,11 +7,12 @@
 //! cargo run -p bench --release -- consume --count 1000000
 //! cargo run -p bench --release -- e2e --rates 1000,10000,50000 --warmup 5s --duration 20s
 //! cargo run -p bench --release -- api --streams 1000 --messages 100000
+//! cargo run -p bench --release -- cost api consume
 //! ```
 //!
 //! # Layout
 //!
-//! - [`produce`], [`consume`], [`e2e`], [`api`]: one module per subcommand.
+//! - [`produce`], [`consume`], [`e2e`], [`api`], [`cost`]: one module per subcommand.
 //! - [`output`]: the table, JSON report and files every subcommand writes.
 //! - [`hgrm`]: HdrHistogram's percentile-distribution text format.
 //! - [`http1`]: the lean keep-alive HTTP/1.1 client of the `api` load loop.
@@ -22,6 +23,7 @@
 
 pub mod api;
 pub mod consume;
+pub mod cost;
 pub mod e2e;
 pub mod hgrm;
 pub mod http1;
@@ -56,6 +58,7 @@ Examples:
   bench consume --count 1000000                   # fills the topic, then reads it back as fast as possible
   bench e2e --rates 1000,10000,50000 --warmup 5s --duration 20s
   bench api --url http://127.0.0.1:8082 --api-key secret --streams 1000 --messages 100000
+  bench cost api consume                          # CPU µs per message of every process (scripts/cost.sh)
 
 Each run prints a table (count, rate, p50, p90, p99, p99.9, max, mean, errors), and writes
 <out-dir>/<command>.json, one .hgrm percentile distribution per row and an SVG plot.
@@ -95,6 +98,24 @@ pub enum Command {
   bench api --url http://127.0.0.1:8082 --api-key secret
   bench api --api-key secret --streams 1000 --messages 100000 --json")]
     Api(api::ApiArgs),
+    /// The cost report: CPU µs per message of the gateway, the consumer, the broker and the load
+    /// client, beside throughput and latency, each series on a fresh local broker (runs the
+    /// checkout's scripts/cost.sh; release builds).
+    #[command(after_help = "Series:
+  api              200 idle stream starts, then 1000 streams send 100,000 messages over HTTP,
+                   every result awaited on its WebSocket (bench api), consumer --workers 2
+  api-per-request  the same with form bodies, each send on a new connection
+  go-client        the same sends through Go's default HTTP client (when go is installed)
+  consume          300,000 events through consumer --workers 2, then librdkafka's own floor
+  publish          1,000,000 100-byte records from publisher, bare and with CloudEvents headers
+  e2e              bench e2e latency at 1,000 and 10,000 events/s
+
+Examples:
+  bench cost                      # every series (about ten minutes)
+  bench cost quick api consume    # 10x smaller counts, two series
+
+Output: a table on stdout and in bench-results/cost/cost.log. Environment: see scripts/cost.sh --help.")]
+    Cost(cost::CostArgs),
 }
 
 impl Cli {
@@ -110,7 +131,8 @@ impl Cli {
             Some(Command::Consume(a)) => &a.common,
             Some(Command::E2e(a)) => &a.common,
             Some(Command::Api(a)) => &a.common,
-            None => &self.e2e.common,
+            // Not a benchmark of its own: its script writes its own output.
+            Some(Command::Cost(_)) | None => &self.e2e.common,
         }
     }
 }
@@ -211,6 +233,7 @@ pub async fn run(cli: &Cli, shutdown: CancellationToken) -> anyhow::Result<Bench
         Command::Consume(args) => consume::run(args, shutdown).await,
         Command::E2e(args) => e2e::run(args, shutdown).await,
         Command::Api(args) => api::run(args, shutdown).await,
+        Command::Cost(_) => anyhow::bail!("bench cost is run by cost::run, not as a benchmark"),
     }
 }
 
@@ -272,6 +295,25 @@ mod tests {
         let Command::E2e(args) = cli.command() else { panic!("{cli:?}") };
         let err = e2e::run(&args, CancellationToken::new()).await.unwrap_err().to_string();
         assert!(err.contains("--rates lists 500 twice"), "{err}");
+    }
+
+    #[test]
+    fn cost_takes_the_scripts_series_and_refuses_others() {
+        let cli = Cli::try_parse_from(["bench", "cost", "quick", "api", "consume"]).unwrap();
+        let Some(Command::Cost(args)) = cli.command else { panic!("{cli:?}") };
+        assert_eq!(args.series, ["quick", "api", "consume"]);
+        let err = Cli::try_parse_from(["bench", "cost", "apii"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("api-per-request"), "{err}");
+        // The script is where the subcommand looks for it, and agrees on
+        // the series: it refuses a name before building anything.
+        let script = std::fs::read_to_string(cost::script()).unwrap();
+        assert!(script.contains(&format!("ALL_SERIES=\"{}\"", cost::SERIES.join(" "))), "scripts/cost.sh's series");
+        let refused = std::process::Command::new("bash").arg(cost::script()).arg("apii").output().unwrap();
+        assert_eq!(refused.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown series 'apii'"));
+        let err = cost::run(&cost::CostArgs { series: vec!["api".into(), "quick".into()] }).unwrap_err();
+        assert!(err.to_string().contains("quick goes before the series"), "{err}");
     }
 
     #[test]

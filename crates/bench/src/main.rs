@@ -16,6 +16,15 @@ use stream_core::{config, shutdown, telemetry};
 async fn main() {
     config::load_dotenv();
     let cli = Cli::parse();
+    if let Some(bench::Command::Cost(args)) = &cli.command {
+        match bench::cost::run(args) {
+            Ok(code) => std::process::exit(code),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     telemetry::init(cli.common().log.log_format);
     let shutdown = shutdown::on_signal();
     match bench::run(&cli, shutdown).await {

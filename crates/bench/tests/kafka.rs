@@ -28,7 +28,7 @@ fn cli(kafka: &KafkaArgs, out: &Path, flags: &[&str]) -> Cli {
         Some(bench::Command::Consume(a)) => &mut a.load,
         Some(bench::Command::E2e(a)) => &mut a.load,
         None => &mut cli.e2e.load,
-        Some(bench::Command::Api(_)) => unreachable!("not a Kafka benchmark"),
+        Some(bench::Command::Api(_) | bench::Command::Cost(_)) => unreachable!("not a Kafka benchmark"),
     };
     load.kafka = kafka.clone();
     load.bench_topic = kafka.topics.events.clone();
