@@ -14,10 +14,15 @@ use tokio::io::AsyncWriteExt;
 /// `POST path` with `key` and `Idempotency-Key: idem`: status, whether it
 /// was marked replayed, and the JSON reply.
 async fn post(app: &common::TestApp, path: &str, key: &str, idem: &str, body: &Value) -> (u16, bool, Value) {
+    post_raw(app, path, key, idem.as_bytes(), body).await
+}
+
+/// [`post`] with the `Idempotency-Key` as raw bytes, not necessarily text.
+async fn post_raw(app: &common::TestApp, path: &str, key: &str, idem: &[u8], body: &Value) -> (u16, bool, Value) {
     let response = common::client()
         .post(app.url(path))
         .header("X-API-Key", key)
-        .header("Idempotency-Key", idem)
+        .header("Idempotency-Key", reqwest::header::HeaderValue::from_bytes(idem).unwrap())
         .json(body)
         .send()
         .await
@@ -30,22 +35,6 @@ async fn post(app: &common::TestApp, path: &str, key: &str, idem: &str, body: &V
         }
         None => false,
     };
-    (status, replayed, response.json().await.unwrap_or(Value::Null))
-}
-
-/// `POST path` with `Idempotency-Key` set to raw bytes (not necessarily
-/// text): status, whether it was marked replayed, and the JSON reply.
-async fn post_raw(app: &common::TestApp, path: &str, key: &str, idem: &[u8], body: &Value) -> (u16, bool, Value) {
-    let response = common::client()
-        .post(app.url(path))
-        .header("X-API-Key", key)
-        .header("Idempotency-Key", reqwest::header::HeaderValue::from_bytes(idem).unwrap())
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let replayed = response.headers().contains_key("idempotent-replayed");
     (status, replayed, response.json().await.unwrap_or(Value::Null))
 }
 
