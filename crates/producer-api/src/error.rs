@@ -64,10 +64,14 @@ pub enum AppError {
     /// 429: the caller's key sent more events than `--rate-limit` allows.
     #[error("rate limited")]
     RateLimited {
-        /// When enough capacity is back for the refused events.
+        /// When enough capacity is back for the refused events (for a
+        /// batch larger than the burst: when the whole burst is back).
         retry_after: Duration,
         /// The key's burst: events it may send at once.
         limit: u32,
+        /// Why, when waiting alone will not help (a batch larger than the
+        /// burst).
+        detail: Option<String>,
     },
     /// 429: the server is already handling as many requests as allowed.
     #[error("too many requests in flight")]
@@ -131,6 +135,7 @@ impl AppError {
             Self::UnknownStream(id) => Some(json!({ "stream_id": id })),
             Self::CursorExpired { earliest } => Some(json!({ "earliest": earliest })),
             Self::SchemaMismatch(errors) => Some(json!({ "errors": errors })),
+            Self::RateLimited { detail: Some(d), .. } => Some(Value::String(d.clone())),
             Self::IdempotencyConflict => Some(Value::String(
                 "this Idempotency-Key was first sent with another body (or to another route or stream); \
                  use a new key for a new request"
@@ -177,7 +182,7 @@ impl IntoResponse for AppError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"streamkit\""));
         }
-        if let Self::RateLimited { retry_after, limit } = &self {
+        if let Self::RateLimited { retry_after, limit, .. } = &self {
             // draft-ietf-httpapi-ratelimit-headers: the quota (the burst),
             // what is left of it (nothing), and seconds until it allows
             // the refused request again.
@@ -287,7 +292,7 @@ mod tests {
 
     #[test]
     fn rate_limited_rounds_its_waits_up() {
-        let error = AppError::RateLimited { retry_after: Duration::from_millis(1200), limit: 5 };
+        let error = AppError::RateLimited { retry_after: Duration::from_millis(1200), limit: 5, detail: None };
         assert_eq!(error.body(), json!({"error": "rate limited", "retry_after_ms": 1200}));
         let response = error.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);

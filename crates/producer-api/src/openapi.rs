@@ -207,10 +207,10 @@ fn paths() -> Value {
             "responses": authed(map(json!({
                 "200": ok("Per-record results (some records may have failed; a record that does not match --event-schema has status 422 and detail.errors)", "BatchResult"),
                 "400": error("The body is not JSON"),
-                "413": error("More bytes than --max-batch-bytes, records than --max-batch-records, or events than the key's --rate-limit-burst"),
+                "413": error("More bytes than --max-batch-bytes, or records than --max-batch-records"),
                 "415": error("Content-Type is neither application/json nor application/x-ndjson"),
                 "422": error("Not an array, or empty"),
-                "429": rate_limited("The batch's records do not fit in the key's --rate-limit now: nothing was written (a batch is admitted whole or refused whole); or too many requests in flight"),
+                "429": rate_limited("The batch's records do not fit in the key's --rate-limit now, or never can (more records than its --rate-limit-burst; the detail says so): nothing was written (a batch is admitted whole or refused whole); or too many requests in flight"),
                 "503": unavailable()
             })))
         }},

@@ -23,6 +23,8 @@ pub struct RateLimits {
     limiters: HashMap<Arc<str>, DefaultDirectRateLimiter>,
     /// Events a key may send at once; reported as `RateLimit-Limit`.
     burst: NonZeroU32,
+    /// The time one event's allowance takes to come back.
+    period: Duration,
     clock: DefaultClock,
 }
 
@@ -41,12 +43,13 @@ impl RateLimits {
         let burst = burst.unwrap_or(default_burst);
         let quota = Quota::with_period(period)?.allow_burst(burst);
         let limiters = fingerprints.into_iter().map(|owner| (owner, RateLimiter::direct(quota))).collect();
-        Some(Self { limiters, burst, clock: DefaultClock::default() })
+        Some(Self { limiters, burst, period, clock: DefaultClock::default() })
     }
 
     /// Takes `events` from `owner`'s allowance, all or none: 429 with the
-    /// wait when they do not fit now, 413 when they never can (more than
-    /// the burst at once, e.g. a batch too large for the limit).
+    /// wait when they do not fit now. More than the burst at once (a batch
+    /// too large for the limit) never fits: that is a 429 too, as over the
+    /// limit, with a detail that says waiting alone will not help.
     pub fn check(&self, owner: &str, events: usize) -> Result<(), AppError> {
         let Some(limiter) = self.limiters.get(owner) else {
             // Every authenticated caller has a limiter; a key unknown here
@@ -67,6 +70,7 @@ impl RateLimits {
                 Err(AppError::RateLimited {
                     retry_after: not_until.wait_time_from(self.clock.now()),
                     limit: self.burst.get(),
+                    detail: None,
                 })
             }
             Err(_insufficient) => Err(self.too_large(events)),
@@ -74,10 +78,18 @@ impl RateLimits {
     }
 
     fn too_large(&self, events: usize) -> AppError {
-        AppError::TooLarge(format!(
-            "{events} events at once are more than this key's rate-limit burst of {} (RATE_LIMIT_BURST); send them in smaller batches",
-            self.burst
-        ))
+        metrics::counter!("rate_limited_total").increment(1);
+        AppError::RateLimited {
+            // When the whole burst is back: the most that can ever be sent
+            // at once.
+            retry_after: self.period.saturating_mul(self.burst.get()),
+            limit: self.burst.get(),
+            detail: Some(format!(
+                "{events} events at once are more than this key's rate-limit burst of {burst} (RATE_LIMIT_BURST), \
+                 so this batch can never be admitted whole: send at most {burst} per batch",
+                burst = self.burst
+            )),
+        }
     }
 }
 
@@ -94,13 +106,23 @@ mod tests {
         limits.check("a", 1).unwrap();
         let refused = limits.check("a", 1).unwrap_err();
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-        let AppError::RateLimited { retry_after, limit } = refused else { panic!("{refused:?}") };
+        let AppError::RateLimited { retry_after, limit, detail } = refused else { panic!("{refused:?}") };
         assert_eq!(limit, 3);
+        assert_eq!(detail, None);
         assert!(retry_after > std::time::Duration::ZERO && retry_after <= std::time::Duration::from_secs(1));
         // Another key is untouched by a's use.
         limits.check("b", 3).unwrap();
-        // All or nothing, and never more than the burst.
-        assert_eq!(limits.check("b", 4).unwrap_err().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // All or nothing, and never more than the burst: refused as over
+        // the limit, saying that waiting alone will not help, and when the
+        // whole burst is back.
+        let too_many = limits.check("b", 4).unwrap_err();
+        assert_eq!(too_many.status(), StatusCode::TOO_MANY_REQUESTS);
+        let AppError::RateLimited { retry_after, limit: 3, detail: Some(detail) } = &too_many else {
+            panic!("{too_many:?}")
+        };
+        assert_eq!(*retry_after, std::time::Duration::from_secs(3));
+        assert!(detail.contains("at most 3 per batch"), "{detail}");
+        assert_eq!(too_many.body()["detail"], detail.as_str());
         limits.check("b", 0).unwrap();
         assert_eq!(limits.check("nobody", 1).unwrap_err().status(), StatusCode::INTERNAL_SERVER_ERROR);
     }

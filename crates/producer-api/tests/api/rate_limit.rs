@@ -101,13 +101,18 @@ async fn a_batch_is_admitted_whole_or_refused_whole() {
     let (status, reply) = batch(&app, KEY_A, 2).await;
     assert_eq!(status, 200, "{reply}");
 
-    // A batch larger than the burst can never pass: 413, not a 429 that
-    // a client would retry for ever.
+    // A batch larger than the burst is over the limit too (429), and the
+    // reply says that waiting alone will not let it through.
     let (status, reply) = batch(&app, KEY_B, 6).await;
-    assert_eq!(status, 413, "{reply}");
+    assert_eq!(status, 429, "{reply}");
+    assert_eq!(reply["error"], "rate limited");
+    assert!(reply["detail"].as_str().unwrap().contains("send at most 5 per batch"), "{reply}");
+    // ...and nothing of it was taken from the allowance: five fit.
+    let (status, reply) = batch(&app, KEY_B, 5).await;
+    assert_eq!(status, 200, "{reply}");
 
     let events = common::read_all(&kafka, &kafka.topics.events).await;
-    assert_eq!(events.len(), 5);
+    assert_eq!(events.len(), 10, "3 + 2 from key A, 5 from key B, none of the refused batches");
     app.stop().await;
 }
 
