@@ -106,13 +106,6 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
             ));
         }
         let body = Bytes::from_request(req, state).await?;
-        let trimmed = body.trim_ascii_start();
-        if trimmed.starts_with(b"{") || trimmed.starts_with(b"[") {
-            // curl -d '{...}' without -H: JSON sent under curl's default type.
-            return Err(AppError::UnsupportedMediaType(
-                "the body looks like JSON but is labelled a form: send it with Content-Type: application/json".into(),
-            ));
-        }
         let fields = form_fields(&body)?;
         let field = |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
         field("data")
@@ -126,7 +119,17 @@ impl<S: Send + Sync> FromRequest<S> for SendPayload {
 /// value is not UTF-8 once percent-decoded: decoding them lossily, as
 /// `serde_urlencoded` does, would publish U+FFFD in place of the client's
 /// bytes, where the same bytes in JSON are refused.
+///
+/// A body that starts with `{` or `[` is JSON labelled a form (curl's `-d`
+/// without `-H` sends that): 415, naming the type to send it with, rather
+/// than an "unknown field" for the whole JSON text.
 pub fn form_fields(body: &[u8]) -> Result<Vec<(String, String)>, AppError> {
+    let trimmed = body.trim_ascii_start();
+    if trimmed.starts_with(b"{") || trimmed.starts_with(b"[") {
+        return Err(AppError::UnsupportedMediaType(
+            "the body looks like JSON but is labelled a form: send it with Content-Type: application/json".into(),
+        ));
+    }
     let not_utf8 = body
         .split(|b| *b == b'&')
         .flat_map(|pair| pair.splitn(2, |b| *b == b'='))
@@ -240,6 +243,11 @@ mod tests {
         for bad in [&b"data=ok%FF%FEend"[..], b"data=%C3", b"d%FFta=1", b"data=\xff"] {
             let error = form_fields(bad).unwrap_err();
             assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{:?}", String::from_utf8_lossy(bad));
+        }
+        // JSON under a form's type, as curl -d sends it without -H.
+        for json in [&br#"{"stream_id": "x"}"#[..], b"  [1]"] {
+            let error = form_fields(json).unwrap_err();
+            assert_eq!(error.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{:?}", String::from_utf8_lossy(json));
         }
     }
 }

@@ -205,6 +205,8 @@ fn cases(owned: &str) -> Vec<Case> {
         case("start with an id in an array", "POST", "/stream/start", 422).json(r#"["x"]"#),
         case("start malformed", "POST", "/stream/start", 400).json(r#"{"stream_id": "#),
         case("start as text/plain", "POST", "/stream/start", 415).body(Some("text/plain"), r#"{"stream_id": "x"}"#),
+        case("start JSON labelled a form (curl -d without -H)", "POST", "/stream/start", 415)
+            .body(Some("application/x-www-form-urlencoded"), r#"{"stream_id": "x"}"#),
         case("start oversized", "POST", "/stream/start", 413).json(&big),
         case("start without a key", "POST", "/stream/start", 401).key(None),
         case("start another key's stream", "POST", "/stream/start", 403)
