@@ -37,7 +37,7 @@
 # the reports moved onto Tokio's workers), and gives both processes' peak
 # RSS.
 # Environment: PERF_PORT (19800) for the broker, COST_API_PORT (18283),
-# COST_BIN (target/release, built first) to measure other binaries,
+# COST_BIN (target/release, or under CARGO_TARGET_DIR; built first) to measure other binaries,
 # COST_GATEWAY_ENV and COST_CONSUMER_ENV: NAME=VALUE words for the gateway's
 # or the consumer's environment alone (api, api-per-request, go-client), e.g.
 # COST_GATEWAY_ENV="KAFKA_PROPERTIES=fetch.min.bytes=16384 PRODUCER_LINGER=5ms".
@@ -65,7 +65,7 @@ exec > >(tee "$OUT/cost.log") 2>&1
 
 export KAFKA_BROKERS="127.0.0.1:$PORT" BROKER_PORT="$PORT" BROKER_DIR="$ROOT/target/cost-broker"
 export RUST_LOG=warn
-B="${COST_BIN:-target/release}"
+B="${COST_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}"
 TICK=$(getconf CLK_TCK)
 pids=()
 cleanup() {
@@ -144,9 +144,9 @@ scripts/setup.sh >/dev/null
 # A fresh broker, the gateway and `consumer --workers 2`, ready.
 start_stack() {
 fresh_broker
-API_KEYS=cost-key,start-key LISTEN_ADDR="127.0.0.1:$API_PORT" env ${COST_GATEWAY_ENV:-} $B/producer-api >"$OUT/producer-api.log" 2>&1 &
+API_KEYS=cost-key,start-key LISTEN_ADDR="127.0.0.1:$API_PORT" env ${COST_GATEWAY_ENV:-} "$B/producer-api" >"$OUT/producer-api.log" 2>&1 &
 gateway=$!; pids+=("$gateway")
-RUST_LOG=info env ${COST_CONSUMER_ENV:-} $B/consumer --workers 2 --create-topics >"$OUT/consumer.log" 2>&1 &
+RUST_LOG=info env ${COST_CONSUMER_ENV:-} "$B/consumer" --workers 2 --create-topics >"$OUT/consumer.log" 2>&1 &
 consumer=$!; pids+=("$consumer")
 local ready=
 for _ in $(seq 1 600); do
@@ -191,7 +191,7 @@ fi
 
 cpu_before
 thread_ticks "$gateway" >"$OUT/gateway-threads.0"; thread_ticks "$consumer" >"$OUT/consumer-threads.0"
-api_out=$(run_timed $B/bench api --url "http://127.0.0.1:$API_PORT" --api-key cost-key --streams 1000 --messages "$API_MSGS" --out-dir "$OUT/$label" "$@")
+api_out=$(run_timed "$B/bench" api --url "http://127.0.0.1:$API_PORT" --api-key cost-key --streams 1000 --messages "$API_MSGS" --out-dir "$OUT/$label" "$@")
 echo "$api_out"
 # Threads are read after the process totals at the start and before them
 # at the end, so the totals cover at least what the threads used.
@@ -238,9 +238,9 @@ fi
 if want consume; then
 echo; echo "== consume: $CONSUME events, 2 workers, CloudEvents results"
 fresh_broker
-run_timed $B/examples/throughput preload --topic cost --count "$CONSUME" >/dev/null
+run_timed "$B/examples/throughput" preload --topic cost --count "$CONSUME" >/dev/null
 k0=$(cpu "$(broker_pid)")
-out=$(run_timed $B/examples/throughput consumer --topic cost --results-topic cost.results --dlq-topic cost.dlq --create-topics --workers 2)
+out=$(run_timed "$B/examples/throughput" consumer --topic cost --results-topic cost.results --dlq-topic cost.dlq --create-topics --workers 2)
 echo "$out"
 k1=$(cpu "$(broker_pid)")
 row "consume: consumer CPU per event (µs)" "$(per "$(sed -n 's/^cpu=//p' <<<"$out")" "$CONSUME")"
@@ -248,7 +248,7 @@ row "consume: broker CPU per event (µs)" "$(per "$(echo "$k1 - $k0" | bc)" "$CO
 row "consume: events/s" "$(grep -o '[0-9]* events/s' <<<"$out" | head -1)"
 # The floor: librdkafka alone reading each record and writing it back with
 # its key and CloudEvents headers, no processing, no ordering, no commits.
-out=$(run_timed $B/examples/throughput pipe --topic cost --results-topic cost.pipe)
+out=$(run_timed "$B/examples/throughput" pipe --topic cost --results-topic cost.pipe)
 echo "$out"
 row "consume floor (librdkafka pipe) CPU per event (µs)" "$(per "$(sed -n 's/^cpu=//p' <<<"$out")" "$CONSUME")"
 fi
@@ -259,7 +259,7 @@ fresh_broker
 for mode in bare ce; do
   flags=(--keys 1000); [[ $mode == bare ]] && flags=(--keys 0 --no-headers)
   k0=$(cpu "$(broker_pid)")
-  out=$(run_timed $B/publisher --count "$PUBLISH" --size 100 "${flags[@]}" --topic "cost-pub-$mode" 2>&1 || true)
+  out=$(run_timed "$B/publisher" --count "$PUBLISH" --size 100 "${flags[@]}" --topic "cost-pub-$mode" 2>&1 || true)
   echo "$out" | tail -n 12
   k1=$(cpu "$(broker_pid)")
   row "publish ($mode): publisher CPU per message (µs)" "$(per "$(sed -n 's/^cpu=//p' <<<"$out")" "$PUBLISH")"
@@ -274,7 +274,7 @@ echo; echo "== e2e: produce -> consume latency"
 # so a rate run after another would also measure the first one's records.
 for rate in 1000 10000; do
   fresh_broker
-  out=$(run_timed $B/bench e2e --rates "$rate" --warmup 5s --duration 20s --out-dir "$OUT/e2e-$rate")
+  out=$(run_timed "$B/bench" e2e --rates "$rate" --warmup 5s --duration 20s --out-dir "$OUT/e2e-$rate")
   echo "$out"
   row "e2e at $rate/s: p50 / p99 (ms)" "$(awk -v r="@$rate/s" '$1 == r { print $4 " / " $8 }' <<<"$out")"
 done

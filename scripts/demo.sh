@@ -41,9 +41,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-RUST_LOG="${RUST_LOG:-info}" target/debug/consumer --workers 2 --create-topics >"$LOGS/consumer.log" 2>&1 &
+# Where cargo put them: CARGO_TARGET_DIR when the user sets one.
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+RUST_LOG="${RUST_LOG:-info}" "$BIN/consumer" --workers 2 --create-topics >"$LOGS/consumer.log" 2>&1 &
 pids+=($!)
-target/debug/producer-api >"$LOGS/producer-api.log" 2>&1 &
+"$BIN/producer-api" >"$LOGS/producer-api.log" 2>&1 &
 pids+=($!)
 
 wait_for() { # name url
