@@ -65,31 +65,29 @@ impl RateLimits {
         };
         match limiter.check_n(n) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => {
-                metrics::counter!("rate_limited_total").increment(1);
-                Err(AppError::RateLimited {
-                    retry_after: not_until.wait_time_from(self.clock.now()),
-                    limit: self.burst.get(),
-                    detail: None,
-                })
-            }
+            Ok(Err(not_until)) => Err(self.refused(not_until.wait_time_from(self.clock.now()), None)),
             Err(_insufficient) => Err(self.too_large(events)),
         }
     }
 
     fn too_large(&self, events: usize) -> AppError {
-        metrics::counter!("rate_limited_total").increment(1);
-        AppError::RateLimited {
+        self.refused(
             // When the whole burst is back: the most that can ever be sent
             // at once.
-            retry_after: self.period.saturating_mul(self.burst.get()),
-            limit: self.burst.get(),
-            detail: Some(format!(
+            self.period.saturating_mul(self.burst.get()),
+            Some(format!(
                 "{events} events at once are more than this key's rate-limit burst of {burst} (RATE_LIMIT_BURST), \
                  so this batch can never be admitted whole: send at most {burst} per batch",
                 burst = self.burst
             )),
-        }
+        )
+    }
+
+    /// A 429 over the limit, counted: every refusal, whether waiting will
+    /// let the events through or (with `detail` saying so) it never can.
+    fn refused(&self, retry_after: Duration, detail: Option<String>) -> AppError {
+        metrics::counter!("rate_limited_total").increment(1);
+        AppError::RateLimited { retry_after, limit: self.burst.get(), detail }
     }
 }
 
