@@ -44,6 +44,9 @@ pub enum AppError {
     /// 408: the body did not arrive within `--body-read-timeout`.
     #[error("request body not received in time")]
     BodyTimeout,
+    /// 426: a WebSocket handshake of a version other than 13 (RFC 6455).
+    #[error("unsupported WebSocket version")]
+    WebSocketVersion,
     /// 413: the body (or the batch) is larger than configured.
     #[error("request body too large")]
     TooLarge(String),
@@ -108,6 +111,7 @@ impl AppError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::WebSocketVersion => StatusCode::UPGRADE_REQUIRED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) | Self::SchemaMismatch(_) | Self::IdempotencyConflict => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -136,6 +140,7 @@ impl AppError {
             Self::CursorExpired { earliest } => Some(json!({ "earliest": earliest })),
             Self::SchemaMismatch(errors) => Some(json!({ "errors": errors })),
             Self::RateLimited { detail: Some(d), .. } => Some(Value::String(d.clone())),
+            Self::WebSocketVersion => Some(Value::String("this server speaks WebSocket version 13".into())),
             Self::IdempotencyConflict => Some(Value::String(
                 "this Idempotency-Key was first sent with another body (or to another route or stream); \
                  use a new key for a new request"
@@ -174,6 +179,10 @@ impl IntoResponse for AppError {
         };
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::WebSocketVersion = self {
+            // RFC 6455, 4.2.2: the refusal names the versions the server takes.
+            response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
         if let Self::Unauthorized = self {
             // RFC 9110: a 401 names the scheme it takes (`X-API-Key` works

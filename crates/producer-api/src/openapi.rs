@@ -97,6 +97,7 @@ fn authed(mut responses: serde_json::Map<String, Value>) -> Value {
         "schema": { "type": "string" }, "description": "The scheme the route takes: Bearer realm=\"streamkit\""
     } });
     responses.insert("401".into(), unauthorized);
+    responses.entry("500").or_insert_with(|| error("An unexpected failure; the cause is in the server's log"));
     responses
         .entry("429")
         .or_insert_with(|| too_many("Too many requests in flight (--max-in-flight); retry after a second"));
@@ -142,7 +143,12 @@ fn results_operation(security: &Value) -> Value {
                     "text/event-stream": { "schema": { "type": "string" } }
                 }
             },
-            "400": error("Malformed cursor, a cursor of another stream, or limit/wait out of range"),
+            "400": error("Malformed cursor, a cursor of another stream, or limit/wait out of range; a WebSocket handshake without Sec-WebSocket-Key"),
+            "426": {
+                "description": "A WebSocket handshake of a version other than 13",
+                "headers": { "Sec-WebSocket-Version": { "schema": { "type": "string" }, "description": "13, the version the server speaks" } },
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+            },
             "403": error("The stream belongs to another key"),
             "404": error("Unknown stream"),
             "429": too_many("The key already has --max-websockets-per-key result connections (WebSocket or SSE) open, or too many requests in flight"),
@@ -185,6 +191,7 @@ fn paths() -> Value {
             "responses": authed(map(json!({
                 "200": ok_replayable("Written (or, with a repeated Idempotency-Key, written earlier)", "Ack"),
                 "400": error("Malformed JSON, or a malformed Idempotency-Key (blank, over 255 characters or not printable ASCII)"),
+                "408": error("The body did not arrive within --body-read-timeout"),
                 "413": error("Body larger than --max-body-bytes"),
                 "415": error("Content-Type is not application/json"),
                 "422": error("Valid JSON of the wrong shape, or a reserved header; a message that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that was used for a different request"),
@@ -207,6 +214,7 @@ fn paths() -> Value {
             "responses": authed(map(json!({
                 "200": ok("Per-record results (some records may have failed; a record that does not match --event-schema has status 422 and detail.errors)", "BatchResult"),
                 "400": error("The body is not JSON"),
+                "408": error("The body did not arrive within --body-read-timeout"),
                 "413": error("More bytes than --max-batch-bytes, or records than --max-batch-records"),
                 "415": error("Content-Type is neither application/json nor application/x-ndjson"),
                 "422": error("Not an array, or empty"),
@@ -226,6 +234,7 @@ fn paths() -> Value {
                 "200": ok("Already started by this key", "StreamRef"),
                 "400": error("Malformed JSON"),
                 "403": error("The id belongs to another key"),
+                "408": error("The body did not arrive within --body-read-timeout"),
                 "413": error("Body too large"),
                 "415": error("Content-Type is neither application/json nor a form"),
                 "422": error("Invalid stream_id"),
@@ -249,6 +258,7 @@ fn paths() -> Value {
                 "400": error("Malformed JSON or form, or a malformed Idempotency-Key (blank, over 255 characters or not printable ASCII)"),
                 "403": error("The stream belongs to another key"),
                 "404": error("Unknown stream"),
+                "408": error("The body did not arrive within --body-read-timeout"),
                 "413": error("Body too large"),
                 "415": error("Content-Type is neither application/json nor a form"),
                 "422": error("Neither data nor message given; data that does not match --event-schema (detail.errors: [{path, message}]); an Idempotency-Key that was used for a different request"),

@@ -453,10 +453,19 @@ async fn next_frame(socket: &mut Socket) -> Result<Value, Option<CloseCode>> {
 /// A WebSocket handshake over a raw TCP connection, so the test can then
 /// write frames no well-behaved client library would.
 async fn raw_socket(app: &common::TestApp, stream: &str) -> tokio::net::TcpStream {
+    let handshake = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let (tcp, head) = raw_handshake(app, stream, handshake).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    tcp
+}
+
+/// Sends a WebSocket upgrade with the given handshake headers (each ending
+/// in CRLF) and reads the response's head, lower-cased.
+async fn raw_handshake(app: &common::TestApp, stream: &str, handshake: &str) -> (tokio::net::TcpStream, String) {
     let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let request = format!(
         "GET /stream/{stream}/results HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-API-Key: {KEY_A}\r\n\r\n",
+         {handshake}X-API-Key: {KEY_A}\r\n\r\n",
         app.addr
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
@@ -466,8 +475,7 @@ async fn raw_socket(app: &common::TestApp, stream: &str) -> tokio::net::TcpStrea
         assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "handshake cut short");
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    tcp
+    (tcp, String::from_utf8_lossy(&head).to_ascii_lowercase())
 }
 
 /// Reads until the server closes the connection; returns the bytes read.
@@ -542,6 +550,15 @@ async fn websocket_bad_frames_are_answered_and_other_sockets_carry_on() {
     for (what, id) in bad_path_ids() {
         assert_eq!(connect(&app, Some(KEY_A), &id).await.err(), Some(404), "{what}");
     }
+    // A handshake of another WebSocket version is refused with the one the
+    // server speaks (RFC 6455), and one without a key is a bad request:
+    // neither gets the JSON view a plain GET would.
+    let other_version = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n";
+    let (_, head) = raw_handshake(&app, "ws", other_version).await;
+    assert!(head.starts_with("http/1.1 426"), "{head}");
+    assert!(head.contains("\r\nsec-websocket-version: 13\r\n"), "{head}");
+    let (_, head) = raw_handshake(&app, "ws", "Sec-WebSocket-Version: 13\r\n").await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
 
     // Bad messages on an open socket: each gets an error frame, and the
     // socket stays usable.

@@ -20,6 +20,11 @@ async fn every_route_is_documented_with_its_errors() {
         if secured {
             assert!(responses.contains_key("401"), "{} {} lacks 401", route.method, route.path);
             assert!(responses.contains_key("503"), "{} {} lacks 503", route.method, route.path);
+            assert!(responses.contains_key("500"), "{} {} lacks 500", route.method, route.path);
+        }
+        if operation.get("requestBody").is_some() {
+            // A body that trickles in past --body-read-timeout.
+            assert!(responses.contains_key("408"), "{} {} lacks 408", route.method, route.path);
         }
     }
     // And nothing is documented that the router does not serve.
@@ -28,7 +33,7 @@ async fn every_route_is_documented_with_its_errors() {
     // Every error response points at the one error schema.
     let text = doc.to_string();
     assert!(text.contains("#/components/schemas/Error"));
-    for status in ["400", "401", "403", "404", "413", "415", "422", "429", "503"] {
+    for status in ["400", "401", "403", "404", "408", "413", "415", "422", "426", "429", "500", "503"] {
         assert!(text.contains(&format!("\"{status}\"")), "no route documents {status}");
     }
 }
