@@ -71,7 +71,9 @@ pub struct Config {
     pub streams_topic: String,
 
     /// Longest a request waits for the broker. A publish not acknowledged by
-    /// then is answered 503 with Retry-After; it never hangs.
+    /// then is answered 503 with Retry-After; it never hangs. The answer
+    /// leaves a twentieth of it (at most 250 ms) early, to reach a client
+    /// that times the request with the same timeout in time.
     #[arg(long, env = "REQUEST_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_REQUEST_TIMEOUT)]
     pub request_timeout: Duration,
 
