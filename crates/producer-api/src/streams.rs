@@ -419,7 +419,7 @@ pub async fn results(
         }
     };
     let start = Start::from_request(&stream_id, last_event_id, query.after.as_deref(), query.from.as_deref())?;
-    refuse_broken_handshake(&headers, upgrade.as_ref().err())?;
+    refuse_broken_handshake(upgrade.as_ref().err())?;
     let wants_sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(accepts_event_stream);
     if upgrade.is_ok() || wants_sse {
         let max = state.config.max_websockets_per_key;
@@ -450,20 +450,15 @@ pub async fn results(
     long_poll(&state, &stream_id, start, poll).await
 }
 
-/// A request that asks for a WebSocket (`Upgrade: websocket`) but whose
+/// A request that asks for a WebSocket (axum reports these two only after
+/// it found `Connection: upgrade` and `Upgrade: websocket`) but whose
 /// handshake cannot be completed is refused, not answered with the JSON
 /// view: a version other than 13 with 426 and the version the server
 /// speaks (RFC 6455, 4.2.2), a missing `Sec-WebSocket-Key` with 400.
-fn refuse_broken_handshake(headers: &HeaderMap, rejection: Option<&WebSocketUpgradeRejection>) -> Result<(), AppError> {
-    let asks_for_websocket = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
+fn refuse_broken_handshake(rejection: Option<&WebSocketUpgradeRejection>) -> Result<(), AppError> {
     match rejection {
-        Some(WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_)) if asks_for_websocket => {
-            Err(AppError::WebSocketVersion)
-        }
-        Some(WebSocketUpgradeRejection::WebSocketKeyHeaderMissing(_)) if asks_for_websocket => {
+        Some(WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_)) => Err(AppError::WebSocketVersion),
+        Some(WebSocketUpgradeRejection::WebSocketKeyHeaderMissing(_)) => {
             Err(AppError::BadParameter("a WebSocket handshake needs a Sec-WebSocket-Key header".into()))
         }
         _ => Ok(()),
