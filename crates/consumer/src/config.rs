@@ -39,7 +39,6 @@ light load, less CPU per event. MIMALLOC_ALLOW_THP=1 in the environment
 const DEFAULT_MAX_IN_FLIGHT: usize = 5_000;
 const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 const DEFAULT_START_FROM: StartFrom = StartFrom::Earliest;
-const DEFAULT_CREATE_TOPICS: bool = true;
 const DEFAULT_RESULT_HEADERS: bool = true;
 const MAX_WORKERS: usize = 1024;
 
@@ -62,20 +61,23 @@ pub struct Config {
     pub start_from: StartFrom,
 
     /// Create the events, results and DLQ topics if they do not exist
-    /// (with --partitions and --replication-factor). On by default, so a
-    /// consumer started first on a fresh broker works; existing topics are
-    /// never changed. `--create-topics false` instead fails at start-up when
-    /// a topic is missing (a typo in a topic name, say).
+    /// (with --partitions and --replication-factor); existing topics are
+    /// never changed. Unset, the project's own topics (`events`,
+    /// `events.results`, `events.dlq`) are created when missing, so a
+    /// consumer started first on a fresh broker works, while a topic named
+    /// by flag or environment must exist: a typo in a name fails at
+    /// start-up, saying so, instead of creating a topic nothing writes to.
+    /// `--create-topics` creates whatever names are given; `--create-topics
+    /// false` creates none.
     #[arg(
         long,
         env = "CREATE_TOPICS",
-        default_value_t = DEFAULT_CREATE_TOPICS,
         action = clap::ArgAction::Set,
         num_args = 0..=1,
         default_missing_value = "true",
         value_name = "BOOL"
     )]
-    pub create_topics: bool,
+    pub create_topics: Option<bool>,
 
     /// Write each result as a CloudEvent: the result JSON plus the ce_*
     /// headers and the event's traceparent. `--result-headers false` writes
@@ -142,7 +144,8 @@ impl Config {
             workers,
             group: format!("consumer-test-{}", uuid::Uuid::new_v4().simple()),
             start_from: DEFAULT_START_FROM,
-            create_topics: DEFAULT_CREATE_TOPICS,
+            // Tests name their own topics.
+            create_topics: Some(true),
             result_headers: DEFAULT_RESULT_HEADERS,
             metrics_addr: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
@@ -241,7 +244,7 @@ mod tests {
         assert_eq!(cli.group, "events-processor");
         assert_eq!(cli.workers, 2);
         assert!(cli.metrics_addr.is_none());
-        assert!(cli.create_topics, "a fresh broker needs no extra flag");
+        assert_eq!(cli.create_topics, None, "the project's own topics are created; others must exist");
         cli.validate().unwrap();
     }
 
@@ -262,11 +265,13 @@ mod tests {
     }
 
     #[test]
-    fn create_topics_can_be_switched_off() {
+    fn create_topics_can_be_switched_on_and_off() {
         let parse = |args: &[&str]| parse_flags::<Config>(args).unwrap().create_topics;
-        assert!(parse(&["consumer", "--create-topics"]));
-        assert!(!parse(&["consumer", "--create-topics", "false"]));
-        assert!(!parse(&["consumer", "--create-topics=false", "--workers", "3"]));
+        assert_eq!(parse(&["consumer"]), None);
+        assert_eq!(parse(&["consumer", "--create-topics"]), Some(true));
+        assert_eq!(parse(&["consumer", "--create-topics", "true", "--workers", "3"]), Some(true));
+        assert_eq!(parse(&["consumer", "--create-topics", "false"]), Some(false));
+        assert_eq!(parse(&["consumer", "--create-topics=false", "--workers", "3"]), Some(false));
     }
 
     #[test]

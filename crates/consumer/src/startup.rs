@@ -1,11 +1,12 @@
 //! Start-up checks that say what to do: the broker must answer (retried
-//! with visible, doubling pauses) and the topics must exist (or be created
-//! with `--create-topics`).
+//! with visible, doubling pauses) and the topics must exist (the project's
+//! own are created when missing, others with `--create-topics`).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use stream_core::kafka::{self, ClusterInfo};
+use stream_core::kafka::{self, ClusterInfo, TopicSpec};
+use stream_core::TopicArgs;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
@@ -19,8 +20,9 @@ pub(crate) async fn prepare(config: &Config, shutdown: &CancellationToken) -> an
         return Ok(None);
     };
     let args = &config.kafka;
-    if config.create_topics {
-        kafka::ensure_topics(args, &kafka::project_topics(args)).await.context("--create-topics")?;
+    let create = to_create(config.create_topics, kafka::project_topics(args));
+    if !create.is_empty() {
+        kafka::ensure_topics(args, &create).await.context("--create-topics")?;
         cluster = kafka::check_cluster(args).await?;
     }
     let topics = &args.topics;
@@ -35,13 +37,23 @@ pub(crate) async fn prepare(config: &Config, shutdown: &CancellationToken) -> an
     .collect();
     if !missing.is_empty() {
         anyhow::bail!(
-            "topic(s) not found on {}: {}. Let the consumer create them (the default; drop `--create-topics false` or \
-             CREATE_TOPICS=false; uses --partitions and --replication-factor), or point the flags at existing topics",
+            "topic(s) not found on {}: {}. Check the name, point the flag at an existing topic, or let the consumer \
+             create it with `--create-topics` (CREATE_TOPICS=true; uses --partitions and --replication-factor)",
             args.brokers,
             missing.join(", ")
         );
     }
     Ok(Some(cluster))
+}
+
+/// The topics to create: with `--create-topics` every one, with
+/// `--create-topics false` none, and unset only those with the project's
+/// own names (see [`crate::Config::create_topics`]).
+fn to_create(create_topics: Option<bool>, topics: Vec<TopicSpec>) -> Vec<TopicSpec> {
+    match create_topics {
+        Some(all) => topics.into_iter().filter(|_| all).collect(),
+        None => topics.into_iter().filter(|spec| TopicArgs::is_default_name(&spec.name)).collect(),
+    }
 }
 
 /// Partitions of the events topic, for the start-up log and a warning when
@@ -89,4 +101,25 @@ async fn connect(config: &Config, shutdown: &CancellationToken) -> anyhow::Resul
         }
     }
     unreachable!("the loop returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stream_core::KafkaArgs;
+
+    fn names(specs: Vec<TopicSpec>) -> Vec<String> {
+        specs.into_iter().map(|spec| spec.name).collect()
+    }
+
+    #[test]
+    fn unset_creates_only_the_projects_own_topics() {
+        let mut args = KafkaArgs::for_brokers("127.0.0.1:9092");
+        let all = |args: &KafkaArgs| kafka::project_topics(args);
+        assert_eq!(names(to_create(None, all(&args))), ["events", "events.results", "events.dlq"]);
+        args.topics.events = "typo-events".into();
+        assert_eq!(names(to_create(None, all(&args))), ["events.results", "events.dlq"]);
+        assert_eq!(names(to_create(Some(true), all(&args))), ["typo-events", "events.results", "events.dlq"]);
+        assert!(to_create(Some(false), all(&KafkaArgs::for_brokers("127.0.0.1:9092"))).is_empty());
+    }
 }

@@ -31,7 +31,7 @@ async fn transient_produce_errors_are_retried_not_dead_lettered() {
     // errors reach the consumer, which must retry them itself.
     cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 40]);
     let mut config = Config::for_tests(args.clone(), 1);
-    config.create_topics = false; // the mock cluster has no CreateTopics
+    config.create_topics = Some(false); // the mock cluster has no CreateTopics
     config.kafka.properties.push(("message.timeout.ms".into(), "1000".into()));
     let stats = Arc::new(consumer::stats::Stats::default());
     let shutdown = CancellationToken::new();
@@ -122,7 +122,7 @@ async fn dead_letter_refused_for_size(refusals: usize) -> (stream_core::Event, r
     let refused = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; refusals];
     cluster.request_errors(RDKafkaApiKey::Produce, &refused);
     let mut config = Config::for_tests(args.clone(), 1);
-    config.create_topics = false;
+    config.create_topics = Some(false);
     let running = Running::start(config);
     let letter =
         eventually(DEADLINE, "the dead letter", || async { dead.records.lock().unwrap().first().cloned() }).await;
@@ -152,7 +152,7 @@ async fn refused_results_are_dead_lettered(error: RDKafkaRespErr) {
 
     cluster.request_errors(RDKafkaApiKey::Produce, &[error]);
     let mut config = Config::for_tests(args.clone(), 1);
-    config.create_topics = false;
+    config.create_topics = Some(false);
     let running = Running::start(config);
     let stats = running.stats.clone();
 
@@ -185,7 +185,7 @@ async fn a_dead_letter_that_cannot_be_written_stops_the_run_without_committing_i
     // Every produce is refused for good: the dead letter cannot be written.
     cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 50]);
     let mut config = Config::for_tests(args.clone(), 1);
-    config.create_topics = false;
+    config.create_topics = Some(false);
     let group = config.group.clone();
     let shutdown = CancellationToken::new();
     let err = tokio::time::timeout(DEADLINE, consumer::run(config, shutdown))

@@ -13,17 +13,35 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test]
 async fn missing_topics_are_named_with_the_flag_that_creates_them() {
     let mut config = Config::for_tests(kafka_args(), 1);
-    config.create_topics = false;
+    config.create_topics = Some(false);
     let events = config.kafka.topics.events.clone();
     let err = consumer::run(config, CancellationToken::new()).await.unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains(&events) && text.contains("--create-topics"), "{text}");
 }
 
+/// Without `--create-topics`, a topic named by flag (a typo, say) is not
+/// created: the consumer stops and says how to create it.
+#[tokio::test]
+async fn an_unknown_topic_name_is_refused_not_created() {
+    let mut config = Config::for_tests(kafka_args(), 1);
+    config.create_topics = None;
+    let args = config.kafka.clone();
+    let err = consumer::run(config, CancellationToken::new()).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains(&args.topics.events) && text.contains("--events-topic"), "{text}");
+    assert!(text.contains("--create-topics"), "{text}");
+    let cluster = kafka::check_cluster(&args).await.expect("the broker answers");
+    let t = &args.topics;
+    for name in [&t.events, &t.results, &t.dlq] {
+        assert!(!cluster.topics.contains(name), "{name} was created");
+    }
+}
+
 #[tokio::test]
 async fn create_topics_creates_them_and_the_consumer_runs() {
     let config = Config::for_tests(kafka_args(), 1);
-    assert!(config.create_topics);
+    assert_eq!(config.create_topics, Some(true));
     let args = config.kafka.clone();
     let running = common::Running::start(config);
     let cluster = stream_core::testing::eventually(common::DEADLINE, "topics created", || async {
@@ -120,6 +138,8 @@ fn logging_consumer(
         .args(["--results-topic", &args.topics.results, "--dlq-topic", &args.topics.dlq])
         .args(["--group", &format!("{}-{group}", args.topics.events)])
         .args(flags)
+        // The test's own topic names: created unless `flags` say otherwise.
+        .env("CREATE_TOPICS", "true")
         .env_remove("KAFKA_PROPERTIES")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

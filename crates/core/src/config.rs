@@ -202,6 +202,12 @@ impl Default for TopicArgs {
 }
 
 impl TopicArgs {
+    /// Whether `name` is one of the project's own topic names (the
+    /// defaults of `--events-topic`, `--results-topic` and `--dlq-topic`).
+    pub fn is_default_name(name: &str) -> bool {
+        [DEFAULT_EVENTS_TOPIC, DEFAULT_RESULTS_TOPIC, DEFAULT_DLQ_TOPIC].contains(&name)
+    }
+
     fn validate(&self) -> Result<()> {
         for (flag, name) in
             [("--events-topic", &self.events), ("--results-topic", &self.results), ("--dlq-topic", &self.dlq)]

@@ -325,6 +325,7 @@ pub fn start_binary(args: &KafkaArgs, group: &str, log: &std::path::Path) -> tok
         .env("EVENTS_TOPIC", &args.topics.events)
         .env("RESULTS_TOPIC", &args.topics.results)
         .env("DLQ_TOPIC", &args.topics.dlq)
+        .env("CREATE_TOPICS", "true")
         .env("CONSUMER_GROUP", group)
         .env("WORKERS", "2")
         .env("SESSION_TIMEOUT", "6s")
