@@ -144,7 +144,12 @@ impl ClientContext for WorkerContext {
             for (partition, p) in &topic.partitions {
                 // Partition -1 is librdkafka's internal "unassigned" queue;
                 // only partitions being fetched have a meaningful lag.
-                let lag = match lag(p.consumer_lag_stored, p.consumer_lag) {
+                // The end a read_committed consumer sees (the last stable
+                // offset), and where reading stands: the next record for
+                // the application, else the next to fetch, else the start.
+                let end = if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset };
+                let at = [p.app_offset, p.next_offset, p.lo_offset].into_iter().find(|o| *o >= 0).unwrap_or(-1);
+                let lag = match lag(p.consumer_lag_stored, p.consumer_lag, end, at) {
                     Some(lag) if *partition >= 0 && p.fetch_state == "active" => lag,
                     _ => continue,
                 };
@@ -214,9 +219,15 @@ pub(crate) type Member = StreamConsumer<WorkerContext>;
 /// from the last offset stored (each stored once its result is
 /// acknowledged), not the last commit, which trails it by up to the
 /// auto-commit interval; from the commit while nothing is stored yet (a
-/// partition just assigned). `None` when librdkafka knows neither (-1).
-fn lag(behind_stored: i64, behind_committed: i64) -> Option<i64> {
-    [behind_stored, behind_committed].into_iter().find(|lag| *lag >= 0)
+/// partition just assigned). librdkafka knows neither (-1) for a group
+/// that never committed on the partition, an empty one included: then
+/// from where reading stands (`at`) to the `end`. `None` when even those
+/// are unknown.
+fn lag(behind_stored: i64, behind_committed: i64, end: i64, at: i64) -> Option<i64> {
+    [behind_stored, behind_committed]
+        .into_iter()
+        .find(|lag| *lag >= 0)
+        .or_else(|| (end >= 0 && at >= 0).then(|| (end - at).max(0)))
 }
 
 #[cfg(test)]
@@ -268,8 +279,11 @@ mod tests {
 
     #[test]
     fn lag_counts_from_the_stored_offset_else_the_committed_one() {
-        assert_eq!(lag(0, 11_088), Some(0), "all processed, the commit not yet made");
-        assert_eq!(lag(-1, 500), Some(500), "nothing stored yet since the assignment");
-        assert_eq!(lag(-1, -1), None);
+        assert_eq!(lag(0, 11_088, 20_000, 20_000), Some(0), "all processed, the commit not yet made");
+        assert_eq!(lag(-1, 500, 20_000, 19_500), Some(500), "nothing stored yet since the assignment");
+        assert_eq!(lag(-1, -1, 0, 0), Some(0), "an empty partition, never committed on");
+        assert_eq!(lag(-1, -1, 3_000, 1_200), Some(1_800), "a fresh group part of the way in");
+        assert_eq!(lag(-1, -1, -1, 0), None, "the end not known yet");
+        assert_eq!(lag(-1, -1, 3_000, -1), None);
     }
 }
