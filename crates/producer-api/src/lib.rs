@@ -253,7 +253,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
         linger: config.linger,
         // librdkafka gives up on a record when the request that sent it
         // has given up on the ack, so a 503 rarely hides a late write.
-        delivery_timeout: config.request_timeout,
+        delivery_timeout: config.broker_wait(),
         queue_capacity: config.producer_queue,
         ..ProducerOptions::default()
     };
@@ -269,7 +269,7 @@ async fn connect(config: Config) -> anyhow::Result<Parts> {
     let publisher_of = |options: ProducerOptions, what: &'static str| -> anyhow::Result<Arc<Publisher>> {
         let args = args.clone();
         let factory: producer::Factory = Box::new(move || kafka::producer(&args, &options).context(what));
-        Ok(Arc::new(Publisher::new(factory, config.request_timeout)?))
+        Ok(Arc::new(Publisher::new(factory, config.broker_wait())?))
     };
     let publisher = publisher_of(options, "creating the producer")?;
     let idempotent = publisher_of(patient, "creating the producer for idempotent writes")?;

@@ -134,12 +134,10 @@ impl Publisher {
         Some(AppError::unavailable(format!("the producer hit a fatal error ({reason}) and is being replaced; retry")))
     }
 
-    /// The deadline of a request starting now: a little before the
-    /// request timeout (see [`answer_margin`]), so that a client whose own
-    /// clock, started when it sent the request, runs out at the same
-    /// timeout gets the 503 before it gives up.
+    /// The deadline of a request starting now (the timeout is
+    /// [`crate::Config::broker_wait`]).
     pub fn deadline(&self) -> TokioInstant {
-        TokioInstant::now() + self.timeout - answer_margin(self.timeout)
+        TokioInstant::now() + self.timeout
     }
 
     /// Hands `event` to librdkafka without waiting. A full queue is refused
@@ -221,26 +219,5 @@ fn delivery_error(err: &KafkaError) -> AppError {
             AppError::TooLarge("the event is larger than the broker accepts (message.max.bytes)".into())
         }
         _ => AppError::unavailable(format!("the broker did not accept the event: {err}")),
-    }
-}
-
-/// How long before the request timeout a request that waited for the
-/// broker is answered: a twentieth of it, at most 250 ms. The handler's
-/// clock starts after the request was read and routed, and the answer
-/// still has to travel.
-fn answer_margin(timeout: Duration) -> Duration {
-    (timeout / 20).min(Duration::from_millis(250))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_are_answered_a_little_before_their_timeout() {
-        assert_eq!(answer_margin(Duration::from_secs(2)), Duration::from_millis(100));
-        assert_eq!(answer_margin(Duration::from_secs(10)), Duration::from_millis(250));
-        assert_eq!(answer_margin(Duration::from_millis(100)), Duration::from_millis(5));
-        assert_eq!(answer_margin(Duration::ZERO), Duration::ZERO);
     }
 }

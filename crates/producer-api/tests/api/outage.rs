@@ -37,6 +37,7 @@ async fn broker_down_ten_seconds_loses_no_acknowledged_event_and_all_get_results
     kafka.brokers = broker.address.clone();
     let mut config = common::config(kafka.clone());
     config.request_timeout = REQUEST_TIMEOUT;
+    let broker_wait = config.broker_wait();
     let app = common::start(config).await;
     let stop_consumer = CancellationToken::new();
     let consumer = tokio::spawn(consumer::run(consumer::Config::for_tests(kafka.clone(), 2), stop_consumer.clone()));
@@ -143,7 +144,7 @@ async fn broker_down_ten_seconds_loses_no_acknowledged_event_and_all_get_results
     // was not left hanging), its queue was full, or librdkafka gave up.
     let refusals = http.refusals.lock().unwrap().clone();
     assert!(!refusals.is_empty());
-    let timed_out = format!("did not acknowledge within {REQUEST_TIMEOUT:?}");
+    let timed_out = format!("did not acknowledge within {broker_wait:?}");
     for (status, retry_after, detail) in &refusals {
         assert_eq!(*status, 503, "only 503 while the broker is down: {refusals:?}");
         assert!(retry_after, "503 without Retry-After");
