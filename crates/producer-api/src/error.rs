@@ -181,8 +181,11 @@ impl IntoResponse for AppError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Self::WebSocketVersion = self {
-            // RFC 6455, 4.2.2: the refusal names the versions the server takes.
-            response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            // RFC 6455, 4.2.2: the refusal names the versions the server
+            // takes; RFC 9110: a 426 names the protocol to upgrade to.
+            let headers = response.headers_mut();
+            headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         if let Self::Unauthorized = self {
             // RFC 9110: a 401 names the scheme it takes (`X-API-Key` works

@@ -146,7 +146,10 @@ fn results_operation(security: &Value) -> Value {
             "400": error("Malformed cursor, a cursor of another stream, or limit/wait out of range; a WebSocket handshake without Sec-WebSocket-Key"),
             "426": {
                 "description": "A WebSocket handshake of a version other than 13",
-                "headers": { "Sec-WebSocket-Version": { "schema": { "type": "string" }, "description": "13, the version the server speaks" } },
+                "headers": {
+                    "Sec-WebSocket-Version": { "schema": { "type": "string" }, "description": "13, the version the server speaks" },
+                    "Upgrade": { "schema": { "type": "string" }, "description": "websocket" }
+                },
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
             },
             "403": error("The stream belongs to another key"),

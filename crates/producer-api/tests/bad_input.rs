@@ -557,6 +557,7 @@ async fn websocket_bad_frames_are_answered_and_other_sockets_carry_on() {
     let (_, head) = raw_handshake(&app, "ws", other_version).await;
     assert!(head.starts_with("http/1.1 426"), "{head}");
     assert!(head.contains("\r\nsec-websocket-version: 13\r\n"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
     let (_, head) = raw_handshake(&app, "ws", "Sec-WebSocket-Version: 13\r\n").await;
     assert!(head.starts_with("http/1.1 400"), "{head}");
 
