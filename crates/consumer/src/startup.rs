@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use stream_core::kafka::{self, ClusterInfo, TopicSpec};
-use stream_core::TopicArgs;
+use stream_core::{KafkaArgs, TopicArgs};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
@@ -21,10 +21,20 @@ pub(crate) async fn prepare(config: &Config, shutdown: &CancellationToken) -> an
     };
     let args = &config.kafka;
     let create = to_create(config.create_topics, kafka::project_topics(args));
+    // A missing topic that will not be created fails the start before any
+    // other is created.
+    missing_topics(&cluster, args, |name| !create.iter().any(|spec| spec.name == name))?;
     if !create.is_empty() {
         kafka::ensure_topics(args, &create).await.context("--create-topics")?;
         cluster = kafka::check_cluster(args).await?;
     }
+    missing_topics(&cluster, args, |_| true)?;
+    Ok(Some(cluster))
+}
+
+/// Fails naming each of the project's topics that `cluster` lacks, among
+/// those `considered`, with its flag and variable and what to do.
+fn missing_topics(cluster: &ClusterInfo, args: &KafkaArgs, considered: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     let topics = &args.topics;
     let missing: Vec<String> = [
         ("--events-topic", "EVENTS_TOPIC", &topics.events),
@@ -32,18 +42,18 @@ pub(crate) async fn prepare(config: &Config, shutdown: &CancellationToken) -> an
         ("--dlq-topic", "DLQ_TOPIC", &topics.dlq),
     ]
     .into_iter()
-    .filter(|(_, _, name)| !cluster.topics.iter().any(|t| t == *name))
+    .filter(|(_, _, name)| considered(name) && !cluster.topics.iter().any(|t| t == *name))
     .map(|(flag, env, name)| format!("{name} ({flag}, {env})"))
     .collect();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "topic(s) not found on {}: {}. Check the name, point the flag at an existing topic, or let the consumer \
-             create it with `--create-topics` (CREATE_TOPICS=true; uses --partitions and --replication-factor)",
-            args.brokers,
-            missing.join(", ")
-        );
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(Some(cluster))
+    anyhow::bail!(
+        "topic(s) not found on {}: {}. Check the name, point the flag at an existing topic, or let the consumer \
+         create it with `--create-topics` (CREATE_TOPICS=true; uses --partitions and --replication-factor)",
+        args.brokers,
+        missing.join(", ")
+    )
 }
 
 /// The topics to create: with `--create-topics` every one, with
@@ -106,7 +116,6 @@ async fn connect(config: &Config, shutdown: &CancellationToken) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stream_core::KafkaArgs;
 
     fn names(specs: Vec<TopicSpec>) -> Vec<String> {
         specs.into_iter().map(|spec| spec.name).collect()
