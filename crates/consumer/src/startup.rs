@@ -61,7 +61,8 @@ fn missing_topics(cluster: &ClusterInfo, args: &KafkaArgs, considered: impl Fn(&
 /// own names (see [`crate::Config::create_topics`]).
 fn to_create(create_topics: Option<bool>, topics: Vec<TopicSpec>) -> Vec<TopicSpec> {
     match create_topics {
-        Some(all) => topics.into_iter().filter(|_| all).collect(),
+        Some(true) => topics,
+        Some(false) => Vec::new(),
         None => topics.into_iter().filter(|spec| TopicArgs::is_default_name(&spec.name)).collect(),
     }
 }

@@ -11,14 +11,15 @@ use stream_core::Event;
 
 const GOOD: usize = 45;
 const POISON: usize = 5;
+/// More partitions than the events have keys (ten), so at least two stay
+/// empty: their lag is still reported (0), though nothing is ever
+/// committed on them.
+const PARTITIONS: i32 = 12;
 
 #[tokio::test]
 async fn metrics_count_exactly_what_happened_and_pass_the_lint() {
     let mut args = kafka_args();
-    // More partitions than the events have keys (ten), so at least two stay
-    // empty: their lag is still reported (0), though nothing is ever
-    // committed on them.
-    args.topics.partitions = 12;
+    args.topics.partitions = PARTITIONS;
     create_project_topics(&args).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut config = Config::for_tests(args.clone(), 1);
@@ -40,7 +41,7 @@ async fn metrics_count_exactly_what_happened_and_pass_the_lint() {
         let body = scrape(port).await?;
         (value(&body, "consumer_events_processed_total") == Some(GOOD as f64)
             && value(&body, "consumer_events_dead_lettered_total") == Some(POISON as f64)
-            && (0..12).all(|partition| lag_of(&body, partition) == Some(0.0)))
+            && (0..PARTITIONS).all(|partition| lag_of(&body, partition) == Some(0.0)))
         .then_some(body)
     })
     .await;
